@@ -1,0 +1,125 @@
+"""The primitive function Φ of a convolutional CRNN and the output costs.
+
+    Φ(x, s; θ) = Σ_{l ≤ C} < s_l , P_l(W_l ⋆ s_{l-1} + b_l) >  +  Σ_{l > C} < s_l , W_l s_{l-1} + b_l >
+
+with `s_0 = x`. Every term is a small pure function of `(params_l, s_{l-1}, s_l)`: a new layer
+type is one new interaction function. All energies and costs are *summed over the batch*, so
+that `∂Φ/∂s` is the per-example force and parameter gradients are batch sums.
+
+States may be complex (holomorphic EP): parameters and inputs are cast to the states' dtype, and
+every operation used with a smooth activation and average pooling is holomorphic.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from ep_jax.network import NetworkSpec
+
+# A nudging cost: (params, states, targets) -> scalar summed over the batch.
+CostFn = Callable[[dict, tuple, dict], jax.Array]
+
+
+def conv2d(s_prev: jax.Array, w: jax.Array, padding: str = 'SAME') -> jax.Array:
+  """`W ⋆ s`: stride-1 convolution, NHWC input `(B, H, W, C_in)`, HWIO kernel."""
+  return lax.conv_general_dilated(s_prev, w.astype(s_prev.dtype), (1, 1), padding,
+                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+def pool2d(u: jax.Array, kind: str | None) -> jax.Array:
+  """2x2 stride-2 max or average pooling of `(B, H, W, C)` (odd edges dropped); `None`: identity."""
+  if kind is None:
+    return u
+  b, h, w, c = u.shape
+  windows = u[:, :h // 2 * 2, :w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, c)
+  if kind == 'max':
+    if jnp.iscomplexobj(u):
+      raise ValueError('max pooling has no complex extension: holomorphic EP needs average '
+                       "pooling ('A' in the layout)")
+    return jnp.max(windows, axis=(2, 4))
+  if kind == 'avg':
+    return jnp.mean(windows, axis=(2, 4))
+  raise ValueError(f'unknown pool {kind!r}')
+
+
+def conv_drive(p: dict, s_prev: jax.Array, pool: str | None, padding: str) -> jax.Array:
+  """`P(W ⋆ s_prev + b)`: what a convolutional layer receives from below, `(B, H', W', C)`."""
+  return pool2d(conv2d(s_prev, p['w'], padding) + p['b'].astype(s_prev.dtype), pool)
+
+
+def dense_drive(p: dict, s_prev: jax.Array) -> jax.Array:
+  """`W flat(s_prev) + b`, `(B, n)`."""
+  flat = s_prev.reshape(s_prev.shape[0], -1)
+  return flat @ p['w'].astype(flat.dtype) + p['b'].astype(flat.dtype)
+
+
+def layer_drives(spec: NetworkSpec, params: dict, x: jax.Array,
+                 states: tuple) -> tuple[jax.Array, ...]:
+  """Bottom-up drive of every layer given the states below it (the feed-forward half of Φ)."""
+  dtype = states[0].dtype
+  below = (x.astype(dtype),) + tuple(states[:-1])
+  drives = []
+  for l, p in enumerate(params['layers']):
+    if l < spec.num_conv:
+      drives.append(conv_drive(p, below[l], spec.conv[l].pool, spec.padding))
+    else:
+      drives.append(dense_drive(p, below[l]))
+  return tuple(drives)
+
+
+def primitive(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple) -> jax.Array:
+  """Φ(x, s; θ) summed over the batch (scalar, the states' dtype)."""
+  drives = layer_drives(spec, params, x, states)
+  return sum(jnp.sum(s * d) for s, d in zip(states, drives))
+
+
+def logits(spec: NetworkSpec, params: dict, states: tuple) -> jax.Array:
+  """Readout `z = W_out flat(s_N) + b_out` (softmax mode) or the output layer `s_N` (MSE)."""
+  if spec.readout == 'mse':
+    return states[-1]
+  return dense_drive(params['readout'], states[-1])
+
+
+def cross_entropy(z: jax.Array, labels: jax.Array) -> jax.Array:
+  """Per-example `logsumexp(z) - z_y`, `(B,)`; holomorphic in `z` (shift by a constant max)."""
+  shift = lax.stop_gradient(jnp.max(jnp.real(z), axis=-1, keepdims=True))
+  lse = jnp.log(jnp.sum(jnp.exp(z - shift), axis=-1)) + shift[..., 0]
+  z_y = jnp.take_along_axis(z, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
+  return lse - z_y
+
+
+def squared_error(z: jax.Array, labels: jax.Array, num_classes: int) -> jax.Array:
+  """Per-example `½ ‖z - onehot(y)‖²`, `(B,)`."""
+  onehot = jax.nn.one_hot(labels, num_classes, dtype=z.dtype)
+  return 0.5 * jnp.sum((z - onehot) ** 2, axis=-1)
+
+
+def example_losses(spec: NetworkSpec, params: dict, states: tuple,
+                   labels: jax.Array) -> jax.Array:
+  """The output loss ℓ per example, `(B,)`: cross-entropy (softmax) or squared error (MSE)."""
+  z = logits(spec, params, states)
+  if spec.readout == 'mse':
+    return squared_error(z, labels, spec.num_classes)
+  return cross_entropy(z, labels)
+
+
+def output_cost(spec: NetworkSpec) -> CostFn:
+  """The plain EP nudging cost ℒ = Σ_batch ℓ(z(s_N), y); `targets['label']` holds y."""
+
+  def cost(params, states, targets):
+    return jnp.sum(example_losses(spec, params, states, targets['label']))
+
+  return cost
+
+
+def nudged_primitive(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple,
+                     targets: dict, beta, cost_fn: CostFn | None) -> jax.Array:
+  """Φ^β = Φ - β ℒ; with `beta=None` (free phase) the cost is not computed at all."""
+  phi = primitive(spec, params, x, states)
+  if beta is None:
+    return phi
+  return phi - beta * cost_fn(params, states, targets)

@@ -1,0 +1,166 @@
+"""Equilibrium Propagation gradient estimators.
+
+With `f(β) = ∂_θ Φ^β(s^β)` (a parameter pytree; `s^β` the fixed point under Φ^β reached from
+the free fixed point `s^0`), the EP theorem says `-f'(0) = ∂_θ ℒ(s^0)`. The estimators:
+
+  one-sided    -(f(β) - f(0)) / β                     bias O(β)
+  random-sign  one-sided with β's sign drawn per batch bias O(β), unbiased in sign
+  symmetric    -(f(β) - f(-β)) / (2β)                 bias O(β²)
+  holomorphic  -(1/K) Σ_k Re[f(β_k) / β_k],  β_k = |β| e^{2πik/K}   bias O(|β|^K)
+
+`∂_θΦ` is local: the update of layer l's weights is a contrast of `s_l` and `s_{l-1}` between
+phases (for a conv layer, `s_{l-1} ⋆ P^T(s_l)` with P's argmax routing; for a dense layer
+`s_{l-1} s_l^T`). We obtain it with `jax.grad` of Φ w.r.t. the parameters at fixed states, which
+computes exactly those outer products. Gradients are divided by the batch size: they estimate
+the gradient of the *mean* loss over the batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from ep_jax import activations
+from ep_jax.energy import CostFn, example_losses, logits, nudged_primitive, output_cost
+from ep_jax.network import NetworkSpec, init_states
+from ep_jax.relaxation import MODES, RelaxResult, relax
+
+ESTIMATORS = ('one_sided', 'random_sign', 'symmetric', 'holomorphic')
+
+
+@dataclasses.dataclass(frozen=True)
+class EPConfig:
+  """Static EP hyperparameters (hashable; jit treats it as static).
+
+  Attributes:
+    estimator: one of ESTIMATORS.
+    beta: nudging strength |β| > 0.
+    free_steps: T1, the free phase's step limit.
+    nudged_steps: T2, each nudged phase's step limit.
+    tol: residual tolerance of the relaxation (<= 0: fixed step counts).
+    mode: 'sync' or 'async'.
+    holo_points: K, the number of points of the holomorphic estimator.
+  """
+  estimator: str = 'symmetric'
+  beta: float = 0.5
+  free_steps: int = 250
+  nudged_steps: int = 25
+  tol: float = 0.0
+  mode: str = 'sync'
+  holo_points: int = 4
+
+  def __post_init__(self):
+    validate(self.estimator, self.beta, self.mode, self.holo_points)
+    if self.free_steps < 1 or self.nudged_steps < 1:
+      raise ValueError(f'free_steps and nudged_steps must be >= 1, got {self.free_steps}, '
+                       f'{self.nudged_steps}')
+
+
+class EPOutput(NamedTuple):
+  """What one EP estimate returns.
+
+  grads: pytree like `params`, the estimate of `∂_θ mean_batch ℒ`.
+  logits: `(B, num_classes)` free-phase readout. losses: `(B,)` output loss ℓ at `s^0`.
+  free: the free phase's `RelaxResult`. nudged: one `RelaxResult` per nudged phase.
+  """
+  grads: dict
+  logits: jax.Array
+  losses: jax.Array
+  free: RelaxResult
+  nudged: tuple
+
+
+def validate(estimator: str, beta, mode: str = 'sync', holo_points: int = 4) -> None:
+  """Raises ValueError for an unknown estimator or mode, or a concrete β <= 0."""
+  if estimator not in ESTIMATORS:
+    raise ValueError(f'unknown estimator {estimator!r}; known: {ESTIMATORS}')
+  if mode not in MODES:
+    raise ValueError(f'unknown relaxation mode {mode!r}; known: {MODES}')
+  if estimator == 'holomorphic' and holo_points < 2:
+    raise ValueError(f'the holomorphic estimator needs holo_points >= 2, got {holo_points}')
+  if isinstance(beta, jax.core.Tracer):
+    return
+  value = float(beta)
+  if not math.isfinite(value) or value <= 0.0:
+    raise ValueError(f'beta must be a finite number > 0 for the {estimator} estimator (the '
+                     f'sign is chosen by the estimator), got {value}')
+
+
+def _check_holomorphic(spec: NetworkSpec) -> None:
+  if spec.activation not in activations.HOLOMORPHIC:
+    raise ValueError(f'holomorphic EP needs a holomorphic activation '
+                     f'({sorted(activations.HOLOMORPHIC)}), got {spec.activation!r}')
+  if any(layer.pool == 'max' for layer in spec.conv):
+    raise ValueError("holomorphic EP needs average pooling ('A'), not max pooling ('M'), "
+                     f'in layout {spec.layout!r}')
+
+
+def _complex_dtype(dtype) -> jnp.dtype:
+  return jnp.complex128 if jnp.dtype(dtype) == jnp.float64 else jnp.complex64
+
+
+def ep_gradient(spec: NetworkSpec, params: dict, x: jax.Array, targets: dict, *, beta,
+                estimator: str = 'symmetric', free_steps=250, nudged_steps=25, tol=0.0,
+                mode: str = 'sync', holo_points: int = 4, cost_fn: Optional[CostFn] = None,
+                rng: Optional[jax.Array] = None, state_dtype=None) -> EPOutput:
+  """Runs the free phase and the estimator's nudged phases; returns the EP gradient estimate.
+
+  Args:
+    spec: the network. params: its parameters (plus any trainable signal heads that `cost_fn`
+      uses). x: inputs `(B, H, W, C)`. targets: a pytree the cost reads, at least `'label'`.
+    beta: |β| > 0, a Python float or a (traced) scalar, so `vmap` over β works.
+    estimator: 'one_sided', 'random_sign', 'symmetric' or 'holomorphic'.
+    free_steps, nudged_steps: T1, T2 (step limits; may be traced). tol: residual tolerance.
+    mode: 'sync' or 'async'. holo_points: K for the holomorphic estimator.
+    cost_fn: the nudging cost ℒ (default: the output loss). rng: needed by 'random_sign'.
+    state_dtype: dtype of the states (default: the parameters' dtype).
+  """
+  validate(estimator, beta, mode, holo_points)
+  cost_fn = output_cost(spec) if cost_fn is None else cost_fn
+  batch = x.shape[0]
+  dtype = state_dtype or jax.tree_util.tree_leaves(params)[0].dtype
+  free = relax(spec, params, x, init_states(spec, batch, dtype), max_steps=free_steps, tol=tol,
+               mode=mode)
+  s0 = jax.tree_util.tree_map(jax.lax.stop_gradient, free.states)
+
+  def nudge(b, start):
+    result = relax(spec, params, x, start, targets=targets, beta=b, cost_fn=cost_fn,
+                   max_steps=nudged_steps, tol=tol, mode=mode)
+    return result._replace(states=jax.tree_util.tree_map(jax.lax.stop_gradient, result.states))
+
+  def phi(p, states, b):
+    return nudged_primitive(spec, p, x, states, targets, b, cost_fn)
+
+  if estimator in ('one_sided', 'random_sign'):
+    b = beta
+    if estimator == 'random_sign':
+      if rng is None:
+        raise ValueError("the 'random_sign' estimator needs an rng key")
+      b = beta * jax.random.rademacher(rng, (), jnp.float32).astype(jnp.real(s0[0]).dtype)
+    plus = nudge(b, s0)
+    contrast = lambda p: (phi(p, plus.states, b) - phi(p, s0, None)) / b
+    nudged = (plus,)
+  elif estimator == 'symmetric':
+    plus, minus = nudge(beta, s0), nudge(-beta, s0)
+    contrast = lambda p: (phi(p, plus.states, beta) - phi(p, minus.states, -beta)) / (2 * beta)
+    nudged = (plus, minus)
+  else:
+    _check_holomorphic(spec)
+    cdtype = _complex_dtype(jnp.real(s0[0]).dtype)
+    start = tuple(s.astype(cdtype) for s in s0)
+    betas = [beta * complex(math.cos(2 * math.pi * k / holo_points),
+                            math.sin(2 * math.pi * k / holo_points))
+             for k in range(holo_points)]
+    nudged = tuple(nudge(b, start) for b in betas)
+    contrast = lambda p: sum(jnp.real(phi(p, r.states, b) / b)
+                             for r, b in zip(nudged, betas)) / holo_points
+
+  grads = jax.grad(contrast)(params)
+  grads = jax.tree_util.tree_map(lambda g: -g / batch, grads)
+  z = logits(spec, params, s0)
+  losses = example_losses(spec, params, s0, targets['label'])
+  return EPOutput(grads, z, losses, free, nudged)

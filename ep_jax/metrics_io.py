@@ -1,0 +1,410 @@
+"""Metric logging for training runs: JSONL, TensorBoard, PNG curves, progress.
+
+Files written by :class:`MetricsWriter` under ``workdir``:
+
+* ``metrics.jsonl``   -- one JSON object per epoch record (append-only; fsynced).
+* ``tensorboard/``    -- tensorboardX event files, one scalar per numeric field
+  (nested dicts are flattened as ``outer/inner``), ``global_step = epoch``.
+* ``curves.png``      -- redrawn from the full history after every record.
+* ``config.json``     -- :meth:`MetricsWriter.write_config` (sorted, indented).
+
+NaN / inf convention
+--------------------
+JSON has no NaN/Infinity tokens, so every non-finite float (NaN, +inf, -inf)
+anywhere in a record is written to ``metrics.jsonl`` as ``null`` and therefore
+comes back from :func:`read_metrics` as ``None``.  :func:`plot_curves` treats
+``None`` as a gap.  TensorBoard receives the original float (it displays NaN).
+
+Record keys
+-----------
+Records should contain ``epoch`` (int).  :func:`plot_curves` draws
+``train_loss``/``test_loss`` and ``train_accuracy``/``test_accuracy`` (also
+accepted: nested ``{"train": {"loss": ...}}`` i.e. ``train/loss``); missing
+series are simply not drawn.
+
+Only the primary process should write files: construct the writer with
+``is_primary=(jax.process_index() == 0)``; on other processes every method is
+a no-op.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import tempfile
+import time
+import warnings
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+__all__ = [
+    "MetricsWriter",
+    "ProgressReporter",
+    "plot_curves",
+    "read_metrics",
+    "METRICS_FILE",
+]
+
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+CURVES_FILE = "curves.png"
+CONFIG_FILE = "config.json"
+
+
+# --------------------------------------------------------------------------
+# JSON helpers
+# --------------------------------------------------------------------------
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain-JSON version of ``obj``; non-finite floats become ``None``."""
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
+        return obj
+    if isinstance(obj, int) and not isinstance(obj, bool):
+        return obj
+    if hasattr(obj, "to_dict") and callable(obj.to_dict):  # ml_collections
+        return _jsonable(obj.to_dict())
+    if hasattr(obj, "__array__") or isinstance(obj, (float, np.generic)):
+        arr = np.asarray(obj)
+        if arr.ndim > 0:
+            return [_jsonable(v) for v in arr.tolist()]
+        value = arr.item()
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        return value
+    return str(obj)
+
+
+def _flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in record.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "/"))
+        else:
+            out[key] = v
+    return out
+
+
+def _scalar(v: Any) -> float | None:
+    """float(v) for real numeric scalars (incl. NaN), else None."""
+    if v is None or isinstance(v, (str, bool)):
+        return None
+    try:
+        arr = np.asarray(v)
+    except Exception:  # noqa: BLE001
+        return None
+    if arr.ndim != 0 or arr.dtype.kind not in "iuf":
+        return None
+    return float(arr)
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_metrics(workdir: str | os.PathLike) -> list[dict]:
+    """Reads ``workdir/metrics.jsonl`` (``[]`` if absent).
+
+    ``null`` values (written for NaN/inf) come back as ``None``.  Malformed
+    lines (e.g. a line truncated by a crash mid-write) are skipped with a
+    warning.
+    """
+    path = os.path.join(os.fspath(workdir), METRICS_FILE)
+    if not os.path.exists(path):
+        return []
+    records: list[dict] = []
+    with open(path, "r", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                warnings.warn(f"{path}:{lineno}: skipping malformed line {line[:80]!r}")
+                continue
+            if isinstance(rec, dict):
+                records.append(rec)
+    return records
+
+
+# --------------------------------------------------------------------------
+# Plotting
+# --------------------------------------------------------------------------
+
+
+def _series(history: Sequence[Mapping[str, Any]], key: str, x_key: str):
+    alt = key.replace("_", "/", 1)
+    xs, ys = [], []
+    for rec in history:
+        flat = _flatten(rec)
+        x = _scalar(flat.get(x_key))
+        if x is None:
+            continue
+        if key in flat:
+            y = _scalar(flat[key])
+        elif alt in flat:
+            y = _scalar(flat[alt])
+        else:
+            continue
+        xs.append(x)
+        ys.append(math.nan if y is None else y)  # None (NaN/inf) -> gap
+    return xs, ys
+
+
+def plot_curves(
+    history: Sequence[Mapping[str, Any]],
+    path: str | os.PathLike,
+    *,
+    x_key: str = "epoch",
+    loss_keys: Iterable[str] = ("train_loss", "test_loss"),
+    accuracy_keys: Iterable[str] = ("train_accuracy", "test_accuracy"),
+    title: str | None = None,
+) -> None:
+    """Draws loss (left) and accuracy (right) vs ``x_key`` into ``path`` (PNG).
+
+    Uses the Agg canvas directly (no pyplot global state), and writes to a
+    temporary file first so a reader never sees a half-written PNG.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    panels = (("loss", loss_keys), ("accuracy", accuracy_keys))
+    for i, (name, keys) in enumerate(panels):
+        ax = fig.add_subplot(1, 2, i + 1)
+        drawn = False
+        for key in keys:
+            xs, ys = _series(history, key, x_key)
+            if xs:
+                ax.plot(xs, ys, marker="o", markersize=3, label=key)
+                drawn = True
+        ax.set_xlabel(x_key)
+        ax.set_ylabel(name)
+        ax.set_title(f"{name} vs {x_key}")
+        ax.grid(True, alpha=0.3)
+        if drawn:
+            ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# --------------------------------------------------------------------------
+# MetricsWriter
+# --------------------------------------------------------------------------
+
+
+class MetricsWriter:
+    """Per-epoch metric sink (JSONL + TensorBoard + curves.png).
+
+    Existing ``metrics.jsonl`` content is loaded as history on construction
+    (so curves cover the whole run after a resume); call
+    :meth:`truncate_after` with the restored epoch right after restoring a
+    checkpoint to drop records of epochs that will be recomputed.  With
+    ``is_primary=False`` every method is a no-op and nothing is created.
+    """
+
+    def __init__(self, workdir: str | os.PathLike, *, is_primary: bool = True):
+        self.workdir = os.fspath(workdir)
+        self.is_primary = bool(is_primary)
+        self.metrics_path = os.path.join(self.workdir, METRICS_FILE)
+        self.tensorboard_dir = os.path.join(self.workdir, TENSORBOARD_DIR)
+        self.curves_path = os.path.join(self.workdir, CURVES_FILE)
+        self.config_path = os.path.join(self.workdir, CONFIG_FILE)
+        self._tb = None
+        self._purge_step: int | None = None
+        self.history: list[dict] = []
+        if self.is_primary:
+            os.makedirs(self.workdir, exist_ok=True)
+            self.history = read_metrics(self.workdir)
+
+    # -- TensorBoard --------------------------------------------------------
+
+    def _tb_writer(self):
+        if self._tb is None:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(logdir=self.tensorboard_dir, purge_step=self._purge_step)
+            self._purge_step = None
+        return self._tb
+
+    def _close_tb(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+    # -- API ----------------------------------------------------------------
+
+    def write(self, epoch_record: Mapping[str, Any]) -> None:
+        """Appends one record (JSONL), logs its scalars to TB, redraws curves."""
+        if not self.is_primary:
+            return
+        record = _jsonable(dict(epoch_record))
+        line = json.dumps(record, allow_nan=False, sort_keys=False)
+        needs_newline = False
+        if os.path.exists(self.metrics_path) and os.path.getsize(self.metrics_path) > 0:
+            with open(self.metrics_path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                needs_newline = f.read(1) != b"\n"  # partial line from a crash
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            f.write(("\n" if needs_newline else "") + line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.history.append(record)
+
+        step = _scalar(epoch_record.get("epoch"))
+        step = len(self.history) if step is None else int(step)
+        tb = self._tb_writer()
+        for tag, value in _flatten(epoch_record).items():
+            if tag == "epoch":
+                continue
+            v = _scalar(value)
+            if v is not None:
+                tb.add_scalar(tag, v, global_step=step)
+        tb.flush()
+        plot_curves(self.history, self.curves_path)
+
+    def truncate_after(self, epoch: int) -> None:
+        """Drops records with ``epoch > epoch`` (atomic rewrite of the JSONL).
+
+        Also hides TensorBoard events with step > ``epoch`` (tensorboardX
+        ``purge_step``) and redraws the curves.
+        """
+        if not self.is_primary:
+            return
+        kept = []
+        for rec in read_metrics(self.workdir):
+            e = _scalar(rec.get("epoch"))
+            if e is None or e <= epoch:
+                kept.append(rec)
+        text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in kept)
+        _atomic_write_text(self.metrics_path, text)
+        self.history = kept
+        self._close_tb()
+        self._purge_step = int(epoch) + 1
+        if kept:
+            plot_curves(self.history, self.curves_path)
+
+    def write_config(self, config_dict: Mapping[str, Any] | Any) -> None:
+        """Writes ``config.json`` (sorted keys, indented; atomic)."""
+        if not self.is_primary:
+            return
+        data = _jsonable(config_dict)
+        _atomic_write_text(self.config_path, json.dumps(data, sort_keys=True, indent=2) + "\n")
+
+    def close(self) -> None:
+        if not self.is_primary:
+            return
+        self._close_tb()
+
+    def __enter__(self) -> "MetricsWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------
+# ProgressReporter
+# --------------------------------------------------------------------------
+
+
+def _format_eta(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=int(round(max(seconds, 0.0)))))
+
+
+class ProgressReporter:
+    """Rate-limited one-line progress reports.
+
+    ``update(step, examples, loss, accuracy, epoch)`` where ``step`` and
+    ``examples`` are *cumulative* counts for this run (steps done, examples
+    processed) and ``accuracy`` is a fraction in [0, 1].  The first call only
+    sets the reference point for throughput/ETA (so jit compile time does not
+    dominate) and prints a line without rate; later calls print at most once
+    every ``every_seconds`` (``force=True`` overrides), e.g.::
+
+        epoch 3 step 120/400 (30.0%) 812.3 ex/s loss 0.4123 acc 88.12% ETA 0:03:10
+
+    ``update`` returns the printed line, or ``None`` if it stayed silent.
+    ``clock`` (default ``time.monotonic``) is injectable for tests.
+    """
+
+    def __init__(
+        self,
+        total_steps: int,
+        *,
+        every_seconds: float = 5.0,
+        print_fn: Callable[[str], Any] = print,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.total_steps = int(total_steps)
+        self.every_seconds = float(every_seconds)
+        self.print_fn = print_fn
+        self.clock = clock
+        self._t0: float | None = None
+        self._step0 = 0
+        self._examples0 = 0
+        self._last_print: float | None = None
+
+    def format_line(self, step, examples, loss, accuracy, epoch, now) -> str:
+        total = max(self.total_steps, 1)
+        pct = 100.0 * step / total
+        elapsed = None if self._t0 is None else now - self._t0
+        if elapsed is not None and elapsed > 0 and step > self._step0:
+            ex_rate = (examples - self._examples0) / elapsed
+            step_rate = (step - self._step0) / elapsed
+            rate_s = f"{ex_rate:.1f} ex/s"
+            eta_s = _format_eta((self.total_steps - step) / step_rate)
+        else:
+            rate_s = "-- ex/s"
+            eta_s = "--:--:--"
+        return (
+            f"epoch {epoch} step {step}/{self.total_steps} ({pct:.1f}%) {rate_s} "
+            f"loss {float(loss):.4f} acc {100.0 * float(accuracy):.2f}% ETA {eta_s}"
+        )
+
+    def update(self, step, examples, loss, accuracy, epoch, *, force: bool = False) -> str | None:
+        now = self.clock()
+        if self._t0 is None:
+            line = self.format_line(step, examples, loss, accuracy, epoch, now)
+            self._t0, self._step0, self._examples0 = now, int(step), int(examples)
+        elif force or now - self._last_print >= self.every_seconds:
+            line = self.format_line(step, examples, loss, accuracy, epoch, now)
+        else:
+            return None
+        self._last_print = now
+        self.print_fn(line)
+        return line

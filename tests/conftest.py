@@ -1,0 +1,37 @@
+"""Shared fixtures: small random CRNNs and gradient comparison helpers."""
+
+import os
+
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=4')
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+def flat(tree):
+  return jnp.concatenate([jnp.ravel(leaf) for leaf in jax.tree_util.tree_leaves(tree)])
+
+
+def relative_error(estimate, reference):
+  return float(jnp.linalg.norm(flat(estimate) - flat(reference)) /
+               jnp.linalg.norm(flat(reference)))
+
+
+def cosines(a, b):
+  """Cosine similarity per leaf (list of floats)."""
+  return [float(jnp.vdot(u.ravel(), v.ravel()) / (jnp.linalg.norm(u) * jnp.linalg.norm(v)))
+          for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))]
+
+
+@pytest.fixture
+def x64():
+  with jax.enable_x64(True):
+    yield
+
+
+@pytest.fixture
+def rng():
+  return np.random.default_rng(0)

@@ -1,0 +1,379 @@
+"""Tests for ep_jax.data (fast, no network)."""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from ep_jax import data
+
+
+# ---- helpers -------------------------------------------------------------------------
+
+
+def _write_npz(path, n, shape=(6, 5, 3), num_classes=4, seed=0, **overrides):
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "image": rng.integers(0, 256, (n, *shape), dtype=np.uint8),
+        "label": rng.integers(0, num_classes, n).astype(np.uint8),
+    }
+    arrays.update(overrides)
+    arrays = {k: v for k, v in arrays.items() if v is not None}
+    np.savez(path, **arrays)
+    return arrays
+
+
+def _toy(n=23, shape=(6, 5, 3), num_classes=4, seed=0):
+    rng = np.random.default_rng(seed)
+    split = data.Split(
+        rng.integers(0, 256, (n, *shape), dtype=np.uint8),
+        rng.integers(0, num_classes, n).astype(np.int32),
+    )
+    info = data.DatasetInfo("toy", shape, num_classes, n, 0, (0.5,) * shape[-1], (0.25,) * shape[-1])
+    return split, info
+
+
+# ---- digits --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data.load_dataset("digits")
+
+
+def test_digits_sizes_dtypes_ranges(digits):
+    train, test, info = digits
+    assert (len(train), len(test)) == (1437, 360)
+    assert train.images.shape == (1437, 8, 8, 1) and test.images.shape == (360, 8, 8, 1)
+    assert train.images.dtype == np.uint8 and train.labels.dtype == np.int32
+    assert train.images.max() == 255 and train.images.min() == 0
+    assert set(np.unique(train.labels)) == set(range(10)) == set(np.unique(test.labels))
+    assert np.bincount(test.labels).min() >= 30  # (near-)stratified
+    assert info == data.DatasetInfo(
+        "digits", (8, 8, 1), 10, 1437, 360, info.mean, info.std
+    )
+    x = train.images.astype(np.float64) / 255
+    np.testing.assert_allclose(info.mean, [x.mean()], rtol=1e-9)
+    np.testing.assert_allclose(info.std, [x.std()], rtol=1e-9)
+    # The split is a partition of the 1797 digits.
+    all_rows = np.concatenate([train.images, test.images]).reshape(1797, -1)
+    assert len(all_rows) == 1797
+    hash(info)  # usable as a static jit argument
+
+
+def test_digits_deterministic_and_independent_of_seed(digits):
+    train, test, info = digits
+    train2, test2, info2 = data.load_dataset("digits", seed=7)
+    np.testing.assert_array_equal(train.images, train2.images)
+    np.testing.assert_array_equal(test.labels, test2.labels)
+    assert info == info2
+    assert not train.images.flags.writeable
+
+
+def test_subsets_deterministic():
+    a_tr, a_te, a_info = data.load_dataset("digits", train_subset=100, test_subset=50, seed=3)
+    b_tr, b_te, _ = data.load_dataset("digits", train_subset=100, test_subset=50, seed=3)
+    c_tr, _, _ = data.load_dataset("digits", train_subset=100, seed=4)
+    full_tr, _, full_info = data.load_dataset("digits")
+    assert (len(a_tr), len(a_te), a_info.num_train, a_info.num_test) == (100, 50, 100, 50)
+    np.testing.assert_array_equal(a_tr.images, b_tr.images)
+    np.testing.assert_array_equal(a_te.labels, b_te.labels)
+    assert not np.array_equal(a_tr.images, c_tr.images)
+    assert a_info.mean == full_info.mean  # statistics of the full train split
+    with pytest.raises(ValueError, match="exceeds"):
+        data.load_dataset("digits", train_subset=5000)
+
+
+def test_unknown_dataset_lists_known():
+    with pytest.raises(ValueError, match="unknown dataset 'imagenet'") as e:
+        data.load_dataset("imagenet")
+    for name in ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "npz:"):
+        assert name in str(e.value)
+
+
+def test_import_does_not_need_tfds():
+    code = (
+        "import sys; sys.modules['tensorflow_datasets'] = None; sys.modules['tensorflow'] = None\n"
+        "import ep_jax.data\n"
+        "assert 'tensorflow_datasets' not in [m for m, v in sys.modules.items() if v is not None]"
+    )
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(os.path.dirname(__file__)),
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+
+
+# ---- npz -----------------------------------------------------------------------------
+
+
+def test_npz_directory_with_globs(tmp_path):
+    shards = [_write_npz(tmp_path / f"set_train_{i}.npz", 10 + i, seed=i) for i in range(3)]
+    test = _write_npz(tmp_path / "set_test.npz", 7, seed=9)
+    train, te, info = data.load_dataset(
+        f"npz:{tmp_path}", train_files=["set_train_[0-1].npz", "set_train_2.npz"], test_files=["set_test.npz"]
+    )
+    np.testing.assert_array_equal(train.images, np.concatenate([s["image"] for s in shards]))
+    np.testing.assert_array_equal(train.labels, np.concatenate([s["label"] for s in shards]))
+    np.testing.assert_array_equal(te.images, test["image"])
+    assert train.labels.dtype == np.int32 and len(train) == 33 and len(te) == 7
+    assert info.input_shape == (6, 5, 3) and info.num_train == 33 and info.num_test == 7
+    all_labels = np.concatenate([train.labels, te.labels])
+    assert info.num_classes == all_labels.max() + 1
+    x = train.images.astype(np.float64) / 255
+    np.testing.assert_allclose(info.mean, x.mean((0, 1, 2)), rtol=1e-9)
+    np.testing.assert_allclose(info.std, x.std((0, 1, 2)), rtol=1e-9)
+
+
+def test_npz_directory_requires_both_file_lists(tmp_path):
+    _write_npz(tmp_path / "a.npz", 4)
+    with pytest.raises(ValueError, match="train_files and test_files") as e:
+        data.load_dataset(f"npz:{tmp_path}", train_files=["a.npz"])
+    assert "a.npz" in str(e.value) and "digits" in str(e.value)
+    with pytest.raises(ValueError, match="matches no file"):
+        data.load_dataset(f"npz:{tmp_path}", train_files=["a.npz"], test_files=["b*.npz"])
+    with pytest.raises(ValueError, match="both train and test"):
+        data.load_dataset(f"npz:{tmp_path}", train_files=["a.npz"], test_files=["*.npz"])
+
+
+def test_npz_comma_list_and_hw_images(tmp_path):
+    tr = _write_npz(tmp_path / "x_train.npz", 12, shape=(4, 4), num_classes=3)
+    te = _write_npz(tmp_path / "x_test.npz", 5, shape=(4, 4), num_classes=3, seed=1)
+    other = _write_npz(tmp_path / "extra.npz", 3, shape=(4, 4), num_classes=3, seed=2)
+    # Default assignment by name: '*test*' -> test.
+    train, test, info = data.load_dataset(f"npz:{tmp_path / 'x_train.npz'},{tmp_path / 'x_test.npz'}")
+    assert train.images.shape == (12, 4, 4, 1) and test.images.shape == (5, 4, 4, 1)
+    np.testing.assert_array_equal(train.images[..., 0], tr["image"])
+    np.testing.assert_array_equal(test.labels, te["label"])
+    assert info.input_shape == (4, 4, 1) and len(info.mean) == 1
+    # Explicit selection among listed files; the other split gets the rest.
+    spec = f"npz:{tmp_path / 'x_train.npz'}, {tmp_path / 'extra.npz'} ,{tmp_path / 'x_test.npz'}"
+    train, test, _ = data.load_dataset(spec, test_files=["extra.npz"])
+    np.testing.assert_array_equal(test.images[..., 0], other["image"])
+    assert len(train) == 17
+    # Comma list with a glob.
+    train, test, _ = data.load_dataset(f"npz:{tmp_path}/x_*.npz")
+    assert (len(train), len(test)) == (12, 5)
+
+
+def test_npz_errors(tmp_path):
+    _write_npz(tmp_path / "ok_train.npz", 4)
+    _write_npz(tmp_path / "nolabel_test.npz", 4, label=None)
+    _write_npz(tmp_path / "small_test.npz", 4, shape=(3, 3, 3))
+    _write_npz(tmp_path / "badn_test.npz", 4, label=np.zeros(5, np.int64))
+    _write_npz(tmp_path / "float_test.npz", 4, image=np.zeros((4, 6, 5, 3), np.float32))
+    (tmp_path / "junk_test.npz").write_bytes(b"not a zip")
+    ok = tmp_path / "ok_train.npz"
+    cases = {
+        f"npz:{tmp_path / 'missing_test.npz'},{ok}": "does not exist",
+        f"npz:{ok},{tmp_path / 'nolabel_test.npz'}": r"lacks array\(s\) \['label'\]",
+        f"npz:{ok},{tmp_path / 'small_test.npz'}": "image shapes differ",
+        f"npz:{ok},{tmp_path / 'badn_test.npz'}": "'label' must have shape",
+        f"npz:{ok},{tmp_path / 'float_test.npz'}": "must be uint8",
+        f"npz:{ok},{tmp_path / 'junk_test.npz'}": "cannot read npz file",
+        f"npz:{ok}": "could not form both splits",
+        "npz:": "empty PATH",
+    }
+    for spec, msg in cases.items():
+        with pytest.raises(ValueError, match=msg) as e:
+            data.load_dataset(spec)
+        assert "known datasets" in str(e.value), spec
+    with pytest.raises(ValueError, match="only apply to npz"):
+        data.load_dataset("digits", train_files=["a.npz"])
+
+
+# ---- tfds (mocked) -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name,shape,classes", [("mnist", (28, 28, 1), 10), ("cifar10", (32, 32, 3), 10)])
+def test_tfds_mock(name, shape, classes, tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=12):
+        train, test, info = data.load_dataset(name, data_dir=str(tmp_path), test_subset=5)
+    assert train.images.shape == (12, *shape) and train.images.dtype == np.uint8
+    assert test.images.shape == (5, *shape) and test.labels.dtype == np.int32
+    assert info.input_shape == shape and info.num_classes == classes
+    assert (info.num_train, info.num_test) == (12, 5)
+    assert len(info.mean) == len(info.std) == shape[-1]
+    assert train.labels.min() >= 0 and train.labels.max() < classes
+    assert train.images.std() > 0  # real (random) pixels were copied in
+
+
+# ---- transforms ----------------------------------------------------------------------
+
+
+def test_normalize():
+    split, info = _toy()
+    out = data.normalize(split.images, info)
+    assert out.dtype == np.float32 and out.shape == split.images.shape
+    np.testing.assert_allclose(out, (split.images / 255.0 - 0.5) / 0.25, rtol=1e-5, atol=1e-5)
+
+
+def test_augment_shapes_and_determinism():
+    split, _ = _toy(n=64)
+    x = split.images
+    a = data.augment(x, np.random.default_rng(1))
+    b = data.augment(x, np.random.default_rng(1))
+    c = data.augment(x, np.random.default_rng(2))
+    assert a.shape == x.shape and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_augment_flip_only():
+    split, _ = _toy(n=64)
+    x = split.images
+    out = data.augment(x, np.random.default_rng(0), crop_padding=0, flip=True)
+    same = np.all(out == x, axis=(1, 2, 3))
+    flipped = np.all(out == x[:, :, ::-1], axis=(1, 2, 3))
+    assert np.all(same | flipped) and flipped.sum() > 10 and same.sum() > 10
+    np.testing.assert_array_equal(data.augment(x, np.random.default_rng(0), crop_padding=0, flip=False), x)
+
+
+def test_augment_crop_is_shifted_window_with_zero_padding():
+    x = np.arange(1, 1 + 2 * 6 * 7 * 1, dtype=np.uint8).reshape(2, 6, 7, 1)
+    p = 2
+    out = data.augment(np.repeat(x, 50, 0), np.random.default_rng(0), crop_padding=p, flip=False)
+    assert out.shape == (100, 6, 7, 1)
+    padded = np.pad(np.repeat(x, 50, 0), ((0, 0), (p, p), (p, p), (0, 0)))
+    offsets = set()
+    for i in range(100):
+        hits = [(dy, dx) for dy in range(2 * p + 1) for dx in range(2 * p + 1)
+                if np.array_equal(out[i], padded[i, dy:dy + 6, dx:dx + 7])]
+        assert hits, i
+        offsets.add(hits[0])
+    assert len(offsets) > 10  # offsets actually vary
+
+
+# ---- batching ------------------------------------------------------------------------
+
+
+def _collect(it):
+    return [{k: v.copy() for k, v in b.items()} for b in it]
+
+
+def test_train_batches_deterministic_and_epoch_dependent():
+    split, info = _toy(n=50)
+    kw = dict(batch_size=8, seed=3, augment=True)
+    a = _collect(data.train_batches(split, info, epoch=0, **kw))
+    b = _collect(data.train_batches(split, info, epoch=0, prefetch=0, **kw))
+    c = _collect(data.train_batches(split, info, epoch=1, **kw))
+    assert len(a) == data.num_train_batches(split, 8) == 6  # last partial batch dropped
+    for x, y in zip(a, b):
+        assert x.keys() == {"image", "label"}
+        assert x["image"].dtype == np.float32 and x["image"].shape == (8, 6, 5, 3)
+        assert x["label"].dtype == np.int32 and x["label"].shape == (8,)
+        np.testing.assert_array_equal(x["image"], y["image"])
+        np.testing.assert_array_equal(x["label"], y["label"])
+    order_a = np.concatenate([x["label"] for x in a])
+    order_c = np.concatenate([x["label"] for x in c])
+    assert not np.array_equal(order_a, order_c)
+    # Resume mid-epoch: identical to the tail of a full pass.
+    tail = _collect(data.train_batches(split, info, epoch=0, start_batch=4, **kw))
+    assert len(tail) == 2
+    np.testing.assert_array_equal(tail[0]["image"], a[4]["image"])
+    # Without augmentation the batches are exactly normalised examples of the permutation.
+    plain = _collect(data.train_batches(split, info, batch_size=8, epoch=2, seed=3))
+    perm = data.epoch_permutation(50, 3, 2)
+    np.testing.assert_array_equal(plain[1]["label"], split.labels[perm[8:16]])
+    np.testing.assert_array_equal(plain[1]["image"], data.normalize(split.images[perm[8:16]], info))
+    with pytest.raises(ValueError, match="fewer than batch_size"):
+        data.train_batches(split, info, batch_size=64, epoch=0, seed=0)
+
+
+def test_eval_batches_cover_every_example_once():
+    split, info = _toy(n=23)
+    batches = _collect(data.eval_batches(split, info, batch_size=5))
+    assert len(batches) == data.num_eval_batches(split, 5) == 5
+    for b in batches:
+        assert b["image"].shape == (5, 6, 5, 3) and b["mask"].dtype == np.float32
+    mask = np.concatenate([b["mask"] for b in batches])
+    np.testing.assert_array_equal(mask, np.r_[np.ones(23), np.zeros(2)])
+    labels = np.concatenate([b["label"] for b in batches])[mask > 0]
+    images = np.concatenate([b["image"] for b in batches])[mask > 0]
+    np.testing.assert_array_equal(labels, split.labels)
+    np.testing.assert_array_equal(images, data.normalize(split.images, info))
+    extra = _collect(data.eval_batches(split, info, batch_size=5, num_batches=7, prefetch=0))
+    assert len(extra) == 7 and extra[-1]["mask"].sum() == 0
+    exact = _collect(data.eval_batches(split, info, batch_size=23))
+    assert len(exact) == 1 and exact[0]["mask"].all()
+
+
+def test_split_for_process():
+    split, _ = _toy(n=23)
+    shards = [data.split_for_process(split, i, 4) for i in range(4)]
+    assert [len(s) for s in shards] == [5] * 4
+    np.testing.assert_array_equal(shards[1].labels, split.labels[[1, 5, 9, 13, 17]])
+    full = [data.split_for_process(split, i, 4, drop_remainder=False) for i in range(4)]
+    assert sorted(np.concatenate([s.labels for s in full]).tolist()) == sorted(split.labels.tolist())
+    assert [len(s) for s in full] == [6, 6, 6, 5]
+    assert data.split_for_process(split, 0, 1) is split
+    with pytest.raises(ValueError):
+        data.split_for_process(split, 4, 4)
+
+
+# ---- prefetch ------------------------------------------------------------------------
+
+
+def test_prefetch_yields_all_in_order():
+    assert list(data.prefetch_to_host(iter(range(100)), 3)) == list(range(100))
+    assert list(data.prefetch_to_host(range(5), 0)) == list(range(5))
+
+
+def test_prefetch_reraises_producer_error():
+    def gen():
+        yield 1
+        yield 2
+        raise RuntimeError("boom in producer")
+
+    it = data.prefetch_to_host(gen(), 2)
+    assert next(it) == 1 and next(it) == 2
+    with pytest.raises(RuntimeError, match="boom in producer"):
+        next(it)
+    with pytest.raises(StopIteration):
+        next(it)
+
+
+def test_prefetch_abandoned_consumer_does_not_hang():
+    finished = threading.Event()
+    produced = []
+
+    def gen():
+        try:
+            for i in range(10**6):
+                produced.append(i)
+                yield np.zeros(10)
+        finally:
+            finished.set()
+
+    before = threading.active_count()
+    it = data.prefetch_to_host(gen(), 2)
+    next(it)
+    time.sleep(0.1)
+    assert len(produced) <= 5  # bounded queue: the producer waits
+    it.close()
+    assert finished.wait(5), "producer thread did not stop after close()"
+
+    # Dropping the iterator without close() also stops the producer.
+    finished.clear()
+    it = data.prefetch_to_host(gen(), 2)
+    next(it)
+    del it
+    assert finished.wait(5), "producer thread did not stop after the iterator was dropped"
+    deadline = time.time() + 5
+    while threading.active_count() > before and time.time() < deadline:
+        time.sleep(0.02)
+    assert threading.active_count() <= before
+
+
+def test_train_batches_abandoned_early():
+    split, info = _toy(n=400)
+    it = data.train_batches(split, info, batch_size=4, epoch=0, seed=0, augment=True)
+    first = next(it)
+    assert first["image"].shape == (4, 6, 5, 3)
+    it.close()
+    with pytest.raises(StopIteration):
+        next(it)

@@ -1,0 +1,141 @@
+"""The EP theorem, bias orders and reference gradients (float64, METHOD.md §6)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import cosines, relative_error
+from ep_jax import estimators, network, reference_grads, relaxation
+
+T = 3000
+TOL = 1e-13
+
+
+def _problem(activation, layout, dense=(6,), readout='softmax', seed=0):
+  spec = network.make_spec(layout, input_shape=(8, 8, 2), num_classes=4, dense=dense,
+                           activation=activation, readout=readout)
+  params = network.init_params(spec, jax.random.PRNGKey(seed), dtype=jnp.float64)
+  # Larger weights than the default init so the dynamics are far from trivial.
+  params = jax.tree_util.tree_map(lambda p: 2.0 * p, params)
+  x = jax.random.uniform(jax.random.PRNGKey(seed + 1), (4, 8, 8, 2), jnp.float64)
+  targets = {'label': jnp.array([0, 1, 2, 3])}
+  free = relaxation.relax(spec, params, x, network.init_states(spec, 4, jnp.float64),
+                          max_steps=T, tol=TOL)
+  assert float(free.residual) <= TOL
+  implicit = reference_grads.implicit_gradient(spec, params, x, targets, free.states)
+  assert float(implicit.residual) <= 1e-11
+  return spec, params, x, targets, implicit.grads
+
+
+def _ep(spec, params, x, targets, estimator, beta, **kw):
+  return estimators.ep_gradient(spec, params, x, targets, beta=beta, estimator=estimator,
+                                free_steps=T, nudged_steps=T, tol=TOL, **kw)
+
+
+@pytest.mark.parametrize('readout', ['softmax', 'mse'])
+def test_symmetric_matches_implicit_on_conv_crnn(x64, readout):
+  """Hard sigmoid, max pooling (the reference network's ingredients), β = 0.01."""
+  spec, params, x, targets, implicit = _problem('hard_sigmoid', '5,M,7,M', readout=readout)
+  out = _ep(spec, params, x, targets, 'symmetric', 0.01)
+  assert min(cosines(out.grads, implicit)) >= 0.999
+  assert all(int(r.steps) < T for r in out.nudged)
+
+
+def test_bptt_matches_implicit(x64):
+  spec, params, x, targets, implicit = _problem('hard_sigmoid', '5,M,7,M')
+  bptt = reference_grads.bptt_gradient(spec, params, x, targets, steps=200)
+  assert min(cosines(bptt, implicit)) >= 0.999999
+  assert relative_error(bptt, implicit) < 1e-6
+
+
+def test_bias_orders_with_smooth_dynamics(x64):
+  """Halving β halves the one-sided error, quarters the symmetric one; holomorphic is best."""
+  spec, params, x, targets, implicit = _problem('smooth_sigmoid', '5,A,7,A')
+  errors = {name: [relative_error(_ep(spec, params, x, targets, name, b).grads, implicit)
+                   for b in (0.1, 0.05)]
+            for name in ('one_sided', 'symmetric', 'holomorphic')}
+  one_ratio = errors['one_sided'][0] / errors['one_sided'][1]
+  sym_ratio = errors['symmetric'][0] / errors['symmetric'][1]
+  assert 1.8 < one_ratio < 2.2, errors
+  assert 3.6 < sym_ratio < 4.4, errors
+  assert errors['holomorphic'][1] < errors['symmetric'][1] / 10, errors
+  assert errors['symmetric'][1] < errors['one_sided'][1], errors
+
+
+def test_holomorphic_K_point_orders(x64):
+  spec, params, x, targets, implicit = _problem('smooth_sigmoid', '4,A', dense=(5,))
+  err = [relative_error(_ep(spec, params, x, targets, 'holomorphic', b, holo_points=4).grads,
+                        implicit) for b in (0.2, 0.1)]
+  assert err[0] / err[1] > 10  # O(|β|^4): 16 in theory
+
+
+def test_symmetric_hard_sigmoid_small_beta_is_accurate(x64):
+  """METHOD.md §6: with piecewise-linear dynamics the O(β²) regime needs a small β."""
+  spec, params, x, targets, implicit = _problem('hard_sigmoid', '5,M,7,M')
+  out = _ep(spec, params, x, targets, 'symmetric', 1e-3)
+  assert relative_error(out.grads, implicit) < 1e-3
+
+
+def test_random_sign_draws_both_signs_and_averages_to_symmetric(x64):
+  """+β equals one-sided; the mean of the +β and -β draws is exactly the symmetric estimate."""
+  spec, params, x, targets, _ = _problem('smooth_sigmoid', '4,A', dense=(5,))
+  keys = [jax.random.PRNGKey(i) for i in range(8)]
+  signs = [float(jax.random.rademacher(k, (), jnp.float32)) for k in keys]
+  k_plus, k_minus = keys[signs.index(1.0)], keys[signs.index(-1.0)]
+  plus = _ep(spec, params, x, targets, 'random_sign', 0.05, rng=k_plus)
+  minus = _ep(spec, params, x, targets, 'random_sign', 0.05, rng=k_minus)
+  one_sided = _ep(spec, params, x, targets, 'one_sided', 0.05)
+  symmetric = _ep(spec, params, x, targets, 'symmetric', 0.05)
+  assert relative_error(plus.grads, one_sided.grads) < 1e-10
+  assert relative_error(minus.grads, one_sided.grads) > 1e-4
+  mean = jax.tree_util.tree_map(lambda a, b: (a + b) / 2, plus.grads, minus.grads)
+  assert relative_error(mean, symmetric.grads) < 1e-8
+
+
+def test_jit_and_vmap_over_beta():
+  spec = network.make_spec('4,M', input_shape=(8, 8, 1), num_classes=3, dense=(5,))
+  params = network.init_params(spec, jax.random.PRNGKey(0))
+  x = jax.random.uniform(jax.random.PRNGKey(1), (2, 8, 8, 1))
+  targets = {'label': jnp.array([0, 2])}
+
+  @jax.jit
+  def grads_for(beta):
+    return estimators.ep_gradient(spec, params, x, targets, beta=beta, free_steps=30,
+                                  nudged_steps=10).grads
+
+  batched = jax.vmap(grads_for)(jnp.array([0.1, 0.5]))
+  single = grads_for(0.5)
+  for b, s in zip(jax.tree_util.tree_leaves(batched), jax.tree_util.tree_leaves(single)):
+    assert b.shape[0] == 2 and b.shape[1:] == s.shape
+    np.testing.assert_allclose(b[1], s, rtol=1e-4, atol=1e-6)
+  # Gradients are shaped like the parameters.
+  assert jax.tree_util.tree_structure(single) == jax.tree_util.tree_structure(params)
+
+
+@pytest.mark.parametrize('beta', [0.0, -0.5, float('nan')])
+def test_beta_must_be_positive(beta):
+  spec = network.make_spec('4,M', input_shape=(8, 8, 1), num_classes=3)
+  params = network.init_params(spec, jax.random.PRNGKey(0))
+  x = jnp.zeros((2, 8, 8, 1))
+  with pytest.raises(ValueError, match='beta must be'):
+    estimators.ep_gradient(spec, params, x, {'label': jnp.array([0, 1])}, beta=beta)
+  with pytest.raises(ValueError, match='beta must be'):
+    estimators.EPConfig(beta=beta)
+
+
+def test_bad_estimator_and_holomorphic_requirements():
+  spec = network.make_spec('4,M', input_shape=(8, 8, 1), num_classes=3)
+  params = network.init_params(spec, jax.random.PRNGKey(0))
+  x = jnp.zeros((2, 8, 8, 1))
+  t = {'label': jnp.array([0, 1])}
+  with pytest.raises(ValueError, match='unknown estimator'):
+    estimators.ep_gradient(spec, params, x, t, beta=0.1, estimator='two_sided')
+  with pytest.raises(ValueError, match='holomorphic activation'):
+    estimators.ep_gradient(spec, params, x, t, beta=0.1, estimator='holomorphic')
+  smooth = network.make_spec('4,M', input_shape=(8, 8, 1), num_classes=3,
+                             activation='smooth_sigmoid')
+  with pytest.raises(ValueError, match='average pooling'):
+    estimators.ep_gradient(smooth, params, x, t, beta=0.1, estimator='holomorphic')
+  with pytest.raises(ValueError, match='rng'):
+    estimators.ep_gradient(spec, params, x, t, beta=0.1, estimator='random_sign')

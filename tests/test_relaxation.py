@@ -1,0 +1,94 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ep_jax import energy, network, relaxation
+
+
+def _net(activation='hard_sigmoid', layout='5,M,7,M', dense=(6,), readout='softmax',
+         dtype=jnp.float32, seed=0, batch=3):
+  spec = network.make_spec(layout, input_shape=(8, 8, 2), num_classes=4, dense=dense,
+                           activation=activation, readout=readout)
+  params = network.init_params(spec, jax.random.PRNGKey(seed), dtype=dtype)
+  x = jax.random.uniform(jax.random.PRNGKey(seed + 1), (batch, 8, 8, 2), dtype)
+  return spec, params, x
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+@pytest.mark.parametrize('activation', ['hard_sigmoid', 'smooth_sigmoid'])
+def test_while_loop_reaches_tolerance_and_reports_steps(seed, activation):
+  spec, params, x = _net(activation, seed=seed)
+  out = jax.jit(lambda p, x: relaxation.relax(
+      spec, p, x, network.init_states(spec, 3), max_steps=500, tol=1e-5))(params, x)
+  assert 0 < int(out.steps) < 500
+  assert float(out.residual) <= 1e-5
+  # It really is a fixed point of the update map.
+  again = relaxation.step(spec, params, x, out.states, None, None, None)
+  assert relaxation.max_change(again, out.states) <= 1e-4
+
+
+def test_fixed_steps_when_tol_is_zero_and_agreement_with_scan():
+  spec, params, x = _net()
+  s0 = network.init_states(spec, 3)
+  loop = relaxation.relax(spec, params, x, s0, max_steps=40, tol=0.0)
+  scan = relaxation.relax_fixed(spec, params, x, s0, steps=40)
+  assert int(loop.steps) == 40
+  for a, b in zip(loop.states, scan.states):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_fixed_T_and_while_loop_agree_at_convergence(x64):
+  spec, params, x = _net('smooth_sigmoid', dtype=jnp.float64)
+  s0 = network.init_states(spec, 3, jnp.float64)
+  loop = relaxation.relax(spec, params, x, s0, max_steps=1000, tol=1e-12)
+  scan = relaxation.relax_fixed(spec, params, x, s0, steps=300)
+  for a, b in zip(loop.states, scan.states):
+    np.testing.assert_allclose(a, b, atol=1e-10)
+
+
+@pytest.mark.parametrize('activation', ['hard_sigmoid', 'smooth_sigmoid'])
+def test_sync_and_async_reach_the_same_fixed_point(activation, x64):
+  spec, params, x = _net(activation, dtype=jnp.float64, layout='5,M,7,A,6')
+  s0 = network.init_states(spec, 3, jnp.float64)
+  sync = relaxation.relax(spec, params, x, s0, max_steps=2000, tol=1e-12, mode='sync')
+  asyn = relaxation.relax(spec, params, x, s0, max_steps=2000, tol=1e-12, mode='async')
+  assert float(sync.residual) <= 1e-12 and float(asyn.residual) <= 1e-12
+  assert int(asyn.steps) <= int(sync.steps)
+  for a, b in zip(sync.states, asyn.states):
+    np.testing.assert_allclose(a, b, atol=1e-9)
+
+
+def test_force_from_grad_equals_explicit_feedback(x64):
+  """∂Φ/∂s_l = drive from below + feedback from above (transposed conv through the pool)."""
+  spec, params, x = _net(layout='5,7,A', dense=(6,), dtype=jnp.float64)
+  states = tuple(jax.random.uniform(jax.random.PRNGKey(i), (3,) + shape, jnp.float64)
+                 for i, shape in enumerate(spec.state_shapes))
+  forces = relaxation.force(spec, params, x, states, None, None, None)
+  drives = energy.layer_drives(spec, params, x, states)
+  # Top layer (dense, nothing above it in softmax mode): force is its drive.
+  np.testing.assert_allclose(forces[-1], drives[-1], atol=1e-12)
+  # Layer 2 (conv + avg pool) gets dense feedback W_3^T s_3 reshaped.
+  feedback = (states[2] @ params['layers'][2]['w'].T).reshape(states[1].shape)
+  np.testing.assert_allclose(forces[1], drives[1] + feedback, atol=1e-12)
+  # Layer 1 gets the transposed convolution of the avg-unpooled s_2.
+  up = jnp.repeat(jnp.repeat(states[1], 2, 1), 2, 2) * 0.25
+  w = params['layers'][1]['w']
+  transposed = jax.lax.conv_general_dilated(
+      up, jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2), (1, 1), 'SAME',
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  np.testing.assert_allclose(forces[0], drives[0] + transposed, atol=1e-12)
+
+
+def test_divergence_stops_the_loop_and_reports_nonfinite_residual():
+  spec, params, x = _net()
+  bad = jax.tree_util.tree_map(lambda p: p * jnp.nan, params)
+  out = relaxation.relax(spec, bad, x, network.init_states(spec, 3), max_steps=100, tol=0.0)
+  assert int(out.steps) == 1
+  assert not np.isfinite(float(out.residual))
+
+
+def test_unknown_mode():
+  spec, params, x = _net()
+  with pytest.raises(ValueError, match='mode'):
+    relaxation.relax(spec, params, x, network.init_states(spec, 3), mode='chaotic')

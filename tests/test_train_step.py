@@ -1,0 +1,109 @@
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from ep_jax import network, optim, train_step
+from ep_jax.estimators import EPConfig
+
+
+def _setup(estimator='symmetric', activation='hard_sigmoid', layout='8,M,8,M'):
+  spec = network.make_spec(layout, input_shape=(8, 8, 1), num_classes=4, dense=(16,),
+                           activation=activation)
+  params = network.init_params(spec, jax.random.PRNGKey(0))
+  tx = optim.make_optimizer(spec, params, learning_rates=[1.0, 0.8, 0.5, 0.3], momentum=0.9,
+                            weight_decay=1e-4, schedule='cosine', total_steps=100)
+  ep = EPConfig(estimator=estimator, beta=0.5, free_steps=30, nudged_steps=10)
+  state = train_step.create_train_state(params, tx, jax.random.PRNGKey(1))
+  rng = np.random.default_rng(0)
+  # A learnable batch: each class lights up its own quadrant of the image.
+  labels = np.arange(16) % 4
+  images = 0.2 * rng.uniform(size=(16, 8, 8, 1))
+  for i, y in enumerate(labels):
+    images[i, 4 * (y // 2):4 * (y // 2) + 4, 4 * (y % 2):4 * (y % 2) + 4] += 1.0
+  batch = {'image': jnp.asarray(images, jnp.float32), 'label': jnp.asarray(labels, jnp.int32)}
+  return spec, ep, tx, state, batch
+
+
+def test_train_step_traced_once_finite_and_reduces_loss():
+  spec, ep, tx, state, batch = _setup()
+  step_fn = train_step.make_train_step(spec, ep, tx)
+  step_fn = jax.jit(chex.assert_max_traces(step_fn, n=1), donate_argnums=0)
+  losses = []
+  for _ in range(12):
+    state, metrics = step_fn(state, batch)
+    losses.append(float(metrics['loss']))
+    assert bool(metrics['finite'])
+    for g in ('free_steps', 'grad_norm', 'accuracy'):
+      assert np.isfinite(float(metrics[g]))
+  assert int(state.step) == 12
+  assert losses[-1] < 0.8 * losses[0], losses
+  assert metrics['layer_mean_abs_state'].shape == (spec.num_layers,)
+
+
+@pytest.mark.parametrize('estimator', ['one_sided', 'random_sign'])
+def test_other_estimators_train(estimator):
+  spec, ep, tx, state, batch = _setup(estimator)
+  step_fn = jax.jit(train_step.make_train_step(spec, ep, tx))
+  first = None
+  for _ in range(8):
+    state, metrics = step_fn(state, batch)
+    first = first if first is not None else float(metrics['loss'])
+  assert float(metrics['loss']) < first
+
+
+def test_holomorphic_training_step():
+  spec, ep, tx, state, batch = _setup('holomorphic', 'smooth_sigmoid', '8,A,8,A')
+  step_fn = jax.jit(train_step.make_train_step(spec, ep, tx))
+  state, metrics = step_fn(state, batch)
+  assert bool(metrics['finite'])
+  assert float(metrics['nudged_steps']) == 10
+
+
+def test_eval_step_masks_padding():
+  spec, ep, tx, state, batch = _setup()
+  eval_fn = jax.jit(train_step.make_eval_step(spec, ep))
+  full = eval_fn(state.params, batch)
+  masked = eval_fn(state.params, dict(batch, mask=jnp.asarray([1.0] * 10 + [0.0] * 6)))
+  assert float(full['count']) == 16 and float(masked['count']) == 10
+  half = {k: v[:10] for k, v in batch.items()}
+  part = eval_fn(state.params, half)
+  np.testing.assert_allclose(masked['loss_sum'], part['loss_sum'], rtol=1e-5)
+  np.testing.assert_allclose(masked['correct'], part['correct'])
+
+
+def test_optimizer_per_layer_rates_and_schedules():
+  spec = network.make_spec('8,M,8,M', input_shape=(8, 8, 1), num_classes=4)
+  params = network.init_params(spec, jax.random.PRNGKey(0))
+  grads = jax.tree_util.tree_map(jnp.ones_like, params)
+  tx = optim.make_optimizer(spec, params, learning_rates=[0.3, 0.2, 0.1], momentum=0.0,
+                            schedule='constant')
+  updates, _ = tx.update(grads, tx.init(params), params)
+  assert float(updates['layers'][0]['w'][0, 0, 0, 0]) == pytest.approx(-0.3)
+  assert float(updates['layers'][1]['b'][0]) == pytest.approx(-0.2)
+  assert float(updates['readout']['w'][0, 0]) == pytest.approx(-0.1)
+  with pytest.raises(ValueError, match='parameter groups'):
+    optim.make_optimizer(spec, params, learning_rates=[0.1, 0.2])
+  cosine = optim.learning_rate_schedule(1.0, schedule='cosine', total_steps=100, eta_min=0.1)
+  assert float(cosine(0)) == pytest.approx(1.0)
+  assert float(cosine(50)) == pytest.approx(0.55)
+  assert float(cosine(100)) == pytest.approx(0.1)
+  sgdr = optim.learning_rate_schedule(1.0, schedule='sgdr', total_steps=100, restart_period=20,
+                                      restart_mult=2.0)
+  assert float(sgdr(19)) < 0.1 and float(sgdr(20)) == pytest.approx(1.0)
+  assert float(sgdr(60)) == pytest.approx(1.0)  # periods 20, 40, 80
+  with pytest.raises(ValueError, match='schedule'):
+    optim.learning_rate_schedule(1.0, schedule='step', total_steps=10)
+
+
+def test_weight_decay_matches_torch_convention():
+  spec = network.make_spec('4', input_shape=(4, 4, 1), num_classes=2)
+  params = network.init_params(spec, jax.random.PRNGKey(0))
+  zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+  tx = optim.make_optimizer(spec, params, learning_rates=0.5, momentum=0.9, weight_decay=0.1,
+                            schedule='constant')
+  updates, _ = tx.update(zeros, tx.init(params), params)
+  chex.assert_trees_all_close(updates, jax.tree_util.tree_map(lambda p: -0.05 * p, params),
+                              rtol=1e-6)
