@@ -69,13 +69,15 @@ def make_optimizer(spec: NetworkSpec, params: dict, *, learning_rates: float | S
   """Builds the optax transform for `params`.
 
   Args:
-    learning_rates: one rate for every group, or one per synapse group in order
+    learning_rates: one rate for every group (a float or a 1-tuple), or one per synapse group in order
       (`synapse_names(spec)`: conv layers, dense layers, [output], readout), as in the
       reference's `--lrs 0.25 0.15 0.1 0.08 0.05`.
     extra_learning_rates: rates for other top-level groups (e.g. {'signals': 0.01}); groups
       without one use the last synapse rate.
   """
   groups = synapse_names(spec)
+  if not isinstance(learning_rates, (int, float)) and len(learning_rates) == 1:
+    learning_rates = learning_rates[0]
   if isinstance(learning_rates, (int, float)):
     rates = {g: float(learning_rates) for g in groups}
   else:
@@ -105,6 +107,8 @@ def current_learning_rates(spec: NetworkSpec, *, learning_rates, schedule: str,
                            total_steps: int, step: int, eta_min: float = 0.0,
                            restart_period: int = 0, restart_mult: float = 1.0) -> list[float]:
   """The per-group learning rates at `step` (for logging)."""
+  if not isinstance(learning_rates, (int, float)) and len(learning_rates) == 1:
+    learning_rates = learning_rates[0]
   rates = ([learning_rates] * len(synapse_names(spec))
            if isinstance(learning_rates, (int, float)) else list(learning_rates))
   return [float(learning_rate_schedule(r, schedule=schedule, total_steps=total_steps,

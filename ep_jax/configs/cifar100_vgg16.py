@@ -1,0 +1,13 @@
+"""CIFAR-100 on a VGG-16 CRNN with standard symmetric EP (no learning signals)."""
+
+from ep_jax.configs import cifar10_vgg5
+
+
+def get_config():
+  config = cifar10_vgg5.get_config()
+  config.data.dataset = 'cifar100'
+  config.model.layout = 'vgg16'
+  config.optim.learning_rates = (0.25, 0.2, 0.2, 0.15, 0.15, 0.1, 0.1, 0.1, 0.08, 0.08, 0.08,
+                                 0.06, 0.06, 0.05)
+  config.train.epochs = 100
+  return config

@@ -1,0 +1,89 @@
+"""The default config: every field a run can set, with the quick start's values.
+
+The quick start trains a small CRNN with symmetric EP on scikit-learn's embedded 8x8 digits
+(no download). Other configs import this one and change a few fields.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.data = ml_collections.ConfigDict()
+  config.data.dataset = 'digits'  # digits | mnist | fashion_mnist | cifar10 | cifar100 | npz:PATH
+  config.data.data_dir = ''  # tfds data_dir ('' = tfds default)
+  config.data.train_files = ()  # npz: file names or globs for the train split
+  config.data.test_files = ()  # npz: file names or globs for the test split
+  config.data.train_subset = 0  # > 0: a fixed subset of the training set
+  config.data.test_subset = 0
+  config.data.augment = False  # random crop (pad crop_padding) + horizontal flip
+  config.data.crop_padding = 4
+  config.data.flip = True
+  config.data.prefetch = 2
+
+  config.model = ml_collections.ConfigDict()
+  config.model.layout = '32,M,64,M'  # conv widths, M max pool, A average pool, or a preset
+  config.model.dense = ()  # hidden dense widths after the convolutions
+  config.model.readout = 'softmax'  # softmax (outside the system) | mse (output layer inside)
+  config.model.activation = 'hard_sigmoid'
+  config.model.kernel_size = 3
+  config.model.padding = 'SAME'
+  config.model.init_scale = 1.0
+
+  config.ep = ml_collections.ConfigDict()
+  config.ep.estimator = 'symmetric'  # one_sided | random_sign | symmetric | holomorphic
+  config.ep.beta = 0.5
+  config.ep.free_steps = 30  # T1 (the limit when tol > 0)
+  config.ep.nudged_steps = 10  # T2
+  config.ep.tol = 0.0  # relaxation residual tolerance; 0 = fixed step counts
+  config.ep.mode = 'sync'  # sync | async
+  config.ep.holo_points = 4
+  config.ep.dtype = 'float32'  # state dtype of the relaxation: float32 | bfloat16
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.learning_rates = (0.2, 0.1, 0.05)  # one per synapse group, or a single float
+  config.optim.momentum = 0.9
+  config.optim.weight_decay = 3e-4
+  config.optim.schedule = 'cosine'  # constant | cosine | sgdr
+  config.optim.eta_min = 1e-5
+  config.optim.restart_epochs = 0  # sgdr: first period in epochs
+  config.optim.restart_mult = 2.0
+  config.optim.signal_learning_rate = 0.05  # learned LES heads
+
+  config.train = ml_collections.ConfigDict()
+  config.train.epochs = 20
+  config.train.batch_size = 32
+  config.train.eval_batch_size = 256
+  config.train.log_every_seconds = 5.0
+  config.train.checkpoints_to_keep = 3
+  config.train.multihost = False  # call jax.distributed.initialize() first
+
+  config.signals = ml_collections.ConfigDict()
+  config.signals.les = ml_collections.ConfigDict()
+  config.signals.les.enabled = False
+  config.signals.les.layers = ()  # 0-based hidden layer indices; () = every hidden layer
+  config.signals.les.head = 'fixed'  # fixed (random projection) | learned
+  config.signals.les.pool = 'gap'  # gap (global average pool) | flatten
+  config.signals.les.loss = 'ce'  # ce | mse | predsim
+  config.signals.les.predsim_mix = 0.99  # predsim: weight of the similarity-matching term
+  config.signals.kd = ml_collections.ConfigDict()
+  config.signals.kd.enabled = False
+  config.signals.kd.teacher_workdir = ''  # a workdir of experiments.train_teacher
+  config.signals.kd.layers = ()  # 0-based hidden layer indices; () = every hidden layer
+  config.signals.kd.output = True  # add the output KD term
+  config.signals.kd.alpha = 0.5  # weight of the KD term against the label cross-entropy
+  config.signals.kd.temperature = 4.0
+  config.signals.kappa = ml_collections.ConfigDict()
+  config.signals.kappa.schedule = 'constant'  # constant | linear | exp | cos
+  config.signals.kappa.init = 1.0
+  config.signals.kappa.min = 0.0
+  config.signals.kappa.gamma = 0.1  # exp schedule rate per epoch
+  config.signals.kappa.per_layer = ()  # optional per-layer κ_init values (else the global)
+
+  config.teacher = ml_collections.ConfigDict()
+  config.teacher.epochs = 20
+  config.teacher.learning_rate = 0.05
+  config.teacher.batch_size = 64
+  return config

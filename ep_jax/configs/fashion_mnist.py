@@ -1,0 +1,10 @@
+"""Fashion-MNIST (tfds): the MNIST recipe on Fashion-MNIST."""
+
+from ep_jax.configs import mnist
+
+
+def get_config():
+  config = mnist.get_config()
+  config.data.dataset = 'fashion_mnist'
+  config.train.epochs = 30
+  return config

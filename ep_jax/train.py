@@ -1,0 +1,288 @@
+"""`train_and_evaluate(config, workdir)`: the EP training loop behind `experiments.train`.
+
+Per epoch: shuffled (optionally augmented) training batches on a background thread, one
+jitted EP train step per batch over a `Mesh` of all devices (batch sharded on 'data',
+state replicated and donated), a full evaluation of the test split (padded last batch, masked),
+then one record in `metrics.jsonl`, TensorBoard and `curves.png`, and an orbax checkpoint.
+Running again with the same workdir resumes from the latest checkpoint (parameters, optimiser
+state, RNG, and the data order, which is a function of (seed, epoch)).
+
+A non-finite loss, gradient or relaxation stops training with `NonFiniteError` naming the
+epoch, the step and the first layer whose states went non-finite; the last good checkpoint is
+kept as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from ep_jax import data as data_lib
+from ep_jax import network, optim
+from ep_jax.checkpointing import Checkpointer
+from ep_jax.estimators import EPConfig
+from ep_jax.metrics_io import MetricsWriter, ProgressReporter
+from ep_jax.train_step import TrainState, create_train_state, make_eval_step, make_train_step
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float64': jnp.float64}
+
+
+class NonFiniteError(FloatingPointError):
+  """Training produced NaN/inf; the message names the epoch, step and layer."""
+
+
+def _check_writable(workdir: str) -> None:
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, '.write_probe')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise PermissionError(f'workdir {workdir!r} is not writable: {e}') from e
+
+
+def build_spec(config: ml_collections.ConfigDict, info: data_lib.DatasetInfo) -> network.NetworkSpec:
+  m = config.model
+  return network.make_spec(m.layout, input_shape=info.input_shape, num_classes=info.num_classes,
+                           dense=tuple(m.dense), readout=m.readout, activation=m.activation,
+                           kernel_size=m.kernel_size, padding=m.padding)
+
+
+def build_ep_config(config: ml_collections.ConfigDict) -> EPConfig:
+  e = config.ep
+  return EPConfig(estimator=e.estimator, beta=float(e.beta), free_steps=int(e.free_steps),
+                  nudged_steps=int(e.nudged_steps), tol=float(e.tol), mode=e.mode,
+                  holo_points=int(e.holo_points))
+
+
+def state_dtype(config: ml_collections.ConfigDict):
+  if config.ep.dtype not in DTYPES:
+    raise ValueError(f'unknown ep.dtype {config.ep.dtype!r}; known: {sorted(DTYPES)}')
+  return DTYPES[config.ep.dtype]
+
+
+def load_data(config: ml_collections.ConfigDict):
+  d = config.data
+  return data_lib.load_dataset(d.dataset, data_dir=d.data_dir or None,
+                               train_files=tuple(d.train_files), test_files=tuple(d.test_files),
+                               train_subset=d.train_subset, test_subset=d.test_subset,
+                               seed=config.seed)
+
+
+def signals_enabled(config: ml_collections.ConfigDict) -> bool:
+  return bool(config.signals.les.enabled or config.signals.kd.enabled)
+
+
+def make_mesh(batch_size: int, eval_batch_size: int) -> Mesh:
+  """A 1-D mesh over all devices; both batch sizes must divide by the device count."""
+  devices = np.array(jax.devices())
+  for name, size in (('train.batch_size', batch_size), ('train.eval_batch_size',
+                                                         eval_batch_size)):
+    if size % devices.size:
+      raise ValueError(f'{name}={size} is not divisible by the {devices.size} devices; '
+                       'choose a multiple of the device count')
+  return Mesh(devices, ('data',))
+
+
+def to_global(batch: dict, sharding: NamedSharding) -> dict:
+  """Assembles a globally sharded batch from this process's part (any process count)."""
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in batch.items()}
+
+
+def _mean_metrics(per_step: list[dict]) -> dict:
+  stacked = jax.device_get(per_step)
+  out = {}
+  for key in stacked[0]:
+    values = np.stack([np.asarray(m[key], np.float64) for m in stacked])
+    out[key] = values.mean(axis=0)
+  return out
+
+
+def _first_bad_layer(names: tuple, metrics: dict) -> str:
+  per_layer = np.asarray(metrics.get('layer_mean_abs_state', []), np.float64)
+  for name, value in zip(names, per_layer):
+    if not np.isfinite(value):
+      return name
+  return 'none'
+
+
+def _bad_param_groups(spec: network.NetworkSpec, params: dict) -> list[str]:
+  labels = optim.group_labels(params, spec)
+  finite = jax.tree_util.tree_map(lambda p: bool(np.all(np.isfinite(np.asarray(p)))), params)
+  bad = {l for l, ok in zip(jax.tree_util.tree_leaves(labels), jax.tree_util.tree_leaves(finite))
+         if not ok}
+  return sorted(bad) or ['none']
+
+
+def _as_jsonable(value: Any):
+  value = np.asarray(value)
+  if value.ndim == 0:
+    return float(value)
+  return [float(v) for v in value.ravel()]
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       print_fn=print) -> dict:
+  """Trains per `config`, writes everything to `workdir`, returns the last epoch record."""
+  if config.train.multihost:
+    jax.distributed.initialize()
+  is_primary = jax.process_index() == 0
+  workdir = os.path.abspath(workdir)
+  if is_primary:
+    _check_writable(workdir)
+
+  train_split, test_split, info = load_data(config)
+  if jax.process_count() > 1:
+    train_split = data_lib.split_for_process(train_split, jax.process_index(),
+                                             jax.process_count())
+  spec = build_spec(config, info)
+  ep = build_ep_config(config)
+  dtype = state_dtype(config)
+  batch_size, eval_batch_size = config.train.batch_size, config.train.eval_batch_size
+  mesh = make_mesh(batch_size, eval_batch_size)
+  local_batch = batch_size // jax.process_count()
+  local_eval_batch = eval_batch_size // jax.process_count()
+  steps_per_epoch = data_lib.num_train_batches(train_split, local_batch)
+  num_epochs = int(config.train.epochs)
+  total_steps = steps_per_epoch * num_epochs
+
+  root = jax.random.PRNGKey(config.seed)
+  init_key, state_key, signal_key = jax.random.split(root, 3)
+  params = network.init_params(spec, init_key, scale=config.model.init_scale)
+  nudging, frozen = None, {}
+  if signals_enabled(config):
+    from ep_jax import signals  # pylint: disable=g-import-not-at-top
+    setup = signals.build_signals(config.signals, spec, num_epochs=num_epochs, rng=signal_key)
+    nudging, frozen = setup.nudging, setup.frozen
+    if setup.trainable:
+      params = dict(params, signals=setup.trainable)
+  o = config.optim
+  lr_kwargs = dict(schedule=o.schedule, total_steps=total_steps, eta_min=o.eta_min,
+                   restart_period=int(o.restart_epochs) * steps_per_epoch,
+                   restart_mult=o.restart_mult)
+  rates = o.learning_rates if isinstance(o.learning_rates, (int, float)) else tuple(
+      o.learning_rates)
+  tx = optim.make_optimizer(spec, params, learning_rates=rates, momentum=o.momentum,
+                            weight_decay=o.weight_decay,
+                            extra_learning_rates={'signals': o.signal_learning_rate},
+                            **lr_kwargs)
+  state = create_train_state(params, tx, state_key, frozen)
+
+  replicated = NamedSharding(mesh, P())
+  batch_sharding = NamedSharding(mesh, P('data'))
+  state = jax.device_put(state, replicated)
+  train_step = jax.jit(
+      make_train_step(spec, ep, tx, nudging=nudging, steps_per_epoch=steps_per_epoch,
+                      state_dtype=dtype),
+      in_shardings=(replicated, batch_sharding), out_shardings=(replicated, replicated),
+      donate_argnums=0)
+  eval_step = jax.jit(make_eval_step(spec, ep, state_dtype=dtype),
+                      in_shardings=(replicated, batch_sharding), out_shardings=replicated)
+
+  writer = MetricsWriter(workdir, is_primary=is_primary)
+  writer.write_config(config.to_dict())
+  checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'),
+                              max_to_keep=config.train.checkpoints_to_keep)
+  start_epoch = 0
+  latest = checkpointer.latest_step()
+  if latest is None and writer.history:
+    writer.truncate_after(0)  # records of a run killed before its first checkpoint
+  if latest is not None:
+    state, extra = checkpointer.restore(state, step=latest)
+    state = jax.device_put(state, replicated)
+    start_epoch = int(extra['epoch']) + 1
+    writer.truncate_after(start_epoch)  # records count epochs from 1
+    print_fn(f'resumed from {checkpointer.directory}/{latest} (epoch {extra["epoch"]})')
+
+  if is_primary:
+    print_fn(f'ep_jax: {info.name} {info.input_shape} -> {info.num_classes} classes, '
+             f'{info.num_train} train / {info.num_test} test; layout {spec.layout!r} '
+             f'dense {spec.dense}; {ep.estimator} EP beta={ep.beta} T1={ep.free_steps} '
+             f'T2={ep.nudged_steps} tol={ep.tol}; {jax.device_count()} device(s); '
+             f'workdir {workdir}')
+  progress = ProgressReporter(total_steps, every_seconds=config.train.log_every_seconds,
+                              print_fn=print_fn if is_primary else (lambda _: None))
+  num_eval = data_lib.num_eval_batches(test_split, local_eval_batch)
+  record: dict = writer.history[-1] if writer.history else {}
+  examples_done = 0
+  for epoch in range(start_epoch, num_epochs):
+    epoch_start = time.time()
+    per_step = []
+    batches = data_lib.train_batches(
+        train_split, info, batch_size=local_batch, epoch=epoch, seed=config.seed,
+        augment=config.data.augment, crop_padding=config.data.crop_padding,
+        flip=config.data.flip, prefetch=config.data.prefetch)
+    for batch in batches:
+      state, metrics = train_step(state, to_global(batch, batch_sharding))
+      per_step.append(metrics)
+      examples_done += batch_size
+      progress.update(epoch * steps_per_epoch + len(per_step), examples_done, metrics['loss'],
+                      metrics['accuracy'], epoch + 1)
+    train = _mean_metrics(per_step)  # waits for the last step
+    train_time = time.time() - epoch_start
+    if not (np.all(np.asarray(jax.device_get([m['finite'] for m in per_step])))
+            and np.isfinite(train['loss'])):
+      bad = next(i for i, m in enumerate(jax.device_get(per_step))
+                 if not (bool(m['finite']) and np.isfinite(m['loss'])))
+      raise NonFiniteError(
+          f'non-finite training at epoch {epoch + 1}, step {epoch * steps_per_epoch + bad + 1}: '
+          f'first layer with non-finite states: '
+          f'{_first_bad_layer(spec.layer_names, jax.device_get(per_step[bad]))}; layers with '
+          f'non-finite parameters: {_bad_param_groups(spec, state.params)}; the last good '
+          f'checkpoint is kept in {checkpointer.directory} (steps {checkpointer.all_steps()}); '
+          'lower the learning rates or beta')
+
+    sums = None
+    for batch in data_lib.eval_batches(test_split, info, batch_size=local_eval_batch,
+                                       prefetch=config.data.prefetch, num_batches=num_eval):
+      out = eval_step(state.params, to_global(batch, batch_sharding))
+      sums = out if sums is None else jax.tree_util.tree_map(jnp.add, sums, out)
+    sums = jax.device_get(sums)
+    count = max(float(sums['count']), 1.0)
+    rates_now = optim.current_learning_rates(
+        spec, learning_rates=rates, step=int(state.step), **lr_kwargs)
+    record = {
+        'epoch': epoch + 1,
+        'step': int(state.step),
+        'train_loss': float(train['loss']),
+        'train_accuracy': float(train['accuracy']),
+        'test_loss': float(sums['loss_sum']) / count,
+        'test_accuracy': float(sums['correct']) / count,
+        'free_steps_mean': float(train['free_steps']),
+        'free_residual_mean': float(train['free_residual']),
+        'nudged_steps_mean': float(train['nudged_steps']),
+        'eval_free_steps_mean': float(sums['free_steps_sum']) / max(float(sums['batches']), 1),
+        'grad_norm': float(train['grad_norm']),
+        'lr': rates_now[0],
+        'lrs': rates_now,
+        'epoch_time_s': time.time() - epoch_start,
+        'train_time_s': train_time,
+        'examples_per_s': len(per_step) * batch_size / max(train_time, 1e-9),
+    }
+    for key, value in train.items():
+      if key.startswith('layer_') or key == 'kappa' or (key.endswith('_loss') and key != 'loss'):
+        record[key] = _as_jsonable(value)
+    writer.write(record)
+    checkpointer.save(epoch, state, extra={'epoch': epoch, 'seed': config.seed},
+                      metrics={'test_accuracy': record['test_accuracy']})
+    if is_primary:
+      print_fn(f'epoch {epoch + 1}/{num_epochs}: train loss {record["train_loss"]:.4f} '
+               f'acc {record["train_accuracy"]:.4f} | test loss {record["test_loss"]:.4f} '
+               f'acc {record["test_accuracy"]:.4f} | free steps {record["free_steps_mean"]:.1f}'
+               f' | {record["examples_per_s"]:.0f} ex/s | {record["epoch_time_s"]:.1f} s')
+  writer.close()
+  final = record.get('test_accuracy', float('nan'))
+  if is_primary:
+    print_fn(f'final test_accuracy={final}')
+  return record

@@ -1,0 +1,43 @@
+r"""Trains a CRNN with Equilibrium Propagation.
+
+  python -m experiments.train [--config=ep_jax/configs/NAME.py] [--config.FIELD=VALUE ...]
+      [--workdir=DIR]
+
+With no flags: the quick-start config (embedded 8x8 digits, no download), written to a fresh
+folder under runs/. Running again with the same --workdir resumes from its last checkpoint.
+"""
+
+import datetime
+import os
+
+from absl import app
+from absl import logging
+from absl import flags
+from ml_collections import config_flags
+
+_CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           'ep_jax', 'configs')
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', os.path.join(_CONFIG_DIR, 'quickstart.py'), 'Experiment config file.',
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Output folder (default: a new runs/<time>-<config>).')
+
+
+def default_workdir(config_path: str) -> str:
+  name = os.path.splitext(os.path.basename(config_path.split(':')[0]))[0]
+  stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
+  return os.path.join('runs', f'{stamp}-{name}')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+  from ep_jax import train  # after flag parsing: keeps --help fast
+  workdir = _WORKDIR.value or default_workdir(flags.FLAGS['config'].config_filename)
+  train.train_and_evaluate(_CONFIG.value, workdir)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,143 @@
+"""End to end: train_and_evaluate into a temp workdir, resume after SIGKILL, error paths."""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from ep_jax import train
+from ep_jax.checkpointing import CheckpointError
+from ep_jax.configs import default
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ['--config.data.train_subset=256', '--config.data.test_subset=100',
+        '--config.model.layout=8,M', '--config.ep.free_steps=10', '--config.ep.nudged_steps=4',
+        '--config.train.batch_size=32', '--config.optim.learning_rates=(0.1,)', '--config.train.eval_batch_size=64']
+
+
+def tiny_config(**overrides):
+  config = default.get_config()
+  config.data.train_subset = 256
+  config.data.test_subset = 100  # not a multiple of the eval batch: padding is exercised
+  config.model.layout = '8,M'
+  config.optim.learning_rates = (0.1,)
+  config.ep.free_steps = 10
+  config.ep.nudged_steps = 4
+  config.train.epochs = 1
+  config.train.batch_size = 32
+  config.train.eval_batch_size = 64
+  for key, value in overrides.items():
+    section, field = key.split('__')
+    config[section][field] = value
+  return config
+
+
+def test_one_epoch_writes_every_output(tmp_path):
+  lines = []
+  record = train.train_and_evaluate(tiny_config(), str(tmp_path), print_fn=lines.append)
+  assert lines[-1] == f'final test_accuracy={record["test_accuracy"]}'
+  assert json.load(open(tmp_path / 'config.json'))['model']['layout'] == '8,M'
+  records = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
+  assert len(records) == 1
+  for key in ('epoch', 'step', 'train_loss', 'train_accuracy', 'test_loss', 'test_accuracy',
+              'free_steps_mean', 'lr', 'epoch_time_s', 'examples_per_s',
+              'layer_mean_abs_state', 'layer_saturated_frac'):
+    assert key in records[0], key
+  assert records[0]['step'] == 256 // 32
+  assert 0.0 <= records[0]['test_accuracy'] <= 1.0
+  assert glob.glob(str(tmp_path / 'tensorboard' / 'events.out.tfevents.*'))
+  assert (tmp_path / 'curves.png').stat().st_size > 1000
+  assert os.listdir(tmp_path / 'checkpoints') == ['0']
+  assert any(l.startswith('epoch 1 step') for l in lines)  # progress line
+
+
+def _cli(workdir, *extra):
+  return [sys.executable, '-m', 'experiments.train', f'--workdir={workdir}', *TINY,
+          '--config.train.epochs=3', *extra]
+
+
+def _env():
+  return dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
+
+
+def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
+  straight, killed = tmp_path / 'straight', tmp_path / 'killed'
+  done = subprocess.run(_cli(straight), cwd=REPO, env=_env(), capture_output=True, text=True,
+                        timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  proc = subprocess.Popen(_cli(killed), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  while not os.path.isdir(killed / 'checkpoints' / '0') and time.time() < deadline:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert os.path.isdir(killed / 'checkpoints' / '0')
+  resumed = subprocess.run(_cli(killed), cwd=REPO, env=_env(), capture_output=True, text=True,
+                           timeout=300)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert 'resumed from' in resumed.stdout
+  a = [json.loads(l) for l in open(straight / 'metrics.jsonl')]
+  b = [json.loads(l) for l in open(killed / 'metrics.jsonl')]
+  assert [r['epoch'] for r in b] == [1, 2, 3]
+  for ra, rb in zip(a, b):
+    for key in ('train_loss', 'train_accuracy', 'test_loss', 'test_accuracy', 'step'):
+      assert ra[key] == rb[key], (key, ra[key], rb[key])
+  assert resumed.stdout.strip().splitlines()[-1] == done.stdout.strip().splitlines()[-1]
+
+
+def test_cli_unknown_field_and_dataset_errors(tmp_path):
+  bad_field = subprocess.run(_cli(tmp_path / 'a', '--config.model.nonexistent=3'), cwd=REPO,
+                             env=_env(), capture_output=True, text=True, timeout=120)
+  assert bad_field.returncode != 0 and 'nonexistent' in bad_field.stderr
+  with pytest.raises(ValueError, match='unknown dataset'):
+    train.train_and_evaluate(tiny_config(data__dataset='imagenet21k'), str(tmp_path / 'b'))
+
+
+def test_unwritable_workdir(tmp_path):
+  blocker = tmp_path / 'file'
+  blocker.write_text('x')
+  with pytest.raises(PermissionError, match='not writable'):
+    train.train_and_evaluate(tiny_config(), str(blocker / 'run'))
+
+
+def test_bad_preset_and_batch_divisibility(tmp_path):
+  with pytest.raises(ValueError, match='malformed layout'):
+    train.train_and_evaluate(tiny_config(model__layout='vgg99'), str(tmp_path / 'a'))
+  with pytest.raises(ValueError, match='not divisible'):
+    train.train_and_evaluate(tiny_config(train__batch_size=30), str(tmp_path / 'b'))
+
+
+def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
+  train.train_and_evaluate(tiny_config(), str(tmp_path))
+  before = sorted(os.listdir(tmp_path / 'checkpoints'))
+  config = tiny_config(train__epochs=2)
+  config.optim.learning_rates = (1e38,)
+  expected = r'epoch 2, step 1\d:.*non-finite parameters: \[.*conv1.*last good checkpoint'
+  with pytest.raises(train.NonFiniteError, match=expected):
+    train.train_and_evaluate(config, str(tmp_path), print_fn=lambda _: None)
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == before
+  assert len(open(tmp_path / 'metrics.jsonl').readlines()) == 1
+
+
+def test_corrupt_checkpoint_is_reported_not_overwritten(tmp_path):
+  train.train_and_evaluate(tiny_config(), str(tmp_path), print_fn=lambda _: None)
+  step_dir = tmp_path / 'checkpoints' / '0'
+  for path in glob.glob(str(step_dir / 'state' / '**' / '*'), recursive=True):
+    if os.path.isfile(path):
+      with open(path, 'wb') as f:
+        f.write(b'garbage')
+  snapshot = {p: open(p, 'rb').read() for p in glob.glob(str(step_dir / '**' / '*'),
+                                                          recursive=True) if os.path.isfile(p)}
+  with pytest.raises(CheckpointError, match='checkpoints/0'):
+    train.train_and_evaluate(tiny_config(train__epochs=2), str(tmp_path),
+                             print_fn=lambda _: None)
+  after = {p: open(p, 'rb').read() for p in snapshot}
+  assert after == snapshot
+  assert os.listdir(tmp_path / 'checkpoints') == ['0']
