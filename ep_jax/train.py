@@ -83,9 +83,16 @@ def signals_enabled(config: ml_collections.ConfigDict) -> bool:
   return bool(config.signals.les.enabled or config.signals.kd.enabled)
 
 
-def make_mesh(batch_size: int, eval_batch_size: int) -> Mesh:
-  """A 1-D mesh over all devices; both batch sizes must divide by the device count."""
-  devices = np.array(jax.devices())
+def make_mesh(batch_size: int, eval_batch_size: int, num_devices: int = 0) -> Mesh:
+  """A 1-D 'data' mesh over the first `num_devices` devices (0: all of them).
+
+  Both batch sizes are global and must divide by the device count.
+  """
+  available = jax.devices()
+  if num_devices < 0 or num_devices > len(available):
+    raise ValueError(f'train.num_devices={num_devices} but {len(available)} devices are '
+                     'visible (0 means all)')
+  devices = np.array(available[:num_devices] if num_devices else available)
   for name, size in (('train.batch_size', batch_size), ('train.eval_batch_size',
                                                          eval_batch_size)):
     if size % devices.size:
@@ -150,7 +157,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   ep = build_ep_config(config)
   dtype = state_dtype(config)
   batch_size, eval_batch_size = config.train.batch_size, config.train.eval_batch_size
-  mesh = make_mesh(batch_size, eval_batch_size)
+  mesh = make_mesh(batch_size, eval_batch_size, config.train.num_devices)
   local_batch = batch_size // jax.process_count()
   local_eval_batch = eval_batch_size // jax.process_count()
   steps_per_epoch = data_lib.num_train_batches(train_split, local_batch)
@@ -209,7 +216,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     print_fn(f'ep_jax: {info.name} {info.input_shape} -> {info.num_classes} classes, '
              f'{info.num_train} train / {info.num_test} test; layout {spec.layout!r} '
              f'dense {spec.dense}; {ep.estimator} EP beta={ep.beta} T1={ep.free_steps} '
-             f'T2={ep.nudged_steps} tol={ep.tol}; {jax.device_count()} device(s); '
+             f'T2={ep.nudged_steps} tol={ep.tol}; {mesh.devices.size} device(s); '
              f'workdir {workdir}')
   progress = ProgressReporter(total_steps, every_seconds=config.train.log_every_seconds,
                               print_fn=print_fn if is_primary else (lambda _: None))

@@ -58,6 +58,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.eval_batch_size = 256
   config.train.log_every_seconds = 5.0
   config.train.checkpoints_to_keep = 3
+  config.train.num_devices = 0  # devices of the data-parallel mesh (0 = all visible)
   config.train.multihost = False  # call jax.distributed.initialize() first
 
   config.signals = ml_collections.ConfigDict()
