@@ -11,9 +11,10 @@ import datetime
 import os
 
 from absl import app
-from absl import logging
 from absl import flags
 from ml_collections import config_flags
+
+from experiments import cli
 
 _CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                            'ep_jax', 'configs')
@@ -32,8 +33,7 @@ def default_workdir(config_path: str) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+  cli.quiet_logging()
   from ep_jax import train  # after flag parsing: keeps --help fast
   workdir = _WORKDIR.value or default_workdir(flags.FLAGS['config'].config_filename)
   train.train_and_evaluate(_CONFIG.value, workdir)

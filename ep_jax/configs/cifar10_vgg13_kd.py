@@ -1,0 +1,24 @@
+"""CIFAR-10, VGG-13 CRNN, symmetric EP + layer-wise and output knowledge distillation.
+
+Train the teacher (the CRNN's feed-forward twin, by backprop) first:
+  python -m experiments.train_teacher --config=ep_jax/configs/cifar10_vgg13_kd.py \
+      --workdir=runs/teacher_cifar10_vgg13
+"""
+
+from ep_jax.configs import cifar10_vgg13
+
+
+def get_config():
+  config = cifar10_vgg13.get_config()
+  config.signals.kd.enabled = True
+  config.signals.kd.teacher_workdir = 'runs/teacher_cifar10_vgg13'
+  config.signals.kd.layers = ()  # every hidden layer
+  config.signals.kd.output = True
+  config.signals.kd.alpha = 0.5
+  config.signals.kd.temperature = 4.0
+  config.signals.kappa.schedule = 'cos'
+  config.signals.kappa.init = 1.0
+  config.teacher.epochs = 60
+  config.teacher.batch_size = 128
+  config.teacher.learning_rate = 0.05
+  return config

@@ -1,0 +1,16 @@
+"""CIFAR-10, VGG-13 CRNN, symmetric EP + local error signals + knowledge distillation.
+
+Teacher first: python -m experiments.train_teacher --config=ep_jax/configs/cifar10_vgg13_les_kd.py
+    --workdir=runs/teacher_cifar10_vgg13
+"""
+
+from ep_jax.configs import cifar10_vgg13_kd
+
+
+def get_config():
+  config = cifar10_vgg13_kd.get_config()
+  config.signals.les.enabled = True
+  config.signals.les.head = 'fixed'
+  config.signals.les.pool = 'gap'
+  config.signals.les.loss = 'ce'
+  return config

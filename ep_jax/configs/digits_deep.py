@@ -1,0 +1,14 @@
+"""Digits-scale twin of the deep configs: a 4-conv CRNN on the embedded 8x8 digits, plain EP."""
+
+from ep_jax.configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.model.layout = '32,32,M,64,64,M'
+  config.optim.learning_rates = (0.2, 0.15, 0.1, 0.08, 0.05)
+  config.ep.free_steps = 40
+  config.ep.nudged_steps = 12
+  config.train.epochs = 20
+  config.teacher.epochs = 20
+  return config

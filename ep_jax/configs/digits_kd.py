@@ -1,0 +1,16 @@
+"""Digits-scale twin of cifar10_vgg13_kd. Teacher first:
+  python -m experiments.train_teacher --config=ep_jax/configs/digits_kd.py --workdir=runs/teacher_digits
+"""
+
+from ep_jax.configs import digits_deep
+
+
+def get_config():
+  config = digits_deep.get_config()
+  config.signals.kd.enabled = True
+  config.signals.kd.teacher_workdir = 'runs/teacher_digits'
+  config.signals.kd.alpha = 0.5
+  config.signals.kd.temperature = 4.0
+  config.signals.kappa.schedule = 'cos'
+  config.signals.kappa.init = 1.0
+  return config

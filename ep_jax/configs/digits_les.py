@@ -1,0 +1,14 @@
+"""Digits-scale twin of cifar10_vgg13_les: the 4-conv digits CRNN + local error signals."""
+
+from ep_jax.configs import digits_deep
+
+
+def get_config():
+  config = digits_deep.get_config()
+  config.signals.les.enabled = True
+  config.signals.les.head = 'fixed'
+  config.signals.les.pool = 'gap'
+  config.signals.les.loss = 'ce'
+  config.signals.kappa.schedule = 'cos'
+  config.signals.kappa.init = 1.0
+  return config

@@ -1,0 +1,402 @@
+"""Layer-wise learning signals: local error signals (LES) and knowledge distillation (KD).
+
+The nudging cost of the nudged phases becomes (METHOD.md §3), summed over the batch,
+
+    ℒ(s, y) = ℓ_out(z(s_N), y) + Σ_{l ∈ S} κ_l(e) · ℓ_l(s_l)
+
+* ℓ_out: the label loss `ℓ(z, y)` (cross-entropy, or squared error with an MSE readout), or
+  with output KD `(1 - α) ℓ(z, y) + α τ² KL(softmax(z_T/τ) ‖ softmax(z/τ))`.
+* LES on layer l, with `g(s_l)` the global average pool over (H, W) ('gap') or the flattened
+  state ('flatten'; dense layers are always taken as they are) and a head `A_l = (W_l, b_l)`,
+  either a fixed random projection (`frozen`) or a learned linear head (`params['signals']`):
+    'ce'       ℓ_l = CE(A_l g(s_l), y)
+    'mse'      ℓ_l = ½ ‖A_l g(s_l) - onehot(y)‖²
+    'predsim'  ℓ_l = (1 - m) CE(A_l g(s_l), y) + m ‖S(g(s_l)) - S(onehot(y))‖²_F / B²
+               (Nøkland & Eidnes 2019), `S(F)_ij = cos(f_i - mean f_i, f_j - mean f_j)` the
+               (row-centred, as in their code) cosine-similarity matrix over the batch.
+               Note: this term couples the examples of a batch (the force on example i's s_l
+               depends on the other examples' s_l); it is still local in the layer. Summed over
+               the batch it contributes `B · m ‖ΔS‖²_F / B²`, so that ℒ / B is the batch mean.
+* KD on layer l: `ℓ_l = ½ ‖s_l - t_l(x)‖² / n_l`, `t_l` the activation of the feed-forward
+  teacher (`ep_jax.teacher`) at layer l, `n_l` the units per example of layer l.
+
+Every ℓ_l reads only `s_l` and a target available at layer l (label, head, teacher activation),
+so the extra force `-β κ_l ∂ℓ_l/∂s_l` is local and every parameter update stays a contrast of
+the states on both sides of its synapse (a learned head's update `-∂ℒ/∂A_l` needs only `s_l`
+and `y`). κ comes from `ep_jax.kappa` (per epoch, one κ_l per layer, shared by LES and KD
+where both act on layer l). With κ = 0 and no output KD the
+cost equals the plain output cost, so EP is unchanged.
+
+Layer indices are 0-based over the hidden layers (every dynamical layer except the output layer
+of an MSE readout); heads are keyed by layer name (`spec.layer_names`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Callable, NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from ep_jax import energy, kappa, teacher
+from ep_jax.network import NetworkSpec
+
+HEADS = ('fixed', 'learned')
+POOLS = ('gap', 'flatten')
+LES_LOSSES = ('ce', 'mse', 'predsim')
+# Added under the square root of the similarity normaliser, so that an example whose features
+# are all equal (e.g. a dead layer) gets a bounded force (at most ~1/sqrt(eps) per unit).
+SIMILARITY_EPS = 1e-6
+
+
+# ----------------------------------------------------------------------------- the losses
+
+
+def features(s: jax.Array, pool: str) -> jax.Array:
+  """`g(s_l)`: `(B, H, W, C)` -> `(B, C)` ('gap') or `(B, H·W·C)` ('flatten'); `(B, n)` as is."""
+  if s.ndim == 4 and pool == 'gap':
+    return jnp.mean(s, axis=(1, 2))
+  return s.reshape(s.shape[0], -1)
+
+
+def feature_dim(shape: Sequence[int], pool: str) -> int:
+  """Width of `g(s_l)` for a per-example state shape."""
+  if len(shape) == 3 and pool == 'gap':
+    return int(shape[-1])
+  n = 1
+  for d in shape:
+    n *= int(d)
+  return n
+
+
+def init_head(gen: np.random.Generator, dim: int, num_classes: int, *, learned: bool,
+              dtype=jnp.float32) -> dict:
+  """A linear head `{'w': (dim, K), 'b': (K,)}`, `w ~ U(±1/sqrt(dim))`.
+
+  A fixed random projection has `b = 0`; a learned head draws `b` like `w` (PyTorch Linear).
+  """
+  bound = 1.0 / math.sqrt(dim)
+  w = gen.uniform(-bound, bound, (dim, num_classes))
+  b = gen.uniform(-bound, bound, (num_classes,)) if learned else np.zeros((num_classes,))
+  return {'w': jnp.asarray(w, dtype), 'b': jnp.asarray(b, dtype)}
+
+
+def init_heads(key: jax.Array, spec: NetworkSpec, layers: Sequence[int], pool: str,
+               learned: bool) -> dict:
+  """`{name: head}` for the hidden layers `layers`.
+
+  Drawn on the host by numpy, seeded with the key's bits: a one-time initialisation of a few
+  small matrices, which needs no per-shape compilation of the JAX PRNG.
+  """
+  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    key = jax.random.key_data(key)
+  gen = np.random.default_rng(np.asarray(key, np.uint32).ravel().tolist())
+  return {spec.layer_names[l]: init_head(gen, feature_dim(spec.state_shapes[l], pool),
+                                         spec.num_classes, learned=learned)
+          for l in layers}
+
+
+def head_logits(head: dict, feats: jax.Array) -> jax.Array:
+  """`A g = g W + b`, `(B, K)`."""
+  return feats @ head['w'].astype(feats.dtype) + head['b'].astype(feats.dtype)
+
+
+def similarity_matrix(f: jax.Array) -> jax.Array:
+  """`(B, d) -> (B, B)` cosine similarities of the row-centred features (Nøkland & Eidnes)."""
+  fc = f - jnp.mean(f, axis=1, keepdims=True)
+  fn = fc / jnp.sqrt(jnp.sum(fc * fc, axis=1, keepdims=True) + SIMILARITY_EPS)
+  return fn @ fn.T
+
+
+def les_cost(kind: str, feats: jax.Array, head: dict, labels: jax.Array, num_classes: int,
+             mix: float = 0.99) -> jax.Array:
+  """ℓ_l summed over the batch (scalar) for LES loss `kind` on features `(B, d)`."""
+  z = head_logits(head, feats)
+  if kind == 'ce':
+    return jnp.sum(energy.cross_entropy(z, labels))
+  if kind == 'mse':
+    return jnp.sum(energy.squared_error(z, labels, num_classes))
+  if kind == 'predsim':
+    batch = feats.shape[0]
+    pred = jnp.sum(energy.cross_entropy(z, labels))
+    onehot = jax.nn.one_hot(labels, num_classes, dtype=feats.dtype)
+    diff = similarity_matrix(feats) - similarity_matrix(onehot)
+    return (1.0 - mix) * pred + mix * jnp.sum(diff * diff) / batch
+  raise ValueError(f'unknown LES loss {kind!r}; known: {LES_LOSSES}')
+
+
+def kd_layer_cost(s: jax.Array, t: jax.Array) -> jax.Array:
+  """`Σ_batch ½ ‖s_l - t_l‖² / n_l` (scalar); `t` is a constant target."""
+  n = s[0].size
+  d = s - t.astype(s.dtype)
+  return 0.5 * jnp.sum(d * d) / n
+
+
+def _log_softmax(z: jax.Array) -> jax.Array:
+  """Log-softmax over the last axis, holomorphic in `z` (shift by the real max)."""
+  shift = lax.stop_gradient(jnp.max(jnp.real(z), axis=-1, keepdims=True))
+  return z - shift - jnp.log(jnp.sum(jnp.exp(z - shift), axis=-1, keepdims=True))
+
+
+def kd_divergence(z: jax.Array, z_teacher: jax.Array, temperature: float) -> jax.Array:
+  """Per example `τ² KL(softmax(z_T/τ) ‖ softmax(z/τ))`, `(B,)`."""
+  log_pt = jax.nn.log_softmax(z_teacher / temperature, axis=-1)
+  pt = jnp.exp(log_pt)
+  kl = jnp.sum(pt * log_pt, axis=-1) - jnp.sum(pt.astype(z.dtype) *
+                                                _log_softmax(z / temperature), axis=-1)
+  return temperature ** 2 * kl
+
+
+# ------------------------------------------------------------------- the Nudging protocol
+
+
+@dataclasses.dataclass(frozen=True)
+class LESConfig:
+  """Static LES settings. layers: hidden-layer indices (sorted, resolved)."""
+  layers: tuple[int, ...]
+  head: str = 'fixed'
+  pool: str = 'gap'
+  loss: str = 'ce'
+  predsim_mix: float = 0.99
+
+
+@dataclasses.dataclass(frozen=True)
+class KDConfig:
+  """Static KD settings. layers: hidden-layer indices; output: add the output KD term."""
+  layers: tuple[int, ...]
+  output: bool = True
+  alpha: float = 0.5
+  temperature: float = 4.0
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSignals:
+  """LES and KD learning signals; implements `ep_jax.train_step.Nudging`.
+
+  Attributes:
+    spec: the CRNN. kappa_fn: `epoch -> (N,)` κ per layer (`ep_jax.kappa`), 0 off the signals.
+    les, kd: the settings of each signal, or None when off.
+    teacher_spec: the teacher's spec (KD); its parameters travel in `frozen['teacher']`.
+
+  Pytrees: learned heads at `params['signals']['les'][name]`, fixed heads at
+  `frozen['les'][name]`, the teacher at `frozen['teacher']` (name: `spec.layer_names[l]`).
+  """
+  spec: NetworkSpec
+  kappa_fn: Callable
+  les: Optional[LESConfig] = None
+  kd: Optional[KDConfig] = None
+  teacher_spec: Optional[NetworkSpec] = None
+
+  @property
+  def layers(self) -> tuple[int, ...]:
+    """Hidden layers that carry a layer-wise signal (the set S)."""
+    les = self.les.layers if self.les else ()
+    kd = self.kd.layers if self.kd else ()
+    return tuple(sorted(set(les) | set(kd)))
+
+  def _name(self, l: int) -> str:
+    return self.spec.layer_names[l]
+
+  def targets(self, frozen, params, batch: dict, epoch) -> dict:
+    """`{'label', 'kappa': (N,)}`, plus the fixed heads and the teacher's targets.
+
+    'les_heads': `{name: head}` (fixed heads); 'kd_targets': `{name: t_l (B, *state_shape)}`;
+    'teacher_logits': `(B, K)`. Teacher outputs are computed here, inside the step, and are
+    constants of the relaxation (stop_gradient).
+    """
+    del params
+    targets = {'label': batch['label'], 'kappa': self.kappa_fn(epoch)}
+    if self.les is not None and self.les.head == 'fixed':
+      targets['les_heads'] = frozen['les']
+    if self.kd is not None:
+      acts, z_teacher = teacher.forward(self.teacher_spec, frozen['teacher'], batch['image'])
+      acts, z_teacher = lax.stop_gradient((acts, z_teacher))
+      targets['kd_targets'] = {self._name(l): acts[l] for l in self.kd.layers}
+      if self.kd.output:
+        targets['teacher_logits'] = z_teacher
+    return targets
+
+  def _heads(self, params, targets) -> dict:
+    return params['signals']['les'] if self.les.head == 'learned' else targets['les_heads']
+
+  def les_costs(self, params, states: tuple, targets: dict) -> dict:
+    """`{l: ℓ_l}` LES losses summed over the batch (unweighted by κ)."""
+    if self.les is None:
+      return {}
+    heads = self._heads(params, targets)
+    return {l: les_cost(self.les.loss, features(states[l], self.les.pool),
+                        heads[self._name(l)], targets['label'], self.spec.num_classes,
+                        self.les.predsim_mix)
+            for l in self.les.layers}
+
+  def kd_costs(self, params, states: tuple, targets: dict) -> dict:
+    """`{l: ℓ_l}` layer-wise KD losses summed over the batch (unweighted by κ)."""
+    del params
+    if self.kd is None:
+      return {}
+    return {l: kd_layer_cost(states[l], targets['kd_targets'][self._name(l)])
+            for l in self.kd.layers}
+
+  def signal_cost(self, params, states: tuple, targets: dict) -> jax.Array:
+    """`Σ_l κ_l ℓ_l(s_l)` summed over the batch (the layer-wise part of ℒ)."""
+    k = targets['kappa']
+    total = 0.0
+    for costs in (self.les_costs(params, states, targets),
+                  self.kd_costs(params, states, targets)):
+      for l, c in costs.items():
+        total = total + k[l].astype(c.dtype) * c
+    return total
+
+  def output_cost(self, params, states: tuple, targets: dict) -> jax.Array:
+    """The output term summed over the batch: ℓ(z, y), or `(1-α) ℓ(z, y) + α τ² KL`."""
+    label_cost = jnp.sum(energy.example_losses(self.spec, params, states, targets['label']))
+    if self.kd is None or not self.kd.output:
+      return label_cost
+    z = energy.logits(self.spec, params, states)
+    kd = jnp.sum(kd_divergence(z, targets['teacher_logits'], self.kd.temperature))
+    return (1.0 - self.kd.alpha) * label_cost + self.kd.alpha * kd
+
+  def cost(self, params, states: tuple, targets: dict) -> jax.Array:
+    """ℒ = output term + Σ_l κ_l ℓ_l, summed over the batch (scalar)."""
+    return self.output_cost(params, states, targets) + self.signal_cost(params, states, targets)
+
+  def metrics(self, params, states: tuple, targets: dict) -> dict:
+    """'kappa' (N,); 'les_loss' / 'kd_loss' (N,) batch-mean ℓ_l (0 off the layers);
+    'kd_output_loss' (mean τ² KL); 'signal_loss' (mean Σ κ_l ℓ_l)."""
+    batch = targets['label'].shape[0]
+    n = self.spec.num_layers
+
+    def per_layer(costs):
+      values = [jnp.real(costs[l]) / batch if l in costs else jnp.zeros(())
+                for l in range(n)]
+      return jnp.stack([jnp.asarray(v, jnp.float32) for v in values])
+
+    out = {'kappa': targets['kappa'],
+           'signal_loss': jnp.real(self.signal_cost(params, states, targets)) / batch}
+    if self.les is not None:
+      out['les_loss'] = per_layer(self.les_costs(params, states, targets))
+    if self.kd is not None:
+      out['kd_loss'] = per_layer(self.kd_costs(params, states, targets))
+      if self.kd.output:
+        z = energy.logits(self.spec, params, states)
+        out['kd_output_loss'] = jnp.mean(
+            jnp.real(kd_divergence(z, targets['teacher_logits'], self.kd.temperature)))
+    return out
+
+
+# ---------------------------------------------------------------------------- the builder
+
+
+class SignalSetup(NamedTuple):
+  """nudging: a `LayerSignals`, or None when no signal is on (plain EP).
+  trainable: learned heads, for `params['signals']` (`{}` if none).
+  frozen: constants (fixed heads, teacher parameters), for `TrainState.frozen`."""
+  nudging: Optional[LayerSignals]
+  trainable: dict
+  frozen: dict
+
+
+def num_hidden(spec: NetworkSpec) -> int:
+  """Hidden dynamical layers: all of them except the output layer of an MSE readout."""
+  return spec.num_layers - (1 if spec.readout == 'mse' else 0)
+
+
+def resolve_layers(layers: Sequence[int], spec: NetworkSpec, what: str) -> tuple[int, ...]:
+  """0-based hidden-layer indices (negative count from the last hidden); () = all hidden."""
+  hidden = num_hidden(spec)
+  if not layers:
+    return tuple(range(hidden))
+  resolved = []
+  for l in layers:
+    l = int(l)
+    if not -hidden <= l < hidden:
+      raise ValueError(f'{what}.layers: index {l} is out of range for the {hidden} hidden '
+                       f'layers {spec.layer_names[:hidden]} (0-based)')
+    resolved.append(l % hidden)
+  if len(set(resolved)) != len(resolved):
+    raise ValueError(f'{what}.layers has duplicates: {tuple(layers)}')
+  return tuple(sorted(resolved))
+
+
+def _check_choice(value, choices, what):
+  if value not in choices:
+    raise ValueError(f'{what} must be one of {choices}, got {value!r}')
+
+
+def check_teacher(teacher_spec: NetworkSpec, spec: NetworkSpec, *, output: bool) -> None:
+  """Raises ValueError unless the teacher's hidden states have the CRNN's shapes."""
+  hidden = num_hidden(spec)
+  want, got = spec.state_shapes[:hidden], teacher_spec.state_shapes[:num_hidden(teacher_spec)]
+  if teacher_spec.input_shape != spec.input_shape or want != got:
+    raise ValueError(
+        f'the teacher does not match the CRNN: teacher input {teacher_spec.input_shape}, '
+        f'layer state shapes {got} (layout {teacher_spec.layout!r}, dense '
+        f'{teacher_spec.dense}); CRNN input {spec.input_shape}, layer state shapes {want} '
+        f'(layout {spec.layout!r}, dense {spec.dense}). Train a teacher with the same '
+        'config.model and config.data.')
+  if output and teacher_spec.num_classes != spec.num_classes:
+    raise ValueError(f'teacher has {teacher_spec.num_classes} classes, the CRNN '
+                     f'{spec.num_classes}')
+  if teacher_spec.activation != spec.activation:
+    logging.warning('teacher activation %r differs from the CRNN\'s %r',
+                    teacher_spec.activation, spec.activation)
+
+
+def build_signals(signals_config, spec: NetworkSpec, *, num_epochs: int,
+                  rng: jax.Array, teacher_params=None,
+                  teacher_spec: Optional[NetworkSpec] = None) -> SignalSetup:
+  """Builds the learning signals from a `config.signals` ConfigDict.
+
+  Args:
+    signals_config: fields `les.*`, `kd.*`, `kappa.*` (see `ep_jax/configs/default.py`).
+    spec: the CRNN. num_epochs: E_total of the κ schedule. rng: key for the LES heads.
+    teacher_params, teacher_spec: a teacher given directly (tests); otherwise KD loads it from
+      `signals_config.kd.teacher_workdir` with `ep_jax.teacher.load_teacher`.
+  Returns:
+    a `SignalSetup`; `nudging` is None when neither LES nor KD is enabled.
+  Raises:
+    ValueError: bad options, layer indices, or a teacher whose state shapes differ.
+  """
+  les_cfg, kd_cfg = signals_config.les, signals_config.kd
+  if not les_cfg.enabled and not kd_cfg.enabled:
+    return SignalSetup(None, {}, {})
+  les = kd = None
+  trainable, frozen = {}, {}
+  if les_cfg.enabled:
+    _check_choice(les_cfg.head, HEADS, 'signals.les.head')
+    _check_choice(les_cfg.pool, POOLS, 'signals.les.pool')
+    _check_choice(les_cfg.loss, LES_LOSSES, 'signals.les.loss')
+    if not 0.0 <= float(les_cfg.predsim_mix) <= 1.0:
+      raise ValueError(f'signals.les.predsim_mix must be in [0, 1], got {les_cfg.predsim_mix}')
+    les = LESConfig(resolve_layers(les_cfg.layers, spec, 'signals.les'), les_cfg.head,
+                    les_cfg.pool, les_cfg.loss, float(les_cfg.predsim_mix))
+    learned = les.head == 'learned'
+    heads = init_heads(rng, spec, les.layers, les.pool, learned)
+    (trainable if learned else frozen)['les'] = heads
+  if kd_cfg.enabled:
+    if not 0.0 <= float(kd_cfg.alpha) <= 1.0:
+      raise ValueError(f'signals.kd.alpha must be in [0, 1], got {kd_cfg.alpha}')
+    if not float(kd_cfg.temperature) > 0.0:
+      raise ValueError(f'signals.kd.temperature must be > 0, got {kd_cfg.temperature}')
+    kd = KDConfig(resolve_layers(kd_cfg.layers, spec, 'signals.kd'), bool(kd_cfg.output),
+                  float(kd_cfg.alpha), float(kd_cfg.temperature))
+    if (teacher_params is None) != (teacher_spec is None):
+      raise ValueError('pass both teacher_params and teacher_spec, or neither')
+    if teacher_params is None:
+      if not kd_cfg.teacher_workdir:
+        raise ValueError('signals.kd.enabled needs signals.kd.teacher_workdir (a workdir of '
+                         '`python -m experiments.train_teacher`)')
+      teacher_spec, teacher_params, _ = teacher.load_teacher(kd_cfg.teacher_workdir)
+    check_teacher(teacher_spec, spec, output=kd.output)
+    frozen['teacher'] = teacher_params
+  layers = tuple(sorted(set(les.layers if les else ()) | set(kd.layers if kd else ())))
+  kappa_fn = kappa.make_layer_schedule(signals_config.kappa, num_layers=spec.num_layers,
+                                       layers=layers, total_epochs=num_epochs)
+  nudging = LayerSignals(spec, kappa_fn, les=les, kd=kd,
+                         teacher_spec=teacher_spec if kd is not None else None)
+  return SignalSetup(nudging, trainable, frozen)

@@ -1,0 +1,228 @@
+"""The backprop teacher: the feed-forward twin of the CRNN (METHOD.md §3, knowledge distillation).
+
+Same layers, pools, activation and parameter pytree as the CRNN of `spec`, but run once
+bottom-up instead of relaxed to a fixed point:
+
+    a_0 = x,   a_l = σ(drive_l(a_{l-1})),   z = W_out flat(a_N) + b_out
+
+with `drive_l` the bottom-up drive of `ep_jax.energy` (`P_l(W_l ⋆ a_{l-1} + b_l)` for a conv
+layer, `W_l flat(a_{l-1}) + b_l` for a dense one). The activations have the CRNN states'
+shapes and range, so they serve as layer-wise targets `t_l(x)`; trained by backprop with optax
+(SGD momentum, cosine learning rate, cross-entropy) the twin is also the BP baseline.
+
+On disk (`save_teacher` / `load_teacher`), a teacher workdir holds
+`checkpoints/<step>/` (the parameters, through `ep_jax.checkpointing.Checkpointer`) and
+`teacher.json` (the spec's fields, the step to load, the test accuracy and other info).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ep_jax import activations, data, energy, network, optim
+from ep_jax.checkpointing import Checkpointer
+from ep_jax.network import NetworkSpec
+
+TEACHER_JSON = 'teacher.json'
+CHECKPOINT_DIR = 'checkpoints'
+
+
+def forward(spec: NetworkSpec, params: dict, x: jax.Array) -> tuple[tuple, jax.Array]:
+  """One bottom-up pass.
+
+  Args:
+    spec: the network (the CRNN's spec or its twin's). params: `network.init_params` layout.
+    x: inputs `(B, H, W, C)`.
+  Returns:
+    `(activations, logits)`: one array per dynamical layer, `(B, *spec.state_shapes[l])`,
+    and the readout `(B, num_classes)` (the last activation with an MSE readout).
+  """
+  sigma = activations.get(spec.activation)
+  a = x
+  acts = []
+  for l, p in enumerate(params['layers']):
+    if l < spec.num_conv:
+      u = energy.conv_drive(p, a, spec.conv[l].pool, spec.padding)
+    else:
+      u = energy.dense_drive(p, a)
+    a = sigma(u)
+    acts.append(a)
+  acts = tuple(acts)
+  return acts, energy.logits(spec, params, acts)
+
+
+def loss_fn(spec: NetworkSpec, params: dict, x: jax.Array, labels: jax.Array) -> jax.Array:
+  """Mean output loss of the feed-forward pass (cross-entropy for a softmax readout)."""
+  acts, _ = forward(spec, params, x)
+  return jnp.mean(energy.example_losses(spec, params, acts, labels))
+
+
+def make_optimizer(learning_rate: float, *, total_steps: int, momentum: float = 0.9,
+                   weight_decay: float = 0.0, eta_min: float = 0.0
+                   ) -> optax.GradientTransformation:
+  """SGD with momentum and weight decay, cosine-annealed learning rate to `eta_min`."""
+  lr = optim.learning_rate_schedule(learning_rate, schedule='cosine', total_steps=total_steps,
+                                    eta_min=eta_min)
+  parts = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
+  parts.append(optax.sgd(lr, momentum=momentum or None))
+  return optax.chain(*parts)
+
+
+def make_train_step(spec: NetworkSpec, tx: optax.GradientTransformation) -> Callable:
+  """`(params, opt_state, batch) -> (params, opt_state, metrics)`, backprop (not jitted)."""
+
+  def train_step(params, opt_state, batch):
+    x, labels = batch['image'], batch['label']
+
+    def loss_and_logits(p):
+      acts, z = forward(spec, p, x)
+      return jnp.mean(energy.example_losses(spec, p, acts, labels)), z
+
+    (loss, z), grads = jax.value_and_grad(loss_and_logits, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    return params, opt_state, {'loss': loss, 'accuracy': jnp.mean(jnp.argmax(z, -1) == labels)}
+
+  return train_step
+
+
+def make_eval_step(spec: NetworkSpec) -> Callable:
+  """`(params, batch) -> sums` of loss and correct predictions over real (masked) examples."""
+
+  def eval_step(params, batch):
+    x, labels = batch['image'], batch['label']
+    mask = batch.get('mask', jnp.ones(labels.shape, jnp.float32))
+    acts, z = forward(spec, params, x)
+    losses = energy.example_losses(spec, params, acts, labels)
+    return {'loss_sum': jnp.sum(losses * mask),
+            'correct': jnp.sum((jnp.argmax(z, -1) == labels) * mask),
+            'count': jnp.sum(mask)}
+
+  return eval_step
+
+
+def evaluate(spec: NetworkSpec, params: dict, split: data.Split, info: data.DatasetInfo, *,
+             batch_size: int = 256, eval_step: Optional[Callable] = None) -> dict:
+  """`{'loss', 'accuracy'}` over every example of `split`."""
+  eval_step = eval_step or jax.jit(make_eval_step(spec))
+  totals = {'loss_sum': 0.0, 'correct': 0.0, 'count': 0.0}
+  for batch in data.eval_batches(split, info, batch_size=batch_size):
+    out = eval_step(params, batch)
+    for k in totals:
+      totals[k] += float(out[k])
+  return {'loss': totals['loss_sum'] / totals['count'],
+          'accuracy': totals['correct'] / totals['count']}
+
+
+def train(spec: NetworkSpec, train_split: data.Split, test_split: data.Split,
+          info: data.DatasetInfo, *, epochs: int, learning_rate: float, batch_size: int,
+          seed: int = 0, momentum: float = 0.9, weight_decay: float = 0.0,
+          eta_min: float = 0.0, init_scale: float = 1.0, augment: bool = False,
+          crop_padding: int = 4, flip: bool = True, eval_batch_size: int = 256,
+          log: Optional[Callable[[str], None]] = print) -> tuple[dict, list[dict]]:
+  """Trains the feed-forward twin by backprop; returns `(params, history)`.
+
+  history: one dict per epoch with `epoch`, `train_loss`, `train_accuracy`, `test_loss`,
+  `test_accuracy` and `seconds` (wall time since the start, compilation included).
+  """
+  if epochs < 1:
+    raise ValueError(f'teacher epochs must be >= 1, got {epochs}')
+  steps_per_epoch = data.num_train_batches(train_split, batch_size)
+  params = network.init_params(spec, jax.random.PRNGKey(seed), scale=init_scale)
+  tx = make_optimizer(learning_rate, total_steps=epochs * steps_per_epoch, momentum=momentum,
+                      weight_decay=weight_decay, eta_min=eta_min)
+  opt_state = tx.init(params)
+  step = jax.jit(make_train_step(spec, tx), donate_argnums=(0, 1))
+  eval_step = jax.jit(make_eval_step(spec))
+  history, start = [], time.time()
+  for epoch in range(epochs):
+    sums = np.zeros(2)
+    for batch in data.train_batches(train_split, info, batch_size=batch_size, epoch=epoch,
+                                    seed=seed, augment=augment, crop_padding=crop_padding,
+                                    flip=flip):
+      params, opt_state, metrics = step(params, opt_state, batch)
+      sums += np.array([float(metrics['loss']), float(metrics['accuracy'])])
+    test = evaluate(spec, params, test_split, info, batch_size=eval_batch_size,
+                    eval_step=eval_step)
+    record = {'epoch': epoch + 1, 'train_loss': sums[0] / steps_per_epoch,
+              'train_accuracy': sums[1] / steps_per_epoch, 'test_loss': test['loss'],
+              'test_accuracy': test['accuracy'], 'seconds': time.time() - start}
+    history.append(record)
+    if log is not None:
+      log(f"epoch {epoch + 1}/{epochs} train_loss={record['train_loss']:.4f} "
+          f"train_accuracy={record['train_accuracy']:.4f} test_loss={record['test_loss']:.4f} "
+          f"test_accuracy={record['test_accuracy']:.4f} time={record['seconds']:.1f}s")
+  return params, history
+
+
+# --------------------------------------------------------------------------- save / load
+
+
+def spec_to_dict(spec: NetworkSpec) -> dict:
+  """The JSON-able fields that `spec_from_dict` rebuilds the spec from."""
+  return {'layout': spec.layout, 'input_shape': list(spec.input_shape),
+          'dense': list(spec.dense), 'num_classes': spec.num_classes, 'readout': spec.readout,
+          'activation': spec.activation, 'kernel_size': spec.kernel_size,
+          'padding': spec.padding}
+
+
+def spec_from_dict(fields: dict) -> NetworkSpec:
+  layout = fields['layout'] or ()  # a spec without conv layers has the empty layout
+  return network.make_spec(layout, input_shape=fields['input_shape'],
+                           num_classes=fields['num_classes'], dense=tuple(fields['dense']),
+                           readout=fields['readout'], activation=fields['activation'],
+                           kernel_size=fields['kernel_size'], padding=fields['padding'])
+
+
+def save_teacher(workdir: str, spec: NetworkSpec, params: dict, info: dict) -> int:
+  """Saves the parameters (a new checkpoint step) and `teacher.json`; returns the step.
+
+  info: JSON-able facts to keep, e.g. `{'test_accuracy': 0.97, 'epochs': 20}`. Saving again
+  into the same workdir writes the next step and points `teacher.json` at it.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  leaves = jax.tree_util.tree_leaves(params)
+  with Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), max_to_keep=1,
+                    best_metric='test_accuracy') as ckpt:
+    step = (ckpt.latest_step() or 0) + 1
+    ckpt.save(step, params, extra={'spec': spec_to_dict(spec), 'info': dict(info)},
+              metrics={'test_accuracy': info.get('test_accuracy', float('nan'))})
+  meta = dict(info)
+  meta.update({'spec': spec_to_dict(spec), 'step': step, 'dtype': str(leaves[0].dtype)})
+  path = os.path.join(workdir, TEACHER_JSON)
+  tmp = path + '.tmp'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    json.dump(meta, f, indent=2, sort_keys=True, default=float)
+  os.replace(tmp, path)
+  return step
+
+
+def load_teacher(workdir: str) -> tuple[NetworkSpec, dict, dict]:
+  """Loads `(spec, params, info)` saved by `save_teacher` (info: the `teacher.json` dict).
+
+  Raises:
+    FileNotFoundError: no `teacher.json` in `workdir` (with how to make one).
+    ep_jax.checkpointing.CheckpointError: a missing, corrupt or mismatched checkpoint.
+  """
+  path = os.path.join(workdir, TEACHER_JSON)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+        f'no teacher in {workdir!r}: {TEACHER_JSON} not found; train one with '
+        f'`python -m experiments.train_teacher --config=... --workdir={workdir}`')
+  with open(path, 'r', encoding='utf-8') as f:
+    meta = json.load(f)
+  spec = spec_from_dict(meta['spec'])
+  dtype = jnp.dtype(meta.get('dtype', 'float32'))
+  target = jax.eval_shape(lambda: network.init_params(spec, jax.random.PRNGKey(0), dtype=dtype))
+  with Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), max_to_keep=1,
+                    best_metric='test_accuracy') as ckpt:
+    params, _ = ckpt.restore(target, step=int(meta['step']))
+  return spec, params, meta

@@ -1,0 +1,85 @@
+"""κ schedules (METHOD.md §3, the paper's Eq. 14): closed forms, per-layer vectors, jit."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from ep_jax import kappa
+
+EPOCHS = (0, 1, 7, 19, 20)
+E_TOTAL = 20
+
+
+def _values(schedule):
+  """Evaluates at EPOCHS with a traced epoch (as in the train step): one compile."""
+  return np.asarray(jax.jit(jax.vmap(schedule))(jnp.asarray(EPOCHS)))
+
+
+def test_closed_forms_at_chosen_epochs():
+  k0, kmin, gamma = 0.8, 0.05, 0.15
+  np.testing.assert_allclose(_values(kappa.constant(k0)), [k0] * len(EPOCHS), rtol=1e-6)
+  np.testing.assert_allclose(_values(kappa.linear(k0, E_TOTAL)),
+                             [-k0 * e / E_TOTAL + k0 for e in EPOCHS], rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(_values(kappa.exponential(k0, gamma)),
+                             [k0 * math.exp(-gamma * e) for e in EPOCHS], rtol=1e-6)
+  np.testing.assert_allclose(
+      _values(kappa.cosine(k0, E_TOTAL, kmin)),
+      [kmin + 0.5 * (k0 - kmin) * (1 + math.cos(math.pi * e / E_TOTAL)) for e in EPOCHS],
+      rtol=1e-6)
+
+
+def test_endpoints_and_clipping():
+  lin, cos = kappa.linear(1.0, 10), kappa.cosine(1.0, 10, 0.1)
+  assert float(lin(0)) == 1.0 and float(lin(10)) == 0.0 and float(lin(15)) == 0.0
+  np.testing.assert_allclose([float(cos(0)), float(cos(5)), float(cos(10)), float(cos(30))],
+                             [1.0, 0.55, 0.1, 0.1], rtol=1e-6)
+
+
+def test_make_schedule_names_and_errors():
+  for name, alias in (('exp', 'exponential'), ('cos', 'cosine')):
+    a = kappa.make_schedule(name, 0.5, total_epochs=8, kappa_min=0.1, gamma=0.2)
+    b = kappa.make_schedule(alias, 0.5, total_epochs=8, kappa_min=0.1, gamma=0.2)
+    assert float(a(3)) == float(b(3))
+  with pytest.raises(ValueError, match='unknown kappa schedule'):
+    kappa.make_schedule('step', 0.5, total_epochs=8)
+  with pytest.raises(ValueError, match='>= 0'):
+    kappa.constant(-1.0)
+  with pytest.raises(ValueError, match='total_epochs'):
+    kappa.linear(1.0, 0)
+
+
+def _cfg(**fields):
+  cfg = ml_collections.ConfigDict({'schedule': 'cos', 'init': 1.0, 'min': 0.1, 'gamma': 0.1,
+                                   'per_layer': ()})
+  cfg.update(fields)
+  return cfg
+
+
+def test_per_layer_vector_is_zero_off_the_signal_layers():
+  sched = kappa.make_layer_schedule(_cfg(), num_layers=4, layers=(0, 2), total_epochs=10)
+  np.testing.assert_allclose(sched(0), [1.0, 0.0, 1.0, 0.0])
+  np.testing.assert_allclose(sched(10), [0.1, 0.0, 0.1, 0.0], rtol=1e-6)
+  # One κ_init per signal layer, or one per network layer.
+  per_signal = kappa.make_layer_schedule(_cfg(schedule='exp', per_layer=(0.5, 2.0)),
+                                         num_layers=4, layers=(0, 2), total_epochs=10)
+  per_net = kappa.make_layer_schedule(_cfg(schedule='exp', per_layer=(0.5, 9.0, 2.0, 9.0)),
+                                      num_layers=4, layers=(0, 2), total_epochs=10)
+  want = np.array([0.5, 0.0, 2.0, 0.0]) * math.exp(-0.1 * 3)
+  np.testing.assert_allclose(per_signal(3), want, rtol=1e-6)
+  np.testing.assert_allclose(per_net(3), want, rtol=1e-6)
+  with pytest.raises(ValueError, match='per_layer has 3 values'):
+    kappa.make_layer_schedule(_cfg(per_layer=(1.0, 1.0, 1.0)), num_layers=4, layers=(0, 2),
+                              total_epochs=10)
+  zero = kappa.make_layer_schedule(_cfg(schedule='linear', init=0.0), num_layers=3,
+                                   layers=(0, 1, 2), total_epochs=5)
+  assert not np.any(np.asarray(zero(2)))
+
+
+def test_float64_under_x64(x64):
+  assert kappa.exponential(0.3, 0.1)(jnp.asarray(4, jnp.int32)).dtype == jnp.float64
+  np.testing.assert_allclose(float(kappa.exponential(0.3, 0.1)(4)), 0.3 * math.exp(-0.4),
+                             rtol=1e-15)

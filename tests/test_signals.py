@@ -1,0 +1,350 @@
+"""Layer-wise learning signals (LES, KD): exactness at κ = 0, EP = gradient of the augmented
+loss (float64, METHOD.md §6), locality of the added force and of the updates, the builder."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import cosines, relative_error
+from ep_jax import (energy, estimators, kappa, network, optim, reference_grads, relaxation,
+                    signals, teacher, train_step)
+from ep_jax.configs import default
+from ep_jax.estimators import EPConfig
+
+T = 3000
+TOL = 1e-13
+B = 4
+
+
+def _norm(tree):
+  return jnp.sqrt(sum(jnp.sum(leaf ** 2) for leaf in jax.tree_util.tree_leaves(tree)))
+
+
+def _params(spec, seed, dtype=jnp.float32, scale=1.0):
+  """Parameters like `network.init_params`, drawn with numpy (no per-shape PRNG compiles)."""
+  rng = np.random.default_rng(seed)
+  shapes = jax.eval_shape(lambda: network.init_params(spec, jax.random.PRNGKey(0)))
+
+  def draw(layer):
+    bound = scale / np.sqrt(np.prod(layer['w'].shape[:-1]))
+    return {k: jnp.asarray(rng.uniform(-bound, bound, v.shape), dtype) for k, v in layer.items()}
+
+  params = {'layers': tuple(draw(p) for p in shapes['layers'])}
+  if 'readout' in shapes:
+    params['readout'] = draw(shapes['readout'])
+  return params
+
+
+def _spec(activation='hard_sigmoid', layout='5,M,7,M', readout='softmax'):
+  return network.make_spec(layout, input_shape=(8, 8, 2), num_classes=4, dense=(6,),
+                           activation=activation, readout=readout)
+
+
+def _twin(spec):
+  return network.make_spec(spec.layout, input_shape=spec.input_shape, dense=spec.dense,
+                           num_classes=spec.num_classes, activation=spec.activation)
+
+
+def _config(les=None, kd=None, **kappa_fields):
+  cfg = default.get_config().signals
+  if les is not None:
+    cfg.les.enabled = True
+    cfg.les.update(les)
+  if kd is not None:
+    cfg.kd.enabled = True
+    cfg.kd.update(kd)
+  cfg.kappa.update(kappa_fields)
+  return cfg
+
+
+def _setup(cfg, spec, dtype=jnp.float32, seed=0, scale=1.0):
+  """Builds the signals with a random teacher; returns (nudging, params, frozen, batch)."""
+  tspec = _twin(spec)
+  tparams = _params(tspec, seed + 7, dtype=dtype) if cfg.kd.enabled else None
+  setup = signals.build_signals(cfg, spec, num_epochs=10, rng=jax.random.PRNGKey(3),
+                                teacher_params=tparams,
+                                teacher_spec=tspec if cfg.kd.enabled else None)
+  params = _params(spec, seed, dtype=dtype, scale=scale)
+  if setup.trainable:
+    params['signals'] = jax.tree_util.tree_map(lambda a: a.astype(dtype), setup.trainable)
+  rng = np.random.default_rng(seed + 1)
+  batch = {'image': jnp.asarray(rng.uniform(size=(B, 8, 8, 2)), dtype),
+           'label': jnp.arange(B) % spec.num_classes}
+  return setup.nudging, params, setup.frozen, batch
+
+
+# ------------------------------------------------------------------------------ κ = 0
+
+
+def test_kappa_zero_gives_plain_ep_exactly():
+  """κ = 0 with LES (learned heads) and layer-wise KD: bit-identical to plain EP."""
+  spec = _spec(layout='5,M')
+  cfg = _config(les={'head': 'learned', 'loss': 'predsim'}, kd={'output': False}, init=0.0)
+  nudging, params, frozen, batch = _setup(cfg, spec)
+  plain_params = {k: v for k, v in params.items() if k != 'signals'}
+
+  def run(p, cost_fn, targets):
+    return estimators.ep_gradient(spec, p, batch['image'], targets, beta=0.5, free_steps=30,
+                                  nudged_steps=10, cost_fn=cost_fn)
+
+  targets = jax.jit(nudging.targets)(frozen, params, batch, jnp.asarray(3))
+  assert float(jnp.max(jnp.abs(targets['kappa']))) == 0.0
+  with_signals = jax.jit(lambda p: run(p, nudging.cost, targets))(params)
+  plain = jax.jit(lambda p: run(p, None, {'label': batch['label']}))(plain_params)
+  for a, b in zip(jax.tree_util.tree_leaves(plain.grads),
+                  jax.tree_util.tree_leaves({k: with_signals.grads[k] for k in plain_params})):
+    np.testing.assert_array_equal(a, b)
+  for r0, r1 in zip(plain.nudged, with_signals.nudged):
+    for s0, s1 in zip(r0.states, r1.states):
+      np.testing.assert_array_equal(s0, s1)
+  for g in jax.tree_util.tree_leaves(with_signals.grads['signals']):
+    assert not np.any(np.asarray(g))  # κ = 0: the heads get no update
+
+
+def test_no_signal_enabled_is_plain_ep():
+  setup = signals.build_signals(default.get_config().signals, _spec(), num_epochs=5,
+                                rng=jax.random.PRNGKey(0))
+  assert setup.nudging is None and setup.trainable == {} and setup.frozen == {}
+
+
+# --------------------------------------------------- EP = gradient of the augmented loss
+
+CASES = {
+    # smooth dynamics, average pooling: learned CE heads on every layer, layer-wise and
+    # output KD, per-layer κ; also checked against BPTT.
+    'les_ce_learned+kd': dict(
+        activation='smooth_sigmoid', layout='5,A', beta=0.01, bptt=True,
+        cfg=dict(les={'head': 'learned', 'loss': 'ce', 'pool': 'gap'},
+                 kd={'alpha': 0.3, 'temperature': 2.0}, per_layer=(0.5, 0.8))),
+    # the reference ingredients (hard sigmoid, max pool): predsim on flattened states.
+    'les_predsim_learned': dict(
+        activation='hard_sigmoid', layout='5,M', beta=1e-3, bptt=False,
+        cfg=dict(les={'head': 'learned', 'loss': 'predsim', 'pool': 'flatten',
+                      'layers': (0, 1), 'predsim_mix': 0.7}, init=0.5)),
+    # MSE output layer inside the system, fixed random projections, layer-wise KD.
+    'les_mse_fixed+kd_mse_readout': dict(
+        activation='hard_sigmoid', layout='5,M', beta=1e-3, bptt=False, readout='mse',
+        cfg=dict(les={'head': 'fixed', 'loss': 'mse'}, kd={'output': False, 'layers': (1,)},
+                 init=0.7, schedule='cos', min=0.1)),
+}
+
+
+@pytest.mark.parametrize('case', sorted(CASES))
+def test_symmetric_ep_matches_gradient_of_augmented_loss(x64, case):
+  c = CASES[case]
+  spec = _spec(c['activation'], c['layout'], c.get('readout', 'softmax'))
+  nudging, params, frozen, batch = _setup(_config(**c['cfg']), spec, jnp.float64, scale=2.0)
+  x = batch['image']
+
+  @jax.jit
+  def grads(p, frozen, batch):
+    targets = nudging.targets(frozen, p, batch, jnp.asarray(2))
+    ep = estimators.ep_gradient(spec, p, x, targets, beta=c['beta'], estimator='symmetric',
+                                free_steps=T, nudged_steps=T, tol=TOL, cost_fn=nudging.cost)
+    free = ep.free
+    implicit = reference_grads.implicit_gradient(spec, p, x, targets, free.states,
+                                                 cost_fn=nudging.cost)
+    # the signals' share of the nudge at s*: ∂(Σ κ_l ℓ_l)/∂s vs ∂ℓ_out/∂s
+    sig = jax.grad(nudging.signal_cost, argnums=1)(p, free.states, targets)
+    out = jax.grad(nudging.output_cost, argnums=1)(p, free.states, targets)
+    share = _norm(sig) / _norm(out)
+    bptt = (reference_grads.bptt_gradient(spec, p, x, targets, steps=300, cost_fn=nudging.cost)
+            if c['bptt'] else None)
+    return free.residual, implicit, share, ep, bptt
+
+  residual, implicit, share, ep, bptt = grads(params, frozen, batch)
+  assert float(residual) <= TOL and float(implicit.residual) <= 1e-11
+  assert all(float(r.residual) <= TOL for r in ep.nudged)
+  assert min(cosines(ep.grads, implicit.grads)) >= 0.999, cosines(ep.grads, implicit.grads)
+  assert relative_error(ep.grads, implicit.grads) < 1e-2
+  if bptt is not None:
+    assert min(cosines(bptt, implicit.grads)) >= 0.999999
+  assert float(share) > 0.1  # the signals are a sizeable part of the nudge
+  if 'signals' in params:  # learned heads: local gradient ∂ℒ/∂A_l, nonzero
+    assert all(float(jnp.linalg.norm(g)) > 0 for g in
+               jax.tree_util.tree_leaves(ep.grads['signals']))
+
+
+# -------------------------------------------------------------------------------- locality
+
+
+@pytest.mark.parametrize('loss', ['ce', 'mse', 'predsim'])
+def test_signal_force_is_local_to_its_layer(loss):
+  """∂/∂s of the added force `-β Σ κ_l ∂ℓ_l/∂s_l`: zero off the diagonal layer blocks."""
+  spec = _spec(layout='3,M,4')
+  cfg = _config(les={'head': 'learned', 'loss': loss, 'layers': (0, 2)},
+                kd={'layers': (1, 2), 'output': False}, schedule='exp', gamma=0.3)
+  nudging, params, frozen, batch = _setup(cfg, spec)
+  targets = jax.jit(nudging.targets)(frozen, params, batch, jnp.asarray(1))
+  rng = np.random.default_rng(5)
+  states = tuple(jnp.asarray(rng.uniform(size=(B,) + s), jnp.float32)
+                 for s in spec.state_shapes)
+  beta = 0.5
+  bumped = dict(targets, kd_targets=dict(targets['kd_targets'],
+                                         conv2=targets['kd_targets']['conv2'] + 1.0))
+
+  def signal_force(s, t=targets):
+    return jax.grad(lambda s: -beta * nudging.signal_cost(params, s, t))(s)
+
+  @jax.jit
+  def compute(states):
+    full = relaxation.force(spec, params, batch['image'], states, targets, beta, nudging.cost)
+    out = relaxation.force(spec, params, batch['image'], states, targets, beta,
+                           nudging.output_cost)
+    return (full, out, signal_force(states), jax.jacfwd(signal_force)(states),
+            signal_force(states, bumped))
+
+  full, out, force, jac, force_bumped = compute(states)
+  # It is exactly the difference of the nudged forces with and without the signals.
+  for f, g, h in zip(full, out, force):
+    np.testing.assert_allclose(f - g, h, atol=1e-6)
+  for l in range(len(states)):
+    for m in range(len(states)):
+      block = np.reshape(jac[l][m], (B, -1, B, states[m][0].size))
+      if l != m:
+        assert not np.any(block), (l, m)
+        continue
+      assert np.any(block)  # every layer carries a signal here
+      cross_example = block * (1 - np.eye(B))[:, None, :, None]
+      if loss == 'predsim' and l in (0, 2):
+        assert np.any(cross_example)  # predsim couples the examples of a batch (documented)
+      else:
+        assert not np.any(cross_example), l
+  # The force on layer l reads only layer l's own target (bump layer 1's KD target).
+  np.testing.assert_array_equal(force[0], force_bumped[0])
+  np.testing.assert_array_equal(force[2], force_bumped[2])
+  assert np.any(np.asarray(force[1] != force_bumped[1]))
+
+
+def test_parameter_updates_need_only_adjacent_states():
+  """∂Φ^β/∂θ_l (each phase's EP term) is unchanged when states off the synapse change."""
+  spec = _spec(layout='3,M,4,M')
+  cfg = _config(les={'head': 'learned', 'loss': 'ce'}, kd={'alpha': 0.5})
+  nudging, params, frozen, batch = _setup(cfg, spec)
+  targets = jax.jit(nudging.targets)(frozen, params, batch, jnp.asarray(0))
+  rng = np.random.default_rng(6)
+  states = tuple(jnp.asarray(rng.uniform(size=(B,) + s), jnp.float32)
+                 for s in spec.state_shapes)
+  n = len(states)
+  grad_fn = jax.jit(jax.grad(lambda p, s: energy.nudged_primitive(
+      spec, p, batch['image'], s, targets, 0.5, nudging.cost)))
+
+  def perturbed(keep):
+    return tuple(s if m in keep else s + jnp.asarray(rng.uniform(size=s.shape), s.dtype)
+                 for m, s in enumerate(states))
+
+  base = grad_fn(params, states)
+  names = spec.layer_names
+  for l in range(n):
+    g = grad_fn(params, perturbed({l - 1, l}))
+    for k in ('w', 'b'):
+      np.testing.assert_array_equal(base['layers'][l][k], g['layers'][l][k])
+    g = grad_fn(params, perturbed({l}))
+    for k in ('w', 'b'):
+      np.testing.assert_array_equal(base['signals']['les'][names[l]][k],
+                                    g['signals']['les'][names[l]][k])
+  g = grad_fn(params, perturbed({n - 1}))
+  for k in ('w', 'b'):
+    np.testing.assert_array_equal(base['readout'][k], g['readout'][k])
+
+
+# --------------------------------------------------------------------- losses and builder
+
+
+def test_predsim_loss_matches_formula():
+  rng = np.random.default_rng(0)
+  f = jnp.asarray(rng.normal(size=(5, 6)), jnp.float32)
+  labels = jnp.array([0, 1, 2, 0, 1])
+  head = {'w': jnp.asarray(rng.normal(size=(6, 3)), jnp.float32), 'b': jnp.zeros(3)}
+  mix = 0.8
+  got = jax.jit(signals.les_cost, static_argnums=(0, 4))('predsim', f, head, labels, 3, mix)
+
+  def sim(a):
+    a = np.asarray(a, np.float64)
+    a = a - a.mean(1, keepdims=True)
+    a = a / np.sqrt((a ** 2).sum(1, keepdims=True) + signals.SIMILARITY_EPS)
+    return a @ a.T
+
+  onehot = np.eye(3)[np.asarray(labels)]
+  z = np.asarray(f, np.float64) @ np.asarray(head['w'], np.float64)
+  ce = np.log(np.exp(z).sum(1)) - z[np.arange(5), np.asarray(labels)]
+  mean_loss = (1 - mix) * ce.mean() + mix * ((sim(f) - sim(onehot)) ** 2).sum() / 25
+  np.testing.assert_allclose(float(got) / 5, mean_loss, rtol=1e-5)
+  # Same class: similarity 1; different classes: -1/(K-1) after centring.
+  np.testing.assert_allclose(signals.similarity_matrix(jnp.eye(3))[0], [1, -0.5, -0.5],
+                             atol=1e-5)
+
+
+def test_kd_terms_match_formulas():
+  rng = np.random.default_rng(1)
+  z, zt = (jnp.asarray(rng.normal(size=(3, 4)), jnp.float32) for _ in range(2))
+  tau = 3.0
+  pt = np.exp(np.asarray(zt) / tau) / np.exp(np.asarray(zt) / tau).sum(1, keepdims=True)
+  p = np.exp(np.asarray(z) / tau) / np.exp(np.asarray(z) / tau).sum(1, keepdims=True)
+  np.testing.assert_allclose(signals.kd_divergence(z, zt, tau),
+                             tau ** 2 * (pt * np.log(pt / p)).sum(1), rtol=1e-4)
+  assert float(jnp.max(jnp.abs(signals.kd_divergence(zt, zt, tau)))) < 1e-5
+  s, t = (jnp.asarray(rng.uniform(size=(3, 2, 2, 5)), jnp.float32) for _ in range(2))
+  np.testing.assert_allclose(signals.kd_layer_cost(s, t),
+                             0.5 * ((np.asarray(s) - np.asarray(t)) ** 2).sum() / 20, rtol=1e-5)
+
+
+def test_builder_layers_heads_and_errors():
+  spec = _spec(readout='mse')  # hidden: conv1, conv2, dense1; the output layer is not hidden
+  setup = signals.build_signals(_config(les={'head': 'learned', 'pool': 'gap'}), spec,
+                                num_epochs=4, rng=jax.random.PRNGKey(0))
+  assert setup.nudging.layers == (0, 1, 2) and setup.frozen == {}
+  heads = setup.trainable['les']
+  assert {k: v['w'].shape for k, v in heads.items()} == {
+      'conv1': (5, 4), 'conv2': (7, 4), 'dense1': (6, 4)}
+  setup = signals.build_signals(_config(les={'pool': 'flatten', 'layers': (-1, 0)}), spec,
+                                num_epochs=4, rng=jax.random.PRNGKey(0))
+  assert setup.trainable == {} and set(setup.frozen['les']) == {'conv1', 'dense1'}
+  assert setup.frozen['les']['conv1']['w'].shape == (4 * 4 * 5, 4)
+  assert not np.any(np.asarray(setup.frozen['les']['conv1']['b']))
+  np.testing.assert_allclose(setup.nudging.kappa_fn(0), [1.0, 0.0, 1.0, 0.0])
+  with pytest.raises(ValueError, match='out of range'):
+    signals.build_signals(_config(les={'layers': (3,)}), spec, num_epochs=4,
+                          rng=jax.random.PRNGKey(0))
+  with pytest.raises(ValueError, match='signals.les.loss'):
+    signals.build_signals(_config(les={'loss': 'hinge'}), spec, num_epochs=4,
+                          rng=jax.random.PRNGKey(0))
+  with pytest.raises(ValueError, match='teacher_workdir'):
+    signals.build_signals(_config(kd={}), spec, num_epochs=4, rng=jax.random.PRNGKey(0))
+  other = network.make_spec('5,M,8,M', input_shape=(8, 8, 2), num_classes=4, dense=(6,))
+  with pytest.raises(ValueError, match='does not match the CRNN'):
+    signals.build_signals(_config(kd={}), spec, num_epochs=4, rng=jax.random.PRNGKey(0),
+                          teacher_params=_params(other, 0), teacher_spec=other)
+
+
+def test_train_step_with_signals_from_a_saved_teacher(tmp_path):
+  """The loop's contract: build from config (teacher loaded from disk), jit once, κ per epoch."""
+  spec = _spec(layout='5,M')
+  workdir = str(tmp_path / 'teacher')
+  teacher.save_teacher(workdir, _twin(spec), _params(_twin(spec), 9), {'test_accuracy': 0.5})
+  cfg = _config(les={'head': 'learned', 'loss': 'ce'}, kd={'teacher_workdir': workdir},
+                schedule='linear', init=0.6)
+  setup = signals.build_signals(cfg, spec, num_epochs=3, rng=jax.random.PRNGKey(1))
+  params = dict(_params(spec, 0), signals=setup.trainable)
+  tx = optim.make_optimizer(spec, params, learning_rates=0.1, schedule='constant',
+                            extra_learning_rates={'signals': 0.05})
+  state = train_step.create_train_state(params, tx, jax.random.PRNGKey(2), frozen=setup.frozen)
+  step = train_step.make_train_step(spec, EPConfig(beta=0.5, free_steps=20, nudged_steps=5), tx,
+                                    nudging=setup.nudging, steps_per_epoch=1)
+  step = jax.jit(chex.assert_max_traces(step, n=1))
+  rng = np.random.default_rng(0)
+  batch = {'image': jnp.asarray(rng.uniform(size=(8, 8, 8, 2)), jnp.float32),
+           'label': jnp.arange(8) % 4}
+  schedule = kappa.linear(0.6, 3)
+  for epoch in range(3):
+    new, metrics = step(state, batch)
+    np.testing.assert_allclose(metrics['kappa'], [float(schedule(epoch))] * 2, rtol=1e-6)
+    assert metrics['les_loss'].shape == metrics['kd_loss'].shape == (spec.num_layers,)
+    assert np.all(np.asarray(metrics['les_loss']) > 0)
+    assert np.isfinite(float(metrics['kd_output_loss'])) and bool(metrics['finite'])
+    state = new
+  moved = jax.tree_util.tree_map(lambda a, b: float(jnp.max(jnp.abs(a - b))),
+                                 params['signals'], state.params['signals'])
+  assert all(v > 0 for v in jax.tree_util.tree_leaves(moved))  # learned heads are trained

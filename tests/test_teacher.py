@@ -1,0 +1,107 @@
+"""The BP teacher: feed-forward twin, save/load, targets shaped like the CRNN's states."""
+
+import io
+import contextlib
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ep_jax import activations, energy, network, signals, teacher
+from ep_jax.configs import default
+from experiments import train_teacher
+
+
+def _spec(readout='softmax', layout='4,M,6,A', dense=(5,)):
+  return network.make_spec(layout, input_shape=(8, 8, 1), num_classes=3, dense=dense,
+                           readout=readout)
+
+
+def _twin(spec):
+  return network.make_spec(spec.layout, input_shape=spec.input_shape, dense=spec.dense,
+                           num_classes=spec.num_classes, activation=spec.activation)
+
+
+def _params(spec, seed):
+  rng = np.random.default_rng(seed)
+  shapes = jax.eval_shape(lambda: network.init_params(spec, jax.random.PRNGKey(0)))
+  return jax.tree_util.tree_map(
+      lambda s: jnp.asarray(rng.uniform(-0.5, 0.5, s.shape), jnp.float32), shapes)
+
+
+def _x(b=4):
+  return jnp.asarray(np.random.default_rng(1).uniform(size=(b, 8, 8, 1)), jnp.float32)
+
+
+def test_forward_is_the_feed_forward_twin():
+  """a_l = σ(drive_l(a_{l-1})) with energy's drives; shapes are the CRNN's state shapes."""
+  spec = _spec()
+  params = _params(spec, 0)
+  x = _x()
+  acts, z = jax.jit(teacher.forward, static_argnums=0)(spec, params, x)
+  assert tuple(a.shape[1:] for a in acts) == spec.state_shapes
+  sigma = activations.get(spec.activation)
+  drives = energy.layer_drives(spec, params, x, acts)  # drive_l of a_{l-1}
+  for a, d in zip(acts, drives):
+    np.testing.assert_allclose(a, sigma(d), rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(z, energy.logits(spec, params, acts), rtol=1e-6, atol=1e-7)
+  assert z.shape == (4, 3)
+
+
+def test_save_load_roundtrip_and_targets_shaped_like_crnn_states(tmp_path):
+  crnn = _spec(readout='mse')  # the output layer is in the system; the teacher has a readout
+  tspec = _twin(crnn)
+  params = _params(tspec, 2)
+  workdir = str(tmp_path / 't')
+  assert teacher.save_teacher(workdir, tspec, params, {'test_accuracy': 0.25}) == 1
+  newer = jax.tree_util.tree_map(lambda a: a + 1.0, params)
+  assert teacher.save_teacher(workdir, tspec, newer, {'test_accuracy': 0.5}) == 2
+  spec, loaded, info = teacher.load_teacher(workdir)
+  assert spec == tspec and info['test_accuracy'] == 0.5 and info['step'] == 2
+  assert jax.tree_util.tree_structure(loaded) == jax.tree_util.tree_structure(params)
+  for a, b in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(newer)):
+    np.testing.assert_array_equal(a, b)
+  with open(os.path.join(workdir, teacher.TEACHER_JSON)) as f:
+    assert json.load(f)['spec']['layout'] == '4,M,6,A'
+
+  cfg = default.get_config().signals
+  cfg.kd.enabled, cfg.kd.teacher_workdir = True, workdir
+  setup = signals.build_signals(cfg, crnn, num_epochs=2, rng=jax.random.PRNGKey(0))
+  batch = {'image': _x(), 'label': jnp.array([0, 1, 2, 0])}
+  targets = jax.jit(setup.nudging.targets)(setup.frozen, {}, batch, jnp.asarray(0))
+  hidden = crnn.state_shapes[:-1]
+  assert [targets['kd_targets'][n].shape[1:] for n in crnn.layer_names[:-1]] == list(hidden)
+  assert targets['teacher_logits'].shape == (4, 3)
+  acts, _ = teacher.forward(tspec, newer, batch['image'])
+  np.testing.assert_allclose(targets['kd_targets']['conv1'], acts[0], rtol=1e-6)
+
+  other = _spec(layout='4,M,7,A')
+  with pytest.raises(ValueError, match='does not match the CRNN'):
+    signals.build_signals(cfg, other, num_epochs=2, rng=jax.random.PRNGKey(0))
+
+
+def test_load_without_teacher_fails_clearly(tmp_path):
+  with pytest.raises(FileNotFoundError, match='train_teacher'):
+    teacher.load_teacher(str(tmp_path / 'nothing'))
+
+
+def test_train_teacher_script_on_digits(tmp_path):
+  """The experiment's run(): BP training of the twin of the quick-start CRNN, saved, loadable."""
+  config = default.get_config()
+  config.model.layout = '16,M'  # one conv layer: a quicker compile than the quick start's two
+  config.teacher.epochs = 3
+  config.teacher.learning_rate = 0.1
+  workdir = str(tmp_path / 'digits')
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    meta = train_teacher.run(config, workdir)
+  lines = out.getvalue().strip().splitlines()
+  assert lines[-1] == f"final test_accuracy={meta['test_accuracy']:.4f}"
+  assert sum(line.startswith('epoch ') for line in lines) == 3
+  assert meta['test_accuracy'] > 0.5  # chance is 0.1
+  spec, params, info = teacher.load_teacher(workdir)
+  assert spec.state_shapes == ((4, 4, 16),) and spec.readout == 'softmax'
+  assert info['test_accuracy'] == meta['test_accuracy']
