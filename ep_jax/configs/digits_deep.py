@@ -6,6 +6,7 @@ from ep_jax.configs import default
 def get_config():
   config = default.get_config()
   config.model.layout = '32,32,M,64,64,M'
+  config.model.init_scale = 2.0  # at 1.0 the deep layers start silent and nothing learns
   config.optim.learning_rates = (0.2, 0.15, 0.1, 0.08, 0.05)
   config.ep.free_steps = 40
   config.ep.nudged_steps = 12
