@@ -14,11 +14,9 @@ kept as it was.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import time
-from typing import Any, Optional
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -107,13 +105,79 @@ def to_global(batch: dict, sharding: NamedSharding) -> dict:
           for k, v in batch.items()}
 
 
-def _mean_metrics(per_step: list[dict]) -> dict:
-  stacked = jax.device_get(per_step)
-  out = {}
-  for key in stacked[0]:
-    values = np.stack([np.asarray(m[key], np.float64) for m in stacked])
-    out[key] = values.mean(axis=0)
-  return out
+class RunSetup(NamedTuple):
+  """The initial train state and what the loop needs to log learning rates."""
+  state: TrainState
+  tx: Any
+  nudging: Any
+  rates: Any
+  lr_kwargs: dict
+
+
+def build_run(config: ml_collections.ConfigDict, spec: network.NetworkSpec,
+              steps_per_epoch: int) -> RunSetup:
+  """Parameters, learning signals, optimiser and train state of a run with `config.seed`.
+
+  `PRNGKey(seed)` splits into init / state / signal keys, so the same seed always gives the
+  same initial state (`ep_jax.sweep`'s vmapped seeds rely on it).
+  """
+  num_epochs = int(config.train.epochs)
+  init_key, state_key, signal_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)
+  params = network.init_params(spec, init_key, scale=config.model.init_scale)
+  nudging, frozen = None, {}
+  if signals_enabled(config):
+    from ep_jax import signals  # pylint: disable=g-import-not-at-top
+    setup = signals.build_signals(config.signals, spec, num_epochs=num_epochs, rng=signal_key)
+    nudging, frozen = setup.nudging, setup.frozen
+    if setup.trainable:
+      params = dict(params, signals=setup.trainable)
+  o = config.optim
+  lr_kwargs = dict(schedule=o.schedule, total_steps=steps_per_epoch * num_epochs,
+                   eta_min=o.eta_min, restart_period=int(o.restart_epochs) * steps_per_epoch,
+                   restart_mult=o.restart_mult)
+  rates = o.learning_rates if isinstance(o.learning_rates, (int, float)) else tuple(
+      o.learning_rates)
+  tx = optim.make_optimizer(spec, params, learning_rates=rates, momentum=o.momentum,
+                            weight_decay=o.weight_decay,
+                            extra_learning_rates={'signals': o.signal_learning_rate},
+                            **lr_kwargs)
+  state = create_train_state(params, tx, state_key, frozen)
+  return RunSetup(state, tx, nudging, rates, lr_kwargs)
+
+
+def mean_over_steps(per_step: list[dict]) -> dict:
+  """Float64 means over the steps of an epoch, per metric key (keeps any leading axes)."""
+  host = jax.device_get(per_step)
+  return {k: np.stack([np.asarray(m[k], np.float64) for m in host]).mean(axis=0)
+          for k in host[0]}
+
+
+def epoch_record(*, epoch: int, step: int, train: dict, sums: dict, lrs: list,
+                 epoch_time: float, train_time: float, examples: int) -> dict:
+  """The `metrics.jsonl` record of one epoch (1-based) from train means and eval sums."""
+  count = max(float(sums['count']), 1.0)
+  record = {
+      'epoch': epoch,
+      'step': step,
+      'train_loss': float(train['loss']),
+      'train_accuracy': float(train['accuracy']),
+      'test_loss': float(sums['loss_sum']) / count,
+      'test_accuracy': float(sums['correct']) / count,
+      'free_steps_mean': float(train['free_steps']),
+      'free_residual_mean': float(train['free_residual']),
+      'nudged_steps_mean': float(train['nudged_steps']),
+      'eval_free_steps_mean': float(sums['free_steps_sum']) / max(float(sums['batches']), 1),
+      'grad_norm': float(train['grad_norm']),
+      'lr': lrs[0],
+      'lrs': lrs,
+      'epoch_time_s': epoch_time,
+      'train_time_s': train_time,
+      'examples_per_s': examples / max(train_time, 1e-9),
+  }
+  for key, value in train.items():
+    if key.startswith('layer_') or key == 'kappa' or (key.endswith('_loss') and key != 'loss'):
+      record[key] = _as_jsonable(value)
+  return record
 
 
 def _first_bad_layer(names: tuple, metrics: dict) -> str:
@@ -163,28 +227,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   steps_per_epoch = data_lib.num_train_batches(train_split, local_batch)
   num_epochs = int(config.train.epochs)
   total_steps = steps_per_epoch * num_epochs
-
-  root = jax.random.PRNGKey(config.seed)
-  init_key, state_key, signal_key = jax.random.split(root, 3)
-  params = network.init_params(spec, init_key, scale=config.model.init_scale)
-  nudging, frozen = None, {}
-  if signals_enabled(config):
-    from ep_jax import signals  # pylint: disable=g-import-not-at-top
-    setup = signals.build_signals(config.signals, spec, num_epochs=num_epochs, rng=signal_key)
-    nudging, frozen = setup.nudging, setup.frozen
-    if setup.trainable:
-      params = dict(params, signals=setup.trainable)
-  o = config.optim
-  lr_kwargs = dict(schedule=o.schedule, total_steps=total_steps, eta_min=o.eta_min,
-                   restart_period=int(o.restart_epochs) * steps_per_epoch,
-                   restart_mult=o.restart_mult)
-  rates = o.learning_rates if isinstance(o.learning_rates, (int, float)) else tuple(
-      o.learning_rates)
-  tx = optim.make_optimizer(spec, params, learning_rates=rates, momentum=o.momentum,
-                            weight_decay=o.weight_decay,
-                            extra_learning_rates={'signals': o.signal_learning_rate},
-                            **lr_kwargs)
-  state = create_train_state(params, tx, state_key, frozen)
+  run = build_run(config, spec, steps_per_epoch)
+  state, tx, nudging = run.state, run.tx, run.nudging
+  rates, lr_kwargs = run.rates, run.lr_kwargs
 
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P('data'))
@@ -236,7 +281,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       examples_done += batch_size
       progress.update(epoch * steps_per_epoch + len(per_step), examples_done, metrics['loss'],
                       metrics['accuracy'], epoch + 1)
-    train = _mean_metrics(per_step)  # waits for the last step
+    train = mean_over_steps(per_step)  # waits for the last step
     train_time = time.time() - epoch_start
     if not (np.all(np.asarray(jax.device_get([m['finite'] for m in per_step])))
             and np.isfinite(train['loss'])):
@@ -256,30 +301,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       out = eval_step(state.params, to_global(batch, batch_sharding))
       sums = out if sums is None else jax.tree_util.tree_map(jnp.add, sums, out)
     sums = jax.device_get(sums)
-    count = max(float(sums['count']), 1.0)
     rates_now = optim.current_learning_rates(
         spec, learning_rates=rates, step=int(state.step), **lr_kwargs)
-    record = {
-        'epoch': epoch + 1,
-        'step': int(state.step),
-        'train_loss': float(train['loss']),
-        'train_accuracy': float(train['accuracy']),
-        'test_loss': float(sums['loss_sum']) / count,
-        'test_accuracy': float(sums['correct']) / count,
-        'free_steps_mean': float(train['free_steps']),
-        'free_residual_mean': float(train['free_residual']),
-        'nudged_steps_mean': float(train['nudged_steps']),
-        'eval_free_steps_mean': float(sums['free_steps_sum']) / max(float(sums['batches']), 1),
-        'grad_norm': float(train['grad_norm']),
-        'lr': rates_now[0],
-        'lrs': rates_now,
-        'epoch_time_s': time.time() - epoch_start,
-        'train_time_s': train_time,
-        'examples_per_s': len(per_step) * batch_size / max(train_time, 1e-9),
-    }
-    for key, value in train.items():
-      if key.startswith('layer_') or key == 'kappa' or (key.endswith('_loss') and key != 'loss'):
-        record[key] = _as_jsonable(value)
+    record = epoch_record(epoch=epoch + 1, step=int(state.step), train=train, sums=sums,
+                          lrs=rates_now, epoch_time=time.time() - epoch_start,
+                          train_time=train_time, examples=len(per_step) * batch_size)
     writer.write(record)
     checkpointer.save(epoch, state, extra={'epoch': epoch, 'seed': config.seed},
                       metrics={'test_accuracy': record['test_accuracy']})
