@@ -1,0 +1,343 @@
+"""Gradient alignment diagnostics: the GDU property of EP, per parameter group.
+
+For one batch, compare every EP estimate (one-sided, symmetric, holomorphic K-point) at a
+range of β with two reference gradients of the same nudging cost ℒ (METHOD.md §2):
+
+* implicit (recurrent backprop at the free fixed point): the exact `∂_θ mean ℒ(s^0(θ))`
+  that EP estimates, and
+* BPTT through the unrolled free phase (by default as many steps as the free phase needed to
+  converge, so that it agrees with the implicit gradient).
+
+With learning signals the cost is the augmented one, `ℓ + Σ κ_l ℓ_l` (pass `cost_fn` and
+targets from `ep_jax.signals`), and both references differentiate that same cost.
+
+Reported per parameter group (`ep_jax.optim.group_labels`: `conv1`, ..., `dense1`,
+`readout`, `signals`) and for all parameters together (`'all'`):
+
+    cos      <g_EP, g_ref> / (‖g_EP‖ ‖g_ref‖)
+    rel_err  ‖g_EP - g_ref‖ / ‖g_ref‖
+
+Everything runs in float64 (`jax.enable_x64(True)` inside `gdu_sweep`) with relaxations to a
+residual near machine precision (METHOD.md §6: in float32 the estimates carry 1e-2..1e-1
+errors at small β, which hide the bias orders). Holomorphic EP needs a holomorphic activation
+(`smooth_sigmoid`) and average pooling: on other networks it is recorded as skipped with the
+reason; `smooth_twin(spec)` gives the same network with those two changes.
+
+All functions here are pure (no files); `experiments/gdu.py` is the command line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import math
+import time
+from typing import Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ep_jax import activations, estimators, optim, reference_grads
+from ep_jax.energy import CostFn
+from ep_jax.network import NetworkSpec, init_states, synapse_names
+from ep_jax.relaxation import relax
+
+DEFAULT_ESTIMATORS = ('one_sided', 'symmetric', 'holomorphic')
+DEFAULT_BETAS = (0.01, 0.03, 0.1, 0.3, 1.0)
+ALL = 'all'
+
+
+# ------------------------------------------------------------------------- network checks
+
+
+def holomorphic_unsupported(spec: NetworkSpec) -> Optional[str]:
+  """Why holomorphic EP cannot run on `spec`, or None when it can."""
+  reasons = []
+  if spec.activation not in activations.HOLOMORPHIC:
+    reasons.append(f'activation {spec.activation!r} is not holomorphic (use '
+                   f'{sorted(activations.HOLOMORPHIC)})')
+  if any(layer.pool == 'max' for layer in spec.conv):
+    reasons.append(f"layout {spec.layout!r} has max pooling ('M'; use average pooling 'A')")
+  return '; '.join(reasons) or None
+
+
+def smooth_twin(spec: NetworkSpec) -> NetworkSpec:
+  """`spec` with the `smooth_sigmoid` activation and every max pool turned into an average pool.
+
+  Same layers, widths and state shapes (so the same parameters fit), but holomorphic dynamics.
+  """
+  conv = tuple(dataclasses.replace(layer, pool='avg' if layer.pool == 'max' else layer.pool)
+               for layer in spec.conv)
+  return dataclasses.replace(spec, conv=conv, activation='smooth_sigmoid')
+
+
+# ------------------------------------------------------------------------------ comparison
+
+
+def cast_floats(tree, dtype):
+  """Casts the floating (real) leaves of `tree` to `dtype`; other leaves are left alone."""
+
+  def cast(leaf):
+    leaf = jnp.asarray(leaf)
+    return leaf.astype(dtype) if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf
+
+  return jax.tree_util.tree_map(cast, tree)
+
+
+def group_order(spec: NetworkSpec, labels: Sequence[str]) -> list[str]:
+  """Group names in network order (layers, readout), then any other group, sorted."""
+  present = set(labels)
+  ordered = [name for name in synapse_names(spec) if name in present]
+  return ordered + sorted(present - set(ordered))
+
+
+def group_vectors(tree, spec: NetworkSpec) -> dict[str, np.ndarray]:
+  """`{group: flat float64 vector}` of a params-shaped pytree, plus `'all'`."""
+  labels = jax.tree_util.tree_leaves(optim.group_labels(tree, spec))
+  leaves = [np.asarray(leaf, np.float64).ravel() for leaf in jax.tree_util.tree_leaves(tree)]
+  parts: dict[str, list] = {}
+  for label, leaf in zip(labels, leaves):
+    parts.setdefault(label, []).append(leaf)
+  out = {g: np.concatenate(parts[g]) for g in group_order(spec, list(parts))}
+  out[ALL] = np.concatenate(leaves) if leaves else np.zeros((0,))
+  return out
+
+
+def _nan_to_none(value: float) -> Optional[float]:
+  value = float(value)
+  return value if math.isfinite(value) else None
+
+
+def alignment(estimate: np.ndarray, reference: np.ndarray) -> dict:
+  """`{'cos', 'rel_err'}` of two flat vectors (None where undefined, e.g. a zero reference)."""
+  n_est, n_ref = np.linalg.norm(estimate), np.linalg.norm(reference)
+  with np.errstate(divide='ignore', invalid='ignore'):
+    cos = float(np.dot(estimate, reference)) / (n_est * n_ref)
+    rel = np.linalg.norm(estimate - reference) / n_ref
+  return {'cos': _nan_to_none(cos), 'rel_err': _nan_to_none(rel)}
+
+
+def compare(estimate, reference, spec: NetworkSpec) -> dict[str, dict]:
+  """Per group (and `'all'`): `{'cos', 'rel_err'}` of `estimate` against `reference`."""
+  est, ref = group_vectors(estimate, spec), group_vectors(reference, spec)
+  return {g: alignment(est[g], ref[g]) for g in ref}
+
+
+# ------------------------------------------------------------------------------ references
+
+
+def reference_gradients(spec: NetworkSpec, params: dict, x: jax.Array, targets: dict, *,
+                        cost_fn: Optional[CostFn] = None, max_steps: int = 20_000,
+                        tol: float = 1e-12, bptt_steps: Optional[int] = None
+                        ) -> tuple[dict, dict, dict]:
+  """Implicit and BPTT gradients of `mean ℒ` on one batch.
+
+  Args:
+    spec, params, x, targets, cost_fn: as for `estimators.ep_gradient` (call in float64).
+    max_steps, tol: the free phase relaxes to residual `tol` (at most `max_steps` steps);
+      the adjoint of the implicit gradient uses the same limits.
+    bptt_steps: unrolled steps of BPTT (default: the free phase's step count).
+  Returns:
+    `(implicit_grads, bptt_grads, info)`, info with the free phase's and the adjoint's steps
+    and residuals, the BPTT step count, and BPTT against implicit per group.
+  """
+  batch = x.shape[0]
+  dtype = jax.tree_util.tree_leaves(params)[0].dtype
+  free = jax.jit(functools.partial(relax, spec, max_steps=max_steps, tol=tol))(
+      params, x, init_states(spec, batch, dtype))
+  implicit = jax.jit(functools.partial(reference_grads.implicit_gradient, spec,
+                                       cost_fn=cost_fn, max_steps=max_steps, tol=tol))(
+      params, x, targets, free.states)
+  steps = int(bptt_steps) if bptt_steps else max(1, int(free.steps))
+  bptt = jax.jit(functools.partial(reference_grads.bptt_gradient, spec, steps=steps,
+                                   cost_fn=cost_fn))(params, x, targets)
+  info = {'free_steps': int(free.steps), 'free_residual': float(free.residual),
+          'implicit_steps': int(implicit.steps), 'implicit_residual': float(implicit.residual),
+          'bptt_steps': steps, 'tol': float(tol), 'max_steps': int(max_steps),
+          'bptt_vs_implicit': compare(bptt, implicit.grads, spec)}
+  info['converged'] = bool(info['free_residual'] <= tol and info['implicit_residual'] <= tol)
+  return implicit.grads, bptt, info
+
+
+# ------------------------------------------------------------------------------- the sweep
+
+
+def gdu_sweep(spec: NetworkSpec, params: dict, x, targets: dict, *,
+              cost_fn: Optional[CostFn] = None,
+              betas: Sequence[float] = DEFAULT_BETAS,
+              estimator_names: Sequence[str] = DEFAULT_ESTIMATORS,
+              holo_points: int = 4, max_steps: int = 20_000, tol: float = 1e-12,
+              bptt_steps: Optional[int] = None, x64: bool = True,
+              log: Optional[Callable[[str], None]] = None) -> dict:
+  """EP estimates against the implicit and BPTT gradients, per estimator, β and group.
+
+  Args:
+    spec: the network. params: its parameters (plus any trainable signal heads `cost_fn`
+      reads). x: the batch's inputs `(B, H, W, C)`. targets: at least `'label'` (and whatever
+      `cost_fn` reads, e.g. from `LayerSignals.targets`).
+    cost_fn: the nudging cost ℒ (default: the output loss).
+    betas: the |β| values. estimator_names: from `estimators.ESTIMATORS`.
+    holo_points: K of the holomorphic estimator.
+    max_steps, tol: step limit and residual tolerance of every relaxation (free, nudged and
+      the implicit adjoint); the nudged phases use the same limits, so each estimate is that
+      of exact fixed points.
+    bptt_steps: see `reference_gradients`.
+    x64: run in float64 (params, inputs and floating targets are cast).
+    log: optional progress printer.
+  Returns:
+    A JSON-able dict: `groups`, `betas`, `references` (see `reference_gradients`'s info) and
+    `estimators[name]` = `{'skipped': reason or None, 'results': [per β: {'beta',
+    'nudged_steps', 'nudged_residual', 'seconds', 'implicit': {group: {cos, rel_err}},
+    'bptt': {...}}]}`.
+  """
+  log = log or (lambda _: None)
+  for name in estimator_names:
+    if name not in estimators.ESTIMATORS:
+      raise ValueError(f'unknown estimator {name!r}; known: {estimators.ESTIMATORS}')
+  betas = [float(b) for b in betas]
+  if not betas or any(not (math.isfinite(b) and b > 0) for b in betas):
+    raise ValueError(f'betas must be finite numbers > 0, got {betas}')
+
+  context = jax.enable_x64(True) if x64 else contextlib.nullcontext()
+  with context:
+    dtype = jnp.float64 if x64 else jax.tree_util.tree_leaves(params)[0].dtype
+    params, x, targets = cast_floats((params, x, targets), dtype)
+    start = time.time()
+    implicit, bptt, info = reference_gradients(spec, params, x, targets, cost_fn=cost_fn,
+                                               max_steps=max_steps, tol=tol,
+                                               bptt_steps=bptt_steps)
+    info['seconds'] = time.time() - start
+    log(f"  references: free {info['free_steps']} steps (residual "
+        f"{info['free_residual']:.1e}), adjoint {info['implicit_steps']} steps (residual "
+        f"{info['implicit_residual']:.1e}), BPTT {info['bptt_steps']} steps, BPTT vs implicit "
+        f"rel err {_fmt(info['bptt_vs_implicit'][ALL]['rel_err'])}")
+    groups = [g for g in group_vectors(implicit, spec)]
+    out = {'groups': groups, 'betas': betas, 'holo_points': int(holo_points),
+           'references': info, 'estimators': {}}
+    for name in estimator_names:
+      reason = holomorphic_unsupported(spec) if name == 'holomorphic' else None
+      entry = {'skipped': None, 'results': []}
+      out['estimators'][name] = entry
+      if reason is not None:
+        entry['skipped'] = f'holomorphic EP needs smooth dynamics: {reason}'
+        log(f'  {name}: skipped ({entry["skipped"]})')
+        continue
+      estimate = jax.jit(functools.partial(
+          estimators.ep_gradient, spec, estimator=name, free_steps=max_steps,
+          nudged_steps=max_steps, tol=tol, holo_points=holo_points, cost_fn=cost_fn,
+          rng=jax.random.PRNGKey(0)))
+      for beta in betas:
+        t0 = time.time()
+        result = estimate(params, x, targets, beta=jnp.asarray(beta, dtype))
+        grads = jax.device_get(result.grads)
+        row = {'beta': beta,
+               'nudged_steps': [int(r.steps) for r in result.nudged],
+               'nudged_residual': [float(r.residual) for r in result.nudged],
+               'implicit': compare(grads, implicit, spec),
+               'bptt': compare(grads, bptt, spec)}
+        row['seconds'] = time.time() - t0
+        entry['results'].append(row)
+        log(f"  {name} beta={beta:g}: rel err vs implicit {_fmt(row['implicit'][ALL]['rel_err'])}"
+            f", cos {_fmt(row['implicit'][ALL]['cos'], '.6f')} ({row['seconds']:.1f}s)")
+  return out
+
+
+def _fmt(value, spec: str = '.2e') -> str:
+  return 'n/a' if value is None else format(value, spec)
+
+
+# ------------------------------------------------------------------------------- reporting
+
+
+def markdown(report: dict) -> str:
+  """A markdown rendering of `{'meta': ..., 'runs': {run: gdu_sweep output}}`."""
+  lines = ['# Gradient alignment (GDU): EP estimates vs implicit and BPTT gradients', '']
+  meta = report.get('meta', {})
+  for key, value in meta.items():
+    lines.append(f'- **{key}**: {value}')
+  lines.append('')
+  lines.append('Cells: relative error ‖g_EP − g_ref‖/‖g_ref‖, with the cosine similarity in '
+               'parentheses; one row per parameter group (`all`: every parameter).')
+  lines.append('')
+  for run_name, run in report['runs'].items():
+    lines.append(f'## {run_name}')
+    lines.append('')
+    if run.get('description'):
+      lines.append(run['description'])
+      lines.append('')
+    ref = run['references']
+    lines.append(f"References: free phase {ref['free_steps']} steps, residual "
+                 f"{ref['free_residual']:.1e}; implicit adjoint {ref['implicit_steps']} steps, "
+                 f"residual {ref['implicit_residual']:.1e}; BPTT {ref['bptt_steps']} steps, "
+                 f"BPTT vs implicit: rel err {_fmt(ref['bptt_vs_implicit'][ALL]['rel_err'])}, "
+                 f"cos {_fmt(ref['bptt_vs_implicit'][ALL]['cos'], '.8f')}.")
+    lines.append('')
+    groups = run['groups']
+    for name, entry in run['estimators'].items():
+      if entry['skipped']:
+        lines.append(f'### {name}: skipped')
+        lines.append('')
+        lines.append(entry['skipped'])
+        lines.append('')
+        continue
+      for ref_name in ('implicit', 'bptt'):
+        lines.append(f'### {name} vs {ref_name}')
+        lines.append('')
+        betas = [r['beta'] for r in entry['results']]
+        lines.append('| group | ' + ' | '.join(f'β={b:g}' for b in betas) + ' |')
+        lines.append('|---|' + '---|' * len(betas))
+        for g in groups:
+          cells = []
+          for r in entry['results']:
+            a = r[ref_name][g]
+            cells.append(f"{_fmt(a['rel_err'])} ({_fmt(a['cos'], '.5f')})")
+          lines.append(f'| {g} | ' + ' | '.join(cells) + ' |')
+        lines.append('')
+  return '\n'.join(lines) + '\n'
+
+
+def plot(report: dict, path: str, *, reference: str = 'implicit') -> None:
+  """Relative error vs β (log-log), one subplot per group; a line per estimator and run."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+
+  runs = report['runs']
+  groups: list[str] = []
+  for run in runs.values():
+    groups += [g for g in run['groups'] if g not in groups]
+  cols = min(4, len(groups))
+  rows = -(-len(groups) // cols)
+  fig = Figure(figsize=(4 * cols, 3.2 * rows), dpi=100)
+  FigureCanvasAgg(fig)
+  styles = ['-', '--', ':', '-.']
+  colors = {'one_sided': 'tab:red', 'random_sign': 'tab:orange', 'symmetric': 'tab:blue',
+            'holomorphic': 'tab:green'}
+  for i, g in enumerate(groups):
+    ax = fig.add_subplot(rows, cols, i + 1)
+    drawn = False
+    for r, (run_name, run) in enumerate(runs.items()):
+      for name, entry in run['estimators'].items():
+        if entry['skipped']:
+          continue
+        pts = [(row['beta'], row[reference].get(g, {}).get('rel_err'))
+               for row in entry['results']]
+        pts = [(b, e) for b, e in pts if e is not None and e > 0]
+        if not pts:
+          continue
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], styles[r % len(styles)],
+                marker='o', markersize=3, color=colors.get(name), label=f'{name} ({run_name})')
+        drawn = True
+    if drawn:
+      ax.set_xscale('log')
+      ax.set_yscale('log')
+    ax.set_title(g)
+    ax.set_xlabel('β')
+    ax.set_ylabel(f'rel. error vs {reference}')
+    ax.grid(True, which='both', alpha=0.3)
+    if i == 0 and drawn:
+      ax.legend(fontsize=7)
+  fig.suptitle(f'EP gradient error vs β (reference: {reference})')
+  fig.tight_layout()
+  fig.savefig(path, format='png')

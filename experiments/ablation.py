@@ -1,0 +1,321 @@
+r"""Ablation of the layer-wise learning signals on one deep CRNN and data set.
+
+  python -m experiments.ablation --config=ep_jax/configs/ablation_deep.py --workdir=runs/ablation \
+      [--runs=teacher,ep,ep_les,ep_kd,ep_les_kd] [--config.FIELD=VALUE ...]
+
+The config defines the shared network, data and EP / signal settings. Into `--workdir`:
+
+  teacher/     the BP teacher (feed-forward twin, `experiments.train_teacher`), trained first
+  ep/          standard EP (the config's estimator; signals.les and signals.kd off)
+  ep_les/      EP + LES             (signals.les.enabled)
+  ep_kd/       EP + KD              (signals.kd.enabled, teacher_workdir = teacher/)
+  ep_les_kd/   EP + LES + KD
+  ablation.md  final and best test accuracy, epochs, wall time, per-layer activity at the end
+  *.png        overlays of the runs' per-layer diagnostics (`experiments.plots`)
+
+Running the same command again skips finished runs (a teacher with `teacher.json` for the
+configured epochs; an EP run whose `metrics.jsonl` reaches `train.epochs`) and resumes
+unfinished EP runs from their checkpoints, then rewrites the report. `--runs` selects runs
+(a KD run trains the teacher it needs even if `teacher` is not listed).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from typing import Callable, Optional, Sequence
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from ep_jax.metrics_io import read_metrics
+
+TEACHER = 'teacher'
+# name -> (LES on, KD on, description)
+VARIANTS = {
+    'ep': (False, False, 'standard EP'),
+    'ep_les': (True, False, 'EP + LES'),
+    'ep_kd': (False, True, 'EP + KD'),
+    'ep_les_kd': (True, True, 'EP + LES + KD'),
+}
+RUNS = (TEACHER,) + tuple(VARIANTS)
+REPORT = 'ablation.md'
+
+
+def variant_config(config, name: str, workdir: str):
+  """The config of EP run `name`: the shared config with LES / KD switched per the variant."""
+  les, kd, _ = VARIANTS[name]
+  c = copy.deepcopy(config)
+  c.signals.les.enabled = les
+  c.signals.kd.enabled = kd
+  c.signals.kd.teacher_workdir = os.path.join(workdir, TEACHER) if kd else ''
+  return c
+
+
+def teacher_done(teacher_dir: str, config) -> bool:
+  path = os.path.join(teacher_dir, 'teacher.json')
+  if not os.path.isfile(path):
+    return False
+  try:
+    with open(path, 'r', encoding='utf-8') as f:
+      meta = json.load(f)
+  except (OSError, ValueError):
+    return False
+  return int(meta.get('epochs', -1)) == int(config.teacher.epochs)
+
+
+def ep_done(run_dir: str, config) -> bool:
+  epochs = [r.get('epoch') for r in read_metrics(run_dir)]
+  return int(config.train.epochs) in epochs
+
+
+def train_teacher(config, teacher_dir: str, print_fn: Callable[[str], None] = print) -> dict:
+  """Trains and saves the BP teacher as `python -m experiments.train_teacher` does.
+
+  (That module defines its absl flags at import, which would clash with this program's
+  `--config`/`--workdir`, so its logic is repeated here with `ep_jax.teacher`.)
+  """
+  from ep_jax import network, teacher  # pylint: disable=g-import-not-at-top
+  from ep_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+
+  start = time.time()
+  train_split, test_split, info = train_lib.load_data(config)
+  m = config.model
+  spec = network.make_spec(m.layout, input_shape=info.input_shape, num_classes=info.num_classes,
+                           dense=tuple(m.dense), readout='softmax', activation=m.activation,
+                           kernel_size=m.kernel_size, padding=m.padding)
+  d, o, t = config.data, config.optim, config.teacher
+  params, history = teacher.train(
+      spec, train_split, test_split, info, epochs=t.epochs, learning_rate=t.learning_rate,
+      batch_size=t.batch_size, seed=config.seed, momentum=o.momentum,
+      weight_decay=o.weight_decay, eta_min=o.eta_min,
+      init_scale=float(t.get('init_scale', m.init_scale)),
+      augment=d.augment, crop_padding=d.crop_padding, flip=d.flip,
+      eval_batch_size=config.train.eval_batch_size,
+      log=lambda line: print_fn(f'[{TEACHER}] {line}'))
+  final = history[-1]
+  meta = {'test_accuracy': float(final['test_accuracy']), 'test_loss': float(final['test_loss']),
+          'train_accuracy': float(final['train_accuracy']), 'epochs': int(t.epochs),
+          'init_scale': float(t.get('init_scale', m.init_scale)),
+          'learning_rate': float(t.learning_rate), 'batch_size': int(t.batch_size),
+          'dataset': info.name, 'seconds': time.time() - start, 'history': history}
+  teacher.save_teacher(teacher_dir, spec, params, meta)
+  print_fn(f"[{TEACHER}] final test_accuracy={meta['test_accuracy']:.4f} "
+           f"({meta['seconds']:.1f}s)")
+  return meta
+
+
+def run_all(config, workdir: str, runs: Sequence[str] = RUNS,
+            print_fn: Callable[[str], None] = print) -> str:
+  """Trains the selected runs (skipping finished ones), writes the report; returns its path."""
+  from ep_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+
+  unknown = sorted(set(runs) - set(RUNS))
+  if unknown:
+    raise ValueError(f'unknown runs {unknown}; known: {RUNS}')
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  teacher_dir = os.path.join(workdir, TEACHER)
+  needs_teacher = TEACHER in runs or any(VARIANTS[r][1] for r in runs if r in VARIANTS)
+  if needs_teacher:
+    if teacher_done(teacher_dir, config):
+      print_fn(f'[{TEACHER}] done, skipping ({teacher_dir})')
+    else:
+      print_fn(f'[{TEACHER}] training the BP teacher into {teacher_dir}')
+      train_teacher(config, teacher_dir, print_fn=print_fn)
+  for name in VARIANTS:
+    if name not in runs:
+      continue
+    run_dir = os.path.join(workdir, name)
+    c = variant_config(config, name, workdir)
+    if ep_done(run_dir, c):
+      print_fn(f'[{name}] done, skipping ({run_dir})')
+      continue
+    print_fn(f'[{name}] {VARIANTS[name][2]}: training into {run_dir}')
+    prefix = f'[{name}] '
+    train_lib.train_and_evaluate(c, run_dir, print_fn=lambda line, p=prefix: print_fn(p + line))
+  return write_report(config, workdir, print_fn=print_fn)
+
+
+# ---------------------------------------------------------------------------------- report
+
+
+def _fmt(value, spec: str = '.4f') -> str:
+  if value is None or (isinstance(value, float) and not math.isfinite(value)):
+    return 'n/a'
+  return format(value, spec)
+
+
+def _duration(seconds) -> str:
+  if seconds is None:
+    return 'n/a'
+  seconds = float(seconds)
+  return f'{seconds:.0f} s ({seconds / 60:.1f} min)'
+
+
+def summarize_ep(run_dir: str) -> Optional[dict]:
+  """Final/best accuracy, epochs, wall time and last-epoch per-layer diagnostics of a run."""
+  records = read_metrics(run_dir)
+  if not records:
+    return None
+  last, first = records[-1], records[0]
+  accs = [(r.get('test_accuracy'), r.get('epoch')) for r in records
+          if r.get('test_accuracy') is not None]
+  best = max(accs, key=lambda t: t[0]) if accs else (None, None)
+  times = [r.get('epoch_time_s') for r in records if r.get('epoch_time_s') is not None]
+  return {'final_test_accuracy': last.get('test_accuracy'), 'best_test_accuracy': best[0],
+          'best_epoch': best[1], 'epochs': last.get('epoch'),
+          'wall_time_s': sum(times) if times else None,
+          'final_train_loss': last.get('train_loss'),
+          'free_steps_mean': last.get('free_steps_mean'),
+          'free_residual_mean': last.get('free_residual_mean'),
+          'last': last, 'first': first}
+
+
+def summarize_teacher(teacher_dir: str) -> Optional[dict]:
+  path = os.path.join(teacher_dir, 'teacher.json')
+  if not os.path.isfile(path):
+    return None
+  with open(path, 'r', encoding='utf-8') as f:
+    meta = json.load(f)
+  history = meta.get('history', [])
+  accs = [(r.get('test_accuracy'), r.get('epoch')) for r in history]
+  best = max(accs, key=lambda t: t[0]) if accs else (None, None)
+  return {'final_test_accuracy': meta.get('test_accuracy'), 'best_test_accuracy': best[0],
+          'best_epoch': best[1], 'epochs': meta.get('epochs'),
+          'wall_time_s': meta.get('seconds'), 'final_train_loss':
+          history[-1].get('train_loss') if history else None}
+
+
+def _layer_names(config, count: int) -> list[str]:
+  from ep_jax.network import parse_layout  # pylint: disable=g-import-not-at-top
+  conv = len(parse_layout(config.model.layout))
+  names = [f'conv{i + 1}' for i in range(conv)]
+  names += [f'dense{i + 1}' for i in range(len(config.model.dense))]
+  if config.model.readout == 'mse':
+    names.append('output')
+  names += [f'layer{i + 1}' for i in range(len(names), count)]
+  return names[:count] if count else names
+
+
+def _layer_table(summaries: dict, key: str, which: str, config, spec: str) -> list[str]:
+  rows = [(name, s[which].get(key)) for name, s in summaries.items()
+          if s is not None and 'last' in s and isinstance(s[which].get(key), list)]
+  if not rows:
+    return ['(not logged)', '']
+  count = max(len(v) for _, v in rows)
+  names = _layer_names(config, count)
+  out = ['| run | ' + ' | '.join(names) + ' |', '|---|' + '---|' * len(names)]
+  for name, values in rows:
+    cells = [_fmt(values[i], spec) if i < len(values) else '' for i in range(count)]
+    out.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+  out.append('')
+  return out
+
+
+def write_report(config, workdir: str, print_fn: Callable[[str], None] = print) -> str:
+  """Writes `ablation.md` and the overlay plots from whatever runs exist in `workdir`."""
+  from experiments import plots  # pylint: disable=g-import-not-at-top
+
+  workdir = os.path.abspath(workdir)
+  summaries = {TEACHER: summarize_teacher(os.path.join(workdir, TEACHER))}
+  for name in VARIANTS:
+    summaries[name] = summarize_ep(os.path.join(workdir, name))
+  existing = [n for n in (tuple(VARIANTS) + (TEACHER,)) if summaries[n] is not None]
+  pngs = plots.plot_runs([os.path.join(workdir, n) for n in existing], out=workdir,
+                         labels=existing) if existing else []
+
+  d, m, e, s = config.data, config.model, config.ep, config.signals
+  from ep_jax.network import parse_layout  # pylint: disable=g-import-not-at-top
+  lines = [
+      '# Ablation: layer-wise learning signals in a deep EP CRNN', '',
+      f'- **network**: layout `{m.layout}` ({len(parse_layout(m.layout))} conv layers), dense '
+      f'{tuple(m.dense)}, {m.activation}, {m.readout} readout',
+      f'- **data**: {d.dataset} (train {tuple(d.train_files) or "default"}, test '
+      f'{tuple(d.test_files) or "default"}), train_subset={d.train_subset}, '
+      f'test_subset={d.test_subset} (0 = all), augment={d.augment}',
+      f'- **EP**: {e.estimator}, β={e.beta}, T1={e.free_steps}, T2={e.nudged_steps}, '
+      f'tol={e.tol}, mode={e.mode}; {config.train.epochs} epochs, batch '
+      f'{config.train.batch_size}, lrs {tuple(config.optim.learning_rates)}, '
+      f'{config.optim.schedule}',
+      f'- **LES**: {s.les.loss} on {s.les.pool} features, {s.les.head} heads, layers '
+      f'{tuple(s.les.layers) or "all hidden"}',
+      f'- **KD**: layers {tuple(s.kd.layers) or "all hidden"}, output={s.kd.output} '
+      f'(α={s.kd.alpha}, τ={s.kd.temperature}); teacher: {config.teacher.epochs} epochs, lr '
+      f'{config.teacher.learning_rate}, init scale '
+      f'{config.teacher.get("init_scale", m.init_scale)} (EP: {m.init_scale})',
+      f'- **κ**: {s.kappa.schedule}, init {s.kappa.init}, min {s.kappa.min}, gamma '
+      f'{s.kappa.gamma}, per_layer {tuple(s.kappa.per_layer) or "-"}',
+      '',
+      '## Accuracy and cost', '',
+      'Wall time: the sum of the epochs\' times in `metrics.jsonl` (EP runs: training + '
+      'evaluation, first-epoch compilation included) or the teacher\'s training time.', '',
+      '| run | what | final test acc | best test acc (epoch) | epochs | wall time | '
+      'final train loss | free steps | free residual |',
+      '|---|---|---|---|---|---|---|---|---|',
+  ]
+  descriptions = dict({n: v[2] for n, v in VARIANTS.items()}, teacher='BP teacher (feed-forward twin)')
+  for name in tuple(VARIANTS) + (TEACHER,):
+    sm = summaries[name]
+    if sm is None:
+      lines.append(f'| {name} | {descriptions[name]} | not run | | | | | | |')
+      continue
+    lines.append(
+        f"| {name} | {descriptions[name]} | {_fmt(sm['final_test_accuracy'])} | "
+        f"{_fmt(sm['best_test_accuracy'])} ({sm['best_epoch']}) | {sm['epochs']} | "
+        f"{_duration(sm['wall_time_s'])} | {_fmt(sm['final_train_loss'])} | "
+        f"{_fmt(sm.get('free_steps_mean'), '.1f')} | {_fmt(sm.get('free_residual_mean'), '.1e')} |")
+  lines.append('')
+  ep_summaries = {n: summaries[n] for n in VARIANTS}
+  tables = (
+      ('Mean |s_l| at the free fixed point, last epoch', 'layer_mean_abs_state', 'last', '.4f'),
+      ('Mean |s_l| at the free fixed point, first epoch', 'layer_mean_abs_state', 'first',
+       '.4f'),
+      ('‖s^β − s^0‖ per example (first nudged phase), last epoch', 'layer_nudge_norm', 'last',
+       '.3e'),
+      ('Fraction of saturated units (at 0 or 1), last epoch', 'layer_saturated_frac', 'last',
+       '.3f'),
+      ('Mean |θ_l|, last epoch', 'layer_mean_abs_param', 'last', '.4f'),
+  )
+  lines += ['## Per-layer activity (epoch means of the training steps)', '']
+  for title, key, which, spec in tables:
+    lines += [f'### {title}', '']
+    lines += _layer_table(ep_summaries, key, which, config, spec)
+  lines += ['## Plots', '']
+  lines += [f'- [{os.path.basename(p)}]({os.path.basename(p)})' for p in pngs]
+  lines.append('')
+  path = os.path.join(workdir, REPORT)
+  with open(path + '.tmp', 'w', encoding='utf-8') as f:
+    f.write('\n'.join(lines))
+  os.replace(path + '.tmp', path)
+  print_fn(f'wrote {path} and {len(pngs)} plots')
+  return path
+
+
+# ----------------------------------------------------------------------------------- main
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+  if not flags.FLAGS.workdir:
+    raise app.UsageError('--workdir is required')
+  start = time.time()
+  run_all(_CONFIG.value, flags.FLAGS.workdir, runs=tuple(flags.FLAGS.runs),
+          print_fn=lambda line: print(line, flush=True))
+  print(f'ablation finished in {time.time() - start:.0f} s', flush=True)
+
+
+if __name__ == '__main__':
+  _CONFIG = config_flags.DEFINE_config_file(
+      'config', os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             'ep_jax', 'configs', 'ablation_deep.py'),
+      'Experiment config file.', lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Output folder (one sub-folder per run).')
+  flags.DEFINE_list('runs', list(RUNS), f'Runs to do, from {RUNS}.')
+  app.run(main)

@@ -1,0 +1,177 @@
+r"""Gradient alignment (the GDU property) of the EP estimators on one batch.
+
+  python -m experiments.gdu --config=ep_jax/configs/ablation_digits.py --workdir=runs/gdu \
+      [--betas=0.01,0.03,0.1,0.3,1.0] [--batch_size=8] [--network=config|smooth] \
+      [--estimators=one_sided,symmetric,holomorphic] [--config.FIELD=VALUE ...]
+
+Builds the config's network (initial parameters of seed `config.seed`, as training starts),
+takes the first `--batch_size` training examples, and for each estimator and β compares the
+EP estimate with the implicit (recurrent backprop) and BPTT gradients, per parameter group,
+in float64 with relaxations to `--tol` (`ep_jax.gdu`). Two runs:
+
+* `no_signals`: the plain output cost ℓ;
+* `with_signals`: the augmented cost ℓ + Σ κ_l ℓ_l of the config's `signals` (κ at epoch 0).
+  If the config enables no signal, LES with fixed random heads on every hidden layer is
+  switched on (the other `signals.les.*` fields as configured); KD needs
+  `signals.kd.teacher_workdir` and is dropped (with a note) without one.
+  `--nosignals` skips this run.
+
+Holomorphic EP needs `smooth_sigmoid` and average pooling: on a hard-sigmoid / max-pool
+network it is recorded as skipped; `--network=smooth` runs every estimator on the same network
+with those two changes instead.
+
+Writes `gdu.json` (everything), `gdu.md` (tables) and `gdu.png` (relative error vs β vs the
+implicit gradient, log-log, one subplot per group; `gdu_bptt.png` the same vs BPTT) into
+`--workdir`.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+import os
+import time
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           'ep_jax', 'configs')
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', os.path.join(_CONFIG_DIR, 'quickstart.py'), 'Experiment config file.',
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None,
+                               'Output folder (default: a new runs/gdu-<time>-<config>).')
+_BETAS = flags.DEFINE_list('betas', ['0.01', '0.03', '0.1', '0.3', '1.0'], 'Values of |β|.')
+_BATCH = flags.DEFINE_integer('batch_size', 8, 'Examples in the batch.')
+_ESTIMATORS = flags.DEFINE_list('estimators', ['one_sided', 'symmetric', 'holomorphic'],
+                                'EP estimators to compare.')
+_NETWORK = flags.DEFINE_enum(
+    'network', 'config', ['config', 'smooth'],
+    "'config': the config's network (holomorphic skipped unless it is smooth); 'smooth': the "
+    'same layers with smooth_sigmoid and average pooling (every estimator runs).')
+_SIGNALS = flags.DEFINE_bool('signals', True, 'Also compute with learning signals.')
+_TOL = flags.DEFINE_float('tol', 1e-12, 'Residual tolerance of every relaxation.')
+_MAX_STEPS = flags.DEFINE_integer('max_steps', 20000, 'Step limit of every relaxation.')
+_BPTT_STEPS = flags.DEFINE_integer('bptt_steps', 0,
+                                   'BPTT unrolled steps (0: the free phase\'s step count).')
+_HOLO = flags.DEFINE_integer('holo_points', 4, 'K of the holomorphic estimator.')
+_INIT_SCALE = flags.DEFINE_float('init_scale', None,
+                                 'Parameter init scale (default: config.model.init_scale).')
+
+
+def signals_config_for_gdu(config) -> tuple[object, str]:
+  """The `signals` config of the with-signals run and a sentence saying what it is."""
+  sig = copy.deepcopy(config.signals)
+  notes = []
+  if sig.kd.enabled and not sig.kd.teacher_workdir:
+    sig.kd.enabled = False
+    notes.append('KD is enabled in the config but has no signals.kd.teacher_workdir: KD '
+                 'dropped')
+  if not sig.les.enabled and not sig.kd.enabled:
+    sig.les.enabled = True
+    sig.les.head = 'fixed'
+    notes.append('the config enables no learning signal: LES with fixed random heads switched '
+                 'on for this check')
+  parts = []
+  if sig.les.enabled:
+    parts.append(f'LES ({sig.les.loss}, {sig.les.head} heads, {sig.les.pool}, layers '
+                 f'{tuple(sig.les.layers) or "all hidden"})')
+  if sig.kd.enabled:
+    parts.append(f'KD (teacher {sig.kd.teacher_workdir}, layers '
+                 f'{tuple(sig.kd.layers) or "all hidden"}, output={sig.kd.output})')
+  kappa = sig.kappa
+  desc = (f"Augmented cost ℓ + Σ κ_l ℓ_l with {' + '.join(parts)}; κ at epoch 0 "
+          f'(schedule {kappa.schedule}, init {kappa.init}).')
+  if notes:
+    desc += ' Note: ' + '; '.join(notes) + '.'
+  return sig, desc
+
+
+def run(config, workdir: str, *, betas, batch_size: int = 8,
+        estimator_names=('one_sided', 'symmetric', 'holomorphic'), network_mode: str = 'config',
+        with_signals: bool = True, tol: float = 1e-12, max_steps: int = 20000,
+        bptt_steps: int = 0, holo_points: int = 4, init_scale=None, print_fn=print) -> dict:
+  """Computes the GDU report and writes gdu.json, gdu.md, gdu.png; returns the report."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from ep_jax import data, gdu, network, signals  # pylint: disable=g-import-not-at-top
+  from ep_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+
+  start = time.time()
+  os.makedirs(workdir, exist_ok=True)
+  train_split, _, info = train_lib.load_data(config)
+  if batch_size < 1 or batch_size > len(train_split):
+    raise ValueError(f'batch_size must be in [1, {len(train_split)}], got {batch_size}')
+  x = data.normalize(train_split.images[:batch_size], info)
+  labels = np.asarray(train_split.labels[:batch_size])
+  config_spec = train_lib.build_spec(config, info)
+  spec = gdu.smooth_twin(config_spec) if network_mode == 'smooth' else config_spec
+  root = jax.random.PRNGKey(config.seed)
+  init_key, _, signal_key = jax.random.split(root, 3)
+  scale = config.model.init_scale if init_scale is None else float(init_scale)
+  params = network.init_params(spec, init_key, scale=scale)
+  meta = {'config layout': config_spec.layout, 'network': (
+              f'{spec.layout} dense {spec.dense}, {spec.activation}, readout {spec.readout}' +
+              (' (smooth twin of the config network: smooth_sigmoid, average pooling)'
+               if network_mode == 'smooth' else '')),
+          'data': f'{info.name}: first {batch_size} training examples',
+          'parameters': f'initialisation (seed {config.seed}, scale {scale})',
+          'precision': f'float64, relaxations to residual {tol:g} (at most {max_steps} steps)',
+          'betas': ', '.join(f'{float(b):g}' for b in betas),
+          'holomorphic K': holo_points}
+  print_fn(f'gdu: {meta["network"]}; {meta["data"]}; betas {meta["betas"]}')
+  common = dict(betas=[float(b) for b in betas], estimator_names=tuple(estimator_names),
+                holo_points=holo_points, max_steps=max_steps, tol=tol,
+                bptt_steps=bptt_steps or None, log=print_fn)
+  batch = {'image': x, 'label': labels}
+  runs = {}
+  print_fn('run no_signals')
+  runs['no_signals'] = gdu.gdu_sweep(spec, params, x, {'label': labels}, **common)
+  runs['no_signals']['description'] = 'Plain output cost ℓ (standard EP).'
+  if with_signals:
+    sig_config, desc = signals_config_for_gdu(config)
+    setup = signals.build_signals(sig_config, spec, num_epochs=int(config.train.epochs),
+                                  rng=signal_key)
+    p = dict(params, signals=setup.trainable) if setup.trainable else params
+    targets = setup.nudging.targets(setup.frozen, p, batch, 0)
+    print_fn(f'run with_signals: {desc}')
+    runs['with_signals'] = gdu.gdu_sweep(spec, p, x, targets, cost_fn=setup.nudging.cost,
+                                         **common)
+    runs['with_signals']['description'] = desc
+  meta['seconds'] = round(time.time() - start, 1)
+  report = {'meta': meta, 'runs': runs}
+  with open(os.path.join(workdir, 'gdu.json'), 'w', encoding='utf-8') as f:
+    json.dump(report, f, indent=1)
+  with open(os.path.join(workdir, 'gdu.md'), 'w', encoding='utf-8') as f:
+    f.write(gdu.markdown(report))
+  gdu.plot(report, os.path.join(workdir, 'gdu.png'), reference='implicit')
+  gdu.plot(report, os.path.join(workdir, 'gdu_bptt.png'), reference='bptt')
+  print_fn(f'wrote gdu.json, gdu.md, gdu.png, gdu_bptt.png to {workdir} '
+           f'({time.time() - start:.1f}s)')
+  return report
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  config_path = flags.FLAGS['config'].config_filename
+  workdir = _WORKDIR.value or os.path.join(
+      'runs', datetime.datetime.now().strftime('gdu-%Y%m%d-%H%M%S-') +
+      os.path.splitext(os.path.basename(config_path.split(':')[0]))[0])
+  try:
+    betas = [float(b) for b in _BETAS.value]
+  except ValueError as e:
+    raise app.UsageError(f'--betas must be numbers: {e}') from None
+  run(_CONFIG.value, workdir, betas=betas, batch_size=_BATCH.value,
+      estimator_names=tuple(_ESTIMATORS.value), network_mode=_NETWORK.value,
+      with_signals=_SIGNALS.value, tol=_TOL.value, max_steps=_MAX_STEPS.value,
+      bptt_steps=_BPTT_STEPS.value, holo_points=_HOLO.value, init_scale=_INIT_SCALE.value)
+
+
+if __name__ == '__main__':
+  app.run(main)

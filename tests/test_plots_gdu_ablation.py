@@ -1,0 +1,149 @@
+"""Diagnostics plots, gradient alignment (GDU) and the ablation driver, end to end but small."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from ep_jax import gdu, network
+from ep_jax.configs import ablation_deep, ablation_digits, quickstart
+from experiments import ablation, plots
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _write_run(workdir, num_layers, epochs, layout=None, gap_epoch=None):
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
+    for e in range(1, epochs + 1):
+      layer = [0.5 / (l + 1) * (1 - 0.1 * e) for l in range(num_layers)]
+      record = {'epoch': e, 'train_loss': 2.0 / e, 'test_loss': 2.1 / e,
+                'train_accuracy': 0.1 * e, 'test_accuracy': 0.09 * e,
+                'free_steps_mean': 30.0, 'free_residual_mean': 10.0 ** -e,
+                'layer_mean_abs_state': layer, 'layer_mean_abs_param': layer,
+                'layer_nudge_norm': [v * 1e-3 for v in layer],
+                'layer_saturated_frac': [0.2] * num_layers}
+      if e == gap_epoch:  # NaN written as null, a missing entry and a missing key
+        record['layer_mean_abs_state'] = [None] + layer[1:]
+        record['free_residual_mean'] = None
+        del record['layer_nudge_norm']
+      f.write(json.dumps(record) + '\n')
+  if layout:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      json.dump({'model': {'layout': layout, 'dense': [], 'readout': 'softmax'}}, f)
+
+
+def test_plots_overlay_runs_with_gaps_and_different_depths(tmp_path):
+  a, b = str(tmp_path / 'runs' / 'deep'), str(tmp_path / 'runs' / 'shallow')
+  _write_run(a, 4, 4, layout='4,4,M,8,8,M', gap_epoch=2)
+  _write_run(b, 2, 3)
+  xs, ys = plots.layer_series(plots.load_runs([a])[0].records, 'layer_mean_abs_state')
+  assert xs.tolist() == [1, 2, 3, 4] and ys.shape == (4, 4) and math.isnan(ys[1, 0])
+  runs = plots.load_runs([a, b])
+  assert [r.label for r in runs] == ['deep', 'shallow']
+  assert runs[0].layer_names == ('conv1', 'conv2', 'conv3', 'conv4')
+  out = str(tmp_path / 'out')
+  paths = plots.plot_runs([a, b], out)
+  names = sorted(os.path.basename(p) for p in paths)
+  for key in plots.LAYER_KEYS + plots.SCALAR_KEYS + ('accuracy',):
+    assert f'{key}.png' in names
+  for p in paths:
+    with open(p, 'rb') as f:
+      assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+  # The command line: repeated --workdir, output into the first by default.
+  proc = subprocess.run([sys.executable, '-m', 'experiments.plots', f'--workdir={a}',
+                         f'--workdir={b}'], cwd=REPO, capture_output=True, text=True,
+                        env=dict(os.environ, PYTHONPATH=REPO), timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  assert os.path.isfile(os.path.join(a, 'layer_nudge_norm.png'))
+
+
+def test_gdu_helpers():
+  spec = network.make_spec('3,M,4,A', input_shape=(8, 8, 1), num_classes=3, dense=(5,))
+  reason = gdu.holomorphic_unsupported(spec)
+  assert 'hard_sigmoid' in reason and 'max pooling' in reason
+  twin = gdu.smooth_twin(spec)
+  assert gdu.holomorphic_unsupported(twin) is None
+  assert twin.state_shapes == spec.state_shapes and twin.layout == '3,A,4,A'
+  params = network.init_params(spec, jax.random.PRNGKey(0))
+  result = gdu.compare(params, jax.tree_util.tree_map(lambda p: 2 * p, params), spec)
+  assert list(result) == ['conv1', 'conv2', 'dense1', 'readout', 'all']
+  for a in result.values():
+    assert a['cos'] == pytest.approx(1.0) and a['rel_err'] == pytest.approx(0.5)
+
+
+def test_gdu_symmetric_aligns_with_implicit_and_writes_reports(tmp_path):
+  from experiments import gdu as gdu_cli
+  config = quickstart.get_config()
+  config.model.layout = '3,M,4,M'
+  config.model.init_scale = 2.0
+  out = str(tmp_path / 'gdu')
+  report = gdu_cli.run(config, out, betas=[1e-3, 0.1], batch_size=4,
+                       estimator_names=('symmetric', 'holomorphic'), print_fn=lambda _: None)
+  for name in ('gdu.json', 'gdu.md', 'gdu.png'):
+    assert os.path.getsize(os.path.join(out, name)) > 0
+  with open(os.path.join(out, 'gdu.json')) as f:
+    saved = json.load(f)
+  assert set(saved['runs']) == {'no_signals', 'with_signals'}
+  assert 'LES' in saved['runs']['with_signals']['description']
+  for run in report['runs'].values():
+    ref = run['references']
+    assert ref['converged'] and ref['free_residual'] <= 1e-10
+    assert ref['bptt_vs_implicit']['all']['rel_err'] < 1e-6
+    assert run['groups'][:3] == ['conv1', 'conv2', 'readout']
+    assert 'holomorphic EP needs' in run['estimators']['holomorphic']['skipped']
+    small = run['estimators']['symmetric']['results'][0]
+    assert small['beta'] == 1e-3
+    for ref_name in ('implicit', 'bptt'):
+      assert min(a['cos'] for a in small[ref_name].values()) > 0.99
+    large = run['estimators']['symmetric']['results'][1]
+    assert small['implicit']['all']['rel_err'] < large['implicit']['all']['rel_err']
+  md = open(os.path.join(out, 'gdu.md')).read()
+  assert '### symmetric vs implicit' in md and '| conv1 |' in md
+
+
+def test_ablation_configs_are_deep():
+  for mod in (ablation_deep, ablation_digits):
+    config = mod.get_config()
+    assert len(network.parse_layout(config.model.layout)) >= 8
+    assert len(config.optim.learning_rates) == len(network.parse_layout(config.model.layout)) + 1
+    assert not config.signals.les.enabled and not config.signals.kd.enabled
+
+
+def test_ablation_end_to_end_and_resume(tmp_path):
+  config = ablation_digits.get_config()
+  # The digits twin with tiny subsets, one epoch and (for compile time) one conv layer; the
+  # full 8-layer twin runs the same code (python -m experiments.ablation, ~1.5 min).
+  config.model.layout = '4,M'
+  config.optim.learning_rates = (0.1,)
+  config.data.train_subset = 64
+  config.data.test_subset = 32
+  config.train.epochs = 1
+  config.train.batch_size = 32
+  config.train.eval_batch_size = 32
+  config.ep.free_steps = 8
+  config.ep.nudged_steps = 4
+  config.teacher.epochs = 1
+  workdir = str(tmp_path / 'ablation')
+  lines = []
+  path = ablation.run_all(config, workdir, print_fn=lines.append)
+  for name in ablation.RUNS:
+    assert os.path.isdir(os.path.join(workdir, name))
+  with open(os.path.join(workdir, 'ep_les_kd', 'config.json')) as f:
+    saved = json.load(f)
+  assert saved['signals']['les']['enabled'] and saved['signals']['kd']['enabled']
+  assert saved['signals']['kd']['teacher_workdir'] == os.path.join(workdir, 'teacher')
+  report = open(path).read()
+  for name in ablation.RUNS:
+    assert f'| {name} |' in report
+  assert 'not run' not in report and '### Mean |s_l| at the free fixed point, last epoch' in report
+  assert os.path.isfile(os.path.join(workdir, 'layer_mean_abs_state.png'))
+  assert os.path.isfile(os.path.join(workdir, 'accuracy.png'))
+  # Running again trains nothing and rewrites the report.
+  lines.clear()
+  ablation.run_all(config, workdir, print_fn=lines.append)
+  assert sum('done, skipping' in l for l in lines) == 5, lines
