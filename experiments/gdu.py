@@ -38,29 +38,6 @@ from ml_collections import config_flags
 
 _CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                            'ep_jax', 'configs')
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', os.path.join(_CONFIG_DIR, 'quickstart.py'), 'Experiment config file.',
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None,
-                               'Output folder (default: a new runs/gdu-<time>-<config>).')
-_BETAS = flags.DEFINE_list('betas', ['0.01', '0.03', '0.1', '0.3', '1.0'], 'Values of |β|.')
-_BATCH = flags.DEFINE_integer('batch_size', 8, 'Examples in the batch.')
-_ESTIMATORS = flags.DEFINE_list('estimators', ['one_sided', 'symmetric', 'holomorphic'],
-                                'EP estimators to compare.')
-_NETWORK = flags.DEFINE_enum(
-    'network', 'config', ['config', 'smooth'],
-    "'config': the config's network (holomorphic skipped unless it is smooth); 'smooth': the "
-    'same layers with smooth_sigmoid and average pooling (every estimator runs).')
-_SIGNALS = flags.DEFINE_bool('signals', True, 'Also compute with learning signals.')
-_TOL = flags.DEFINE_float('tol', 1e-12, 'Residual tolerance of every relaxation.')
-_MAX_STEPS = flags.DEFINE_integer('max_steps', 20000, 'Step limit of every relaxation.')
-_BPTT_STEPS = flags.DEFINE_integer('bptt_steps', 0,
-                                   'BPTT unrolled steps (0: the free phase\'s step count).')
-_HOLO = flags.DEFINE_integer('holo_points', 4, 'K of the holomorphic estimator.')
-_INIT_SCALE = flags.DEFINE_float('init_scale', None,
-                                 'Parameter init scale (default: config.model.init_scale).')
-
-
 def signals_config_for_gdu(config) -> tuple[object, str]:
   """The `signals` config of the with-signals run and a sentence saying what it is."""
   sig = copy.deepcopy(config.signals)
@@ -173,5 +150,33 @@ def main(argv):
       bptt_steps=_BPTT_STEPS.value, holo_points=_HOLO.value, init_scale=_INIT_SCALE.value)
 
 
+def define_flags() -> None:
+  """Defines this script's flags (only when run as a script, so tests can import it)."""
+  global _CONFIG, _WORKDIR, _BETAS, _BATCH, _ESTIMATORS, _NETWORK, _SIGNALS, _TOL
+  global _MAX_STEPS, _BPTT_STEPS, _HOLO, _INIT_SCALE
+  _CONFIG = config_flags.DEFINE_config_file(
+      'config', os.path.join(_CONFIG_DIR, 'quickstart.py'), 'Experiment config file.',
+      lock_config=True)
+  _WORKDIR = flags.DEFINE_string('workdir', None,
+                                 'Output folder (default: a new runs/gdu-<time>-<config>).')
+  _BETAS = flags.DEFINE_list('betas', ['0.01', '0.03', '0.1', '0.3', '1.0'], 'Values of |β|.')
+  _BATCH = flags.DEFINE_integer('batch_size', 8, 'Examples in the batch.')
+  _ESTIMATORS = flags.DEFINE_list('estimators', ['one_sided', 'symmetric', 'holomorphic'],
+                                  'EP estimators to compare.')
+  _NETWORK = flags.DEFINE_enum(
+      'network', 'config', ['config', 'smooth'],
+      "'config': the config's network (holomorphic skipped unless it is smooth); 'smooth': the "
+      'same layers with smooth_sigmoid and average pooling (every estimator runs).')
+  _SIGNALS = flags.DEFINE_bool('signals', True, 'Also compute with learning signals.')
+  _TOL = flags.DEFINE_float('tol', 1e-12, 'Residual tolerance of every relaxation.')
+  _MAX_STEPS = flags.DEFINE_integer('max_steps', 20000, 'Step limit of every relaxation.')
+  _BPTT_STEPS = flags.DEFINE_integer('bptt_steps', 0,
+                                     'BPTT unrolled steps (0: the free phase\'s step count).')
+  _HOLO = flags.DEFINE_integer('holo_points', 4, 'K of the holomorphic estimator.')
+  _INIT_SCALE = flags.DEFINE_float('init_scale', None,
+                                   'Parameter init scale (default: config.model.init_scale).')
+
+
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

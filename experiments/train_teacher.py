@@ -20,11 +20,6 @@ from ml_collections import config_flags
 from ep_jax import data, network, teacher
 from experiments import cli
 
-_CONFIG = config_flags.DEFINE_config_file('config', 'ep_jax/configs/default.py',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Where the teacher is saved.')
-
-
 def build_spec(config, info: data.DatasetInfo) -> network.NetworkSpec:
   """The teacher's spec: the CRNN's `config.model` layers with a softmax readout."""
   return network.make_spec(config.model.layout, input_shape=info.input_shape,
@@ -75,4 +70,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  _CONFIG = config_flags.DEFINE_config_file('config', 'ep_jax/configs/default.py',
+                                            lock_config=True)
+  _WORKDIR = flags.DEFINE_string('workdir', None, 'Where the teacher is saved.')
   app.run(main)
