@@ -30,6 +30,17 @@ def conv2d(s_prev: jax.Array, w: jax.Array, padding: str = 'SAME') -> jax.Array:
                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
+def _window_max(windows: jax.Array) -> jax.Array:
+  """Max of each 2x2 window of `(B, H/2, 2, W/2, 2, C)`, keeping the window axes (size 1).
+
+  Three elementwise maxima of the four window slices rather than a reduction: XLA fuses them
+  (and their derivative) with neighbouring elementwise work. Derivative at ties as `lax.max`:
+  split evenly between two tied operands (so 2- and 4-way ties split evenly).
+  """
+  return jnp.maximum(jnp.maximum(windows[:, :, 0:1, :, 0:1], windows[:, :, 0:1, :, 1:2]),
+                     jnp.maximum(windows[:, :, 1:2, :, 0:1], windows[:, :, 1:2, :, 1:2]))
+
+
 def pool2d(u: jax.Array, kind: str | None) -> jax.Array:
   """2x2 stride-2 max or average pooling of `(B, H, W, C)` (odd edges dropped); `None`: identity."""
   if kind is None:
@@ -40,15 +51,61 @@ def pool2d(u: jax.Array, kind: str | None) -> jax.Array:
     if jnp.iscomplexobj(u):
       raise ValueError('max pooling has no complex extension: holomorphic EP needs average '
                        "pooling ('A' in the layout)")
-    return jnp.max(windows, axis=(2, 4))
+    return _window_max(windows)[:, :, 0, :, 0]
   if kind == 'avg':
     return jnp.mean(windows, axis=(2, 4))
   raise ValueError(f'unknown pool {kind!r}')
 
 
+def flip_kernel(w: jax.Array) -> jax.Array:
+  """The kernel of the adjoint convolution: spatially flipped, input/output channels swapped."""
+  return jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
+
+
+def transpose_padding(w: jax.Array, padding: str):
+  """Padding of the adjoint of a stride-1 convolution ('VALID' becomes a full padding)."""
+  if padding == 'SAME':
+    return padding
+  k_h, k_w = w.shape[0], w.shape[1]
+  return ((k_h - 1, k_h - 1), (k_w - 1, k_w - 1))
+
+
+def conv2d_transpose(g: jax.Array, w: jax.Array, padding: str = 'SAME') -> jax.Array:
+  """`W^T ⋆ g`, the adjoint of `conv2d(·, w, padding)`: `∂/∂s <g, W ⋆ s>`.
+
+  A stride-1 convolution of `g` (`(B, H', W', C_out)`) with the spatially flipped kernel and
+  swapped channel axes; 'VALID' becomes a full padding so the result has the input's size.
+  """
+  return conv2d(g, flip_kernel(w), transpose_padding(w, padding))
+
+
+def pool2d_transpose(g: jax.Array, u, kind: str | None) -> jax.Array:
+  """The adjoint of `pool2d(·, kind)` at `u` applied to `g`: `∂/∂u <g, P(u)>`, shaped like `u`.
+
+  Exactly the vector-Jacobian product of `pool2d` (so the explicit forces equal `jax.grad` of
+  Φ): average pooling spreads `g/4` over each window; max pooling routes `g` to the window's
+  maximum of `u` (ties split as `pool2d`'s derivative does); the odd edge rows/columns that
+  pooling drops get zero. Only max pooling reads the values of `u`: for the others `u` may be
+  just its shape `(B, H, W, C)`.
+  """
+  if kind is None:
+    return g
+  if isinstance(u, tuple):
+    if kind == 'max':
+      raise ValueError('max unpooling needs the values of the pooled input, not its shape')
+    u = jnp.zeros(u, g.dtype)
+  _, vjp = jax.vjp(lambda v: pool2d(v, kind), u)
+  return vjp(g)[0]
+
+
+def conv_pre(p: dict, s_prev: jax.Array, padding: str) -> jax.Array:
+  """`W ⋆ s_prev + b`: a convolutional layer's input before pooling, `(B, H, W, C)`."""
+  return conv2d(s_prev, p['w'], padding) + p['b'].astype(s_prev.dtype)
+
+
 def conv_drive(p: dict, s_prev: jax.Array, pool: str | None, padding: str) -> jax.Array:
   """`P(W ⋆ s_prev + b)`: what a convolutional layer receives from below, `(B, H', W', C)`."""
-  return pool2d(conv2d(s_prev, p['w'], padding) + p['b'].astype(s_prev.dtype), pool)
+  return pool2d(conv_pre(p, s_prev, padding), pool)
 
 
 def dense_drive(p: dict, s_prev: jax.Array) -> jax.Array:
@@ -71,8 +128,19 @@ def layer_drives(spec: NetworkSpec, params: dict, x: jax.Array,
   return tuple(drives)
 
 
+def compute_dtype(dtype) -> jnp.dtype:
+  """The dtype energies and costs are evaluated in: float32 at least (bfloat16 states are
+  upcast, so sums over the batch and the EP contrast do not lose the nudge in rounding)."""
+  dtype = jnp.dtype(dtype)
+  if jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32:
+    return jnp.dtype(jnp.float32)
+  return dtype
+
+
 def primitive(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple) -> jax.Array:
-  """Φ(x, s; θ) summed over the batch (scalar, the states' dtype)."""
+  """Φ(x, s; θ) summed over the batch (scalar, the states' dtype, at least float32)."""
+  dtype = compute_dtype(states[0].dtype)
+  states = tuple(s.astype(dtype) for s in states)
   drives = layer_drives(spec, params, x, states)
   return sum(jnp.sum(s * d) for s, d in zip(states, drives))
 

@@ -1,9 +1,13 @@
 """Relaxation to a fixed point: `s <- σ(∂Φ^β/∂s)`.
 
-The force `∂Φ^β/∂s` is computed from the energy by `jax.grad` (holomorphic derivative for
-complex states). Because Φ is linear in each `s_l`, the force on layer l depends only on its
-neighbours `s_{l-1}`, `s_{l+1}` (and, through max pooling's argmax, on which unit of `s_l`'s
-pool window wins), plus `-β ∂ℒ/∂s_l` where the nudging cost touches layer l.
+Because Φ is linear in each `s_l`, the force `∂Φ^β/∂s_l` depends only on the neighbours
+`s_{l-1}`, `s_{l+1}` (and, through max pooling's argmax, on which unit of the window of
+`W_{l+1} ⋆ s_l` wins), plus `-β ∂ℒ/∂s_l` where the nudging cost touches layer l. `force`
+writes it explicitly, drive from below plus feedback from above (transposed convolution of the
+unpooled upper state); for real states this is much cheaper than `jax.grad` of Φ, which
+recomputes every drive. `force_autodiff` is the `jax.grad` definition (used for complex states,
+i.e. holomorphic EP, and by the tests that check the two agree). Inside a relaxation the input
+layer's drive `P(W_1 ⋆ x + b_1)` and the flipped kernels are computed once, not every step.
 
 Two schedules:
   * 'sync': all layers update at once from the previous states;
@@ -25,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ep_jax import activations
+from ep_jax import activations, energy
 from ep_jax.energy import CostFn, nudged_primitive
 from ep_jax.network import NetworkSpec
 
@@ -43,9 +47,10 @@ class RelaxResult(NamedTuple):
   residual: jax.Array
 
 
-def force(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, targets: dict, beta,
-          cost_fn: Optional[CostFn], layers: Optional[tuple[int, ...]] = None) -> tuple:
-  """`∂Φ^β/∂s_l` for the layers in `layers` (all by default), each shaped like `s_l`."""
+def force_autodiff(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, targets: dict,
+                   beta, cost_fn: Optional[CostFn],
+                   layers: Optional[tuple[int, ...]] = None) -> tuple:
+  """`∂Φ^β/∂s_l` by `jax.grad` of the energy (the definition; `force` computes it explicitly)."""
   layers = tuple(range(len(states))) if layers is None else layers
   holomorphic = jnp.iscomplexobj(states[0])
 
@@ -58,23 +63,161 @@ def force(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, targets:
   return jax.grad(energy, holomorphic=holomorphic)(tuple(states[l] for l in layers))
 
 
+def bottom_drive(spec: NetworkSpec, params: dict, x: jax.Array, dtype) -> jax.Array:
+  """The drive of layer 1 from the input, `P(W_1 ⋆ x + b_1)`: constant during a relaxation."""
+  x = x.astype(dtype)
+  if spec.num_conv:
+    return energy.conv_drive(params['layers'][0], x, spec.conv[0].pool, spec.padding)
+  return energy.dense_drive(params['layers'][0], x)
+
+
+def _prepare(spec, params, x, dtype):
+  """Loop invariants of a relaxation: the input layer's drive and the transposed kernels."""
+  drive0 = bottom_drive(spec, params, x, dtype)
+  kernels_t = {l: energy.flip_kernel(params['layers'][l]['w']).astype(dtype)
+               for l in range(1, spec.num_conv)}
+  return drive0, kernels_t
+
+
+class _Forces:
+  """Explicit forces `∂Φ^β/∂s_l = drive_l(s_{l-1}) + feedback_{l+1→l} - β ∂ℒ/∂s_l`.
+
+  drive: `P_l(W_l ⋆ s_{l-1} + b_l)` (conv) or `W_l s_{l-1} + b_l` (dense).
+  feedback: `W_{l+1}^T ⋆ P_{l+1}^T(s_{l+1})` for a conv layer above (transposed convolution of
+  the unpooled upper state; max unpooling routes to the argmax of the window of the pre-pool
+  input `W_{l+1} ⋆ s_l + b_{l+1}`), `W_{l+1}^T s_{l+1}` reshaped for a dense layer above.
+
+  The convolution `W_l ⋆ s_{l-1}` of each conv layer is computed once and shared between its
+  drive and the feedback it sends down (a trace-time cache, invalidated when the layer below
+  changes). The bias is added after pooling (`P(u + b) = P(u) + b` for a per-channel bias; the
+  argmax routing is taken on `u`). The input layer's drive and the transposed kernels are
+  passed in precomputed. The nudge's state gradient comes from `jax.grad` of the cost alone
+  (it only touches the layers the cost reads).
+  """
+
+  def __init__(self, spec, params, prepared, states, targets, beta, cost_fn):
+    self.spec, self.params = spec, params
+    self.drive0, self.kernels_t = prepared
+    self.states = list(states)
+    self.targets, self.beta, self.cost_fn = targets, beta, cost_fn
+    self._conv = {}
+
+  def set(self, l, value):
+    self.states[l] = value
+    self._conv.pop(l + 1, None)  # layer l+1's convolution depended on s_l
+
+  def conv(self, l):
+    """`W_l ⋆ s_{l-1}` (without the bias) for conv layer l >= 1 (0-based), cached."""
+    if l not in self._conv:
+      self._conv[l] = energy.conv2d(self.states[l - 1], self.params['layers'][l]['w'],
+                                    self.spec.padding)
+    return self._conv[l]
+
+  def _conv_shape(self, l):
+    b, h, w, _ = self.states[l - 1].shape
+    if self.spec.padding == 'VALID':
+      h, w = h - self.spec.kernel_size + 1, w - self.spec.kernel_size + 1
+    return (b, h, w, self.spec.conv[l].channels)
+
+  def _drive(self, l):
+    spec, params, states = self.spec, self.params, self.states
+    if l == 0:
+      return self.drive0
+    if l >= spec.num_conv:
+      return energy.dense_drive(params['layers'][l], states[l - 1])
+    b = params['layers'][l]['b'].astype(states[l].dtype)
+    return energy.pool2d(self.conv(l), spec.conv[l].pool) + b
+
+  def _feedback(self, l):
+    """What layer l receives from layer l+1."""
+    spec, params, states = self.spec, self.params, self.states
+    up, p_up = states[l + 1], params['layers'][l + 1]
+    if l + 1 >= spec.num_conv:
+      return (up @ p_up['w'].astype(up.dtype).T).reshape(states[l].shape)
+    pool = spec.conv[l + 1].pool
+    # Max unpooling routes by the argmax of each window of `W ⋆ s_l` (adding the bias does
+    # not move it); the other pools need only the shape.
+    u = self.conv(l + 1) if pool == 'max' else self._conv_shape(l + 1)
+    g = energy.pool2d_transpose(up, u, pool)
+    return energy.conv2d(g, self.kernels_t[l + 1], energy.transpose_padding(p_up['w'],
+                                                                              spec.padding))
+
+  def __call__(self, layers):
+    states, n = self.states, len(self.states)
+    nudge = None
+    if self.beta is not None:
+      nudge = jax.grad(lambda sel: self.cost_fn(
+          self.params,
+          tuple(sel[layers.index(l)] if l in layers else states[l] for l in range(n)),
+          self.targets))(tuple(states[l] for l in layers))
+    forces = []
+    for i, l in enumerate(layers):
+      f = self._drive(l)
+      if l + 1 < n:
+        f = f + self._feedback(l)
+      if nudge is not None:
+        f = f - self.beta * nudge[i]
+      forces.append(f)
+    return tuple(forces)
+
+
+def _explicit(states) -> bool:
+  return not jnp.iscomplexobj(states[0])
+
+
+def force(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, targets: dict, beta,
+          cost_fn: Optional[CostFn], layers: Optional[tuple[int, ...]] = None) -> tuple:
+  """`∂Φ^β/∂s_l` for the layers in `layers` (all by default), each shaped like `s_l`.
+
+  Real states use the explicit feedforward + feedback form (`_Forces`); complex states
+  (holomorphic EP) use `jax.grad` of the energy. Both are the same function.
+  """
+  layers = tuple(range(len(states))) if layers is None else tuple(layers)
+  if not _explicit(states):
+    return force_autodiff(spec, params, x, states, targets, beta, cost_fn, layers)
+  prepared = _prepare(spec, params, x, states[0].dtype)
+  return _Forces(spec, params, prepared, states, targets, beta, cost_fn)(layers)
+
+
+def _step(spec, params, x, prepared, states, targets, beta, cost_fn, mode):
+  """One update; `prepared` is `_prepare(...)` (hoisted out of loops) or None (complex)."""
+  sigma = activations.get(spec.activation)
+  if mode not in MODES:
+    raise ValueError(f'unknown relaxation mode {mode!r}; known: {MODES}')
+  n = len(states)
+  if prepared is None:  # complex states: autodiff forces
+    if mode == 'sync':
+      return tuple(sigma(f) for f in force_autodiff(spec, params, x, states, targets, beta,
+                                                    cost_fn))
+    new = list(states)
+    for parity in (0, 1):
+      layers = tuple(range(parity, n, 2))
+      if layers:
+        forces = force_autodiff(spec, params, x, tuple(new), targets, beta, cost_fn, layers)
+        for l, f in zip(layers, forces):
+          new[l] = sigma(f)
+    return tuple(new)
+  forces = _Forces(spec, params, prepared, states, targets, beta, cost_fn)
+  if mode == 'sync':
+    return tuple(sigma(f) for f in forces(tuple(range(n))))
+  # Async: even layers, then odd layers from the newest even states. The convolutions of the
+  # odd layers' states (inputs of the even layers above them) are computed once per step and
+  # reused by the odd half; those of the even layers' states are recomputed after the update.
+  for parity in (0, 1):
+    layers = tuple(range(parity, n, 2))
+    if not layers:
+      continue
+    new = forces(layers)
+    for l, f in zip(layers, new):
+      forces.set(l, sigma(f))
+  return tuple(forces.states)
+
+
 def step(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, targets: dict, beta,
          cost_fn: Optional[CostFn], mode: str = 'sync') -> tuple:
   """One update of the dynamics, synchronous or asynchronous (even layers, then odd)."""
-  sigma = activations.get(spec.activation)
-  if mode == 'sync':
-    return tuple(sigma(f) for f in force(spec, params, x, states, targets, beta, cost_fn))
-  if mode != 'async':
-    raise ValueError(f'unknown relaxation mode {mode!r}; known: {MODES}')
-  new = list(states)
-  for parity in (0, 1):
-    layers = tuple(range(parity, len(states), 2))
-    if not layers:
-      continue
-    forces = force(spec, params, x, tuple(new), targets, beta, cost_fn, layers)
-    for l, f in zip(layers, forces):
-      new[l] = sigma(f)
-  return tuple(new)
+  prepared = _prepare(spec, params, x, states[0].dtype) if _explicit(states) else None
+  return _step(spec, params, x, prepared, states, targets, beta, cost_fn, mode)
 
 
 def max_change(new: tuple, old: tuple) -> jax.Array:
@@ -106,9 +249,12 @@ def relax(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, *, targe
     keep_going = (steps < max_steps) & jnp.isfinite(residual)
     return keep_going & ((residual > tol) | (tol <= 0))
 
+  # The input layer's drive does not change during the relaxation: computed once.
+  prepared = _prepare(spec, params, x, states[0].dtype) if _explicit(states) else None
+
   def body(carry):
     steps, s, _ = carry
-    new = step(spec, params, x, s, targets, beta, cost_fn, mode)
+    new = _step(spec, params, x, prepared, s, targets, beta, cost_fn, mode)
     return steps + 1, new, max_change(new, s).astype(real_dtype)
 
   # The first residual is a large finite number so that the loop starts.
@@ -124,8 +270,12 @@ def relax_fixed(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, *,
                 mode: str = 'sync') -> RelaxResult:
   """Exactly `steps` (static) updates with `lax.scan`; differentiable w.r.t. params and x."""
 
+  if mode not in MODES:
+    raise ValueError(f'unknown relaxation mode {mode!r}; known: {MODES}')
+  prepared = _prepare(spec, params, x, states[0].dtype) if _explicit(states) else None
+
   def body(s, _):
-    new = step(spec, params, x, s, targets, beta, cost_fn, mode)
+    new = _step(spec, params, x, prepared, s, targets, beta, cost_fn, mode)
     return new, max_change(new, s)
 
   final, residuals = lax.scan(body, tuple(states), None, length=steps)

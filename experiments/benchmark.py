@@ -1,0 +1,256 @@
+r"""Benchmark harness: compile and time full training steps on random data, print one JSON line.
+
+  python -m experiments.benchmark --layout=32,M,64,M,128,M --input_shape=32,32,3 \
+      --num_classes=10 --batch_size=64 --t1=30 --t2=10 --estimator=symmetric --tol=0 \
+      --steps=5 [--dtype=float32|bfloat16] [--mode=ep|bptt] [--compare_fp32]
+
+The defaults are the line above. One step is what training does: for `--mode=ep` the free
+phase, the estimator's nudged phases (two for `symmetric`), the EP contrast and the optax update
+(SGD, momentum 0.9, weight decay 3e-4, per-layer rates, cosine schedule: the reference recipe);
+for `--mode=bptt` backpropagation through `--t1` unrolled free steps and the same update.
+
+The printed JSON line (the contract other tools parse) has at least:
+
+  examples_per_s   batch_size / median step time (wall clock, after compilation)
+  compile_s        time to lower and compile the step and run it once (the first run also
+                   allocates and warms up; `lower_compile_s` is the compilation alone)
+  free_steps       free-phase steps of the last timed step (T1 when --tol=0)
+  peak_memory_mb   the device's peak bytes in use where the backend reports it (GPU), else the
+                   process's peak resident set size (ru_maxrss; includes the compiler's peak)
+
+plus `step_s` (every timed step), `step_s_median`, `nudged_steps`, `peak_rss_mb`,
+`device_peak_mb` (null on CPU), `compiled_temp_mb` and `compiled_memory` (XLA's
+`memory_analysis()` of the compiled step: temporaries, arguments, outputs, code; the most
+meaningful number for comparing EP with BPTT, since EP's relaxation is a while loop whose
+buffers do not depend on T), the flags, and the platform. With `--compare_fp32` and a
+non-float32 `--dtype`, also `grad_cosine_vs_fp32`: per-group cosines between the EP gradient
+relaxed in `--dtype` and in float32 on the same batch and parameters, and their minimum.
+
+Environment: XLA_FLAGS and the number of host threads are recorded in the output; the harness
+does not change them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from typing import Sequence
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(prog='python -m experiments.benchmark',
+                              description=__doc__.split('\n\n')[0])
+  p.add_argument('--layout', default='32,M,64,M,128,M')
+  p.add_argument('--input_shape', default='32,32,3', help='H,W,C')
+  p.add_argument('--num_classes', type=int, default=10)
+  p.add_argument('--dense', default='', help='hidden dense widths, comma separated')
+  p.add_argument('--batch_size', type=int, default=64)
+  p.add_argument('--t1', type=int, default=30, help='free-phase steps (limit when tol > 0)')
+  p.add_argument('--t2', type=int, default=10, help='steps of each nudged phase')
+  p.add_argument('--estimator', default='symmetric',
+                 choices=('one_sided', 'random_sign', 'symmetric', 'holomorphic'))
+  p.add_argument('--beta', type=float, default=1.0)
+  p.add_argument('--tol', type=float, default=0.0, help='0: fixed step counts')
+  p.add_argument('--relax_mode', default='sync', choices=('sync', 'async'))
+  p.add_argument('--activation', default='hard_sigmoid')
+  p.add_argument('--steps', type=int, default=5, help='timed training steps')
+  p.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'),
+                 help='state dtype of the relaxation (parameters stay float32)')
+  p.add_argument('--mode', default='ep', choices=('ep', 'bptt'))
+  p.add_argument('--compare_fp32', action='store_true',
+                 help='also report the gradient cosine of --dtype against float32')
+  p.add_argument('--compile_only', action='store_true',
+                 help='compile and report memory only (no step is run; examples_per_s null)')
+  p.add_argument('--seed', type=int, default=0)
+  return p.parse_args(argv)
+
+
+def _ints(text: str) -> tuple[int, ...]:
+  return tuple(int(t) for t in text.split(',') if t.strip())
+
+
+def _mb(nbytes) -> float | None:
+  return None if nbytes is None else round(float(nbytes) / 2**20, 3)
+
+
+def peak_rss_mb() -> float:
+  """Peak resident set size of this process (ru_maxrss: KiB on Linux, bytes on macOS)."""
+  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return _mb(peak if sys.platform == 'darwin' else peak * 1024)
+
+
+def compiled_memory(compiled) -> dict | None:
+  """XLA's memory analysis of a compiled executable, in MiB (None if unavailable)."""
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # noqa: BLE001 - backends without it raise various errors
+    return None
+  if m is None:
+    return None
+  fields = ('temp_size_in_bytes', 'argument_size_in_bytes', 'output_size_in_bytes',
+            'alias_size_in_bytes', 'generated_code_size_in_bytes')
+  out = {}
+  for f in fields:
+    value = getattr(m, f, None)
+    if value is not None:
+      out[f.replace('_size_in_bytes', '_mb')] = _mb(value)
+  return out or None
+
+
+def device_peak_mb(device) -> float | None:
+  try:
+    stats = device.memory_stats()
+  except Exception:  # noqa: BLE001
+    return None
+  if not stats or 'peak_bytes_in_use' not in stats:
+    return None
+  return _mb(stats['peak_bytes_in_use'])
+
+
+def build(args):
+  """Spec, parameters, optimiser, random batch and the (unjitted) step function."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  from ep_jax import network, optim, reference_grads, train_step
+  from ep_jax.estimators import EPConfig
+
+  spec = network.make_spec(args.layout, input_shape=_ints(args.input_shape),
+                           num_classes=args.num_classes, dense=_ints(args.dense),
+                           activation=args.activation)
+  key = jax.random.PRNGKey(args.seed)
+  pkey, xkey, ykey, skey = jax.random.split(key, 4)
+  params = network.init_params(spec, pkey)
+  groups = len(network.synapse_names(spec))
+  rates = ([0.25, 0.15, 0.1, 0.08] + [0.05] * groups)[:groups - 1] + [0.05]
+  tx = optim.make_optimizer(spec, params, learning_rates=rates, momentum=0.9,
+                            weight_decay=3e-4, schedule='cosine', total_steps=1000,
+                            eta_min=1e-5)
+  state = train_step.create_train_state(params, tx, skey)
+  batch = {'image': jax.random.uniform(xkey, (args.batch_size,) + spec.input_shape),
+           'label': jax.random.randint(ykey, (args.batch_size,), 0, spec.num_classes)}
+  ep = EPConfig(estimator=args.estimator, beta=args.beta, free_steps=args.t1,
+                nudged_steps=args.t2, tol=args.tol, mode=args.relax_mode)
+  state_dtype = jnp.bfloat16 if args.dtype == 'bfloat16' else None
+
+  if args.mode == 'ep':
+    step_fn = train_step.make_train_step(spec, ep, tx, state_dtype=state_dtype)
+  else:
+    if args.dtype != 'float32':
+      raise ValueError('--mode=bptt runs in float32 only')
+
+    def step_fn(state, batch):
+      grads = reference_grads.bptt_gradient(spec, state.params, batch['image'],
+                                            {'label': batch['label']}, steps=args.t1,
+                                            mode=args.relax_mode)
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
+      metrics = {'free_steps': jnp.asarray(args.t1, jnp.float32),
+                 'nudged_steps': jnp.zeros((), jnp.float32),
+                 'grad_norm': optax.tree.norm(grads)}
+      return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return spec, ep, tx, state, batch, step_fn
+
+
+def grad_cosines(args, spec, ep, params, batch) -> dict:
+  """Per-group cosine between the EP gradient with states in `args.dtype` and in float32."""
+  import jax
+  import jax.numpy as jnp
+
+  from ep_jax import network
+  from ep_jax.estimators import ep_gradient
+
+  def grads(dtype):
+    fn = jax.jit(lambda p, x, y: ep_gradient(
+        spec, p, x.astype(dtype), {'label': y}, beta=ep.beta, estimator=ep.estimator,
+        free_steps=ep.free_steps, nudged_steps=ep.nudged_steps, tol=ep.tol, mode=ep.mode,
+        rng=jax.random.PRNGKey(0), state_dtype=dtype).grads)
+    return fn(params, batch['image'], batch['label'])
+
+  low = grads(jnp.bfloat16 if args.dtype == 'bfloat16' else jnp.float32)
+  ref = grads(jnp.float32)
+  names = network.synapse_names(spec)
+  per_group = {}
+  for name, g_low, g_ref in zip(names, list(low['layers']) + [low.get('readout')],
+                                list(ref['layers']) + [ref.get('readout')]):
+    if g_low is None:
+      continue
+    a = jnp.concatenate([jnp.ravel(v).astype(jnp.float32) for v in jax.tree.leaves(g_low)])
+    b = jnp.concatenate([jnp.ravel(v).astype(jnp.float32) for v in jax.tree.leaves(g_ref)])
+    per_group[name] = round(float(jnp.vdot(a, b) / (jnp.linalg.norm(a) * jnp.linalg.norm(b))),
+                            6)
+  return {'per_group': per_group, 'min': min(per_group.values())}
+
+
+def run(argv: Sequence[str] | None = None) -> dict:
+  """Runs the benchmark and returns the result dict (also what `main` prints)."""
+  args = parse_args(argv)
+  import jax
+
+  spec, ep, tx, state, batch, step_fn = build(args)
+  jitted = jax.jit(step_fn, donate_argnums=0)
+
+  t0 = time.perf_counter()
+  compiled = jitted.lower(state, batch).compile()
+  lower_compile_s = time.perf_counter() - t0
+  metrics = None
+  if not args.compile_only:
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready((state, metrics))
+  compile_s = time.perf_counter() - t0
+
+  times = []
+  for _ in range(0 if args.compile_only else args.steps):
+    t = time.perf_counter()
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready((state, metrics))
+    times.append(time.perf_counter() - t)
+  median = statistics.median(times) if times else None
+
+  device = jax.devices()[0]
+  dev_peak = device_peak_mb(device)
+  rss = peak_rss_mb()
+  memory = compiled_memory(compiled)
+  result = {
+      'examples_per_s': round(args.batch_size / median, 3) if times else None,
+      'compile_s': round(compile_s, 3),
+      'lower_compile_s': round(lower_compile_s, 3),
+      'free_steps': None if metrics is None else int(metrics['free_steps']),
+      'nudged_steps': None if metrics is None else float(metrics['nudged_steps']),
+      'peak_memory_mb': dev_peak if dev_peak is not None else rss,
+      'peak_rss_mb': rss,
+      'device_peak_mb': dev_peak,
+      'compiled_temp_mb': (memory or {}).get('temp_mb'),
+      'compiled_memory': memory,
+      'step_s_median': None if median is None else round(median, 5),
+      'step_s': [round(t, 5) for t in times],
+      'grad_norm': None if metrics is None else float(metrics['grad_norm']),
+      'mode': args.mode,
+      'dtype': args.dtype,
+      'flags': vars(args),
+      'platform': {'backend': jax.default_backend(), 'device': str(device.device_kind),
+                   'jax': jax.__version__, 'cpu_count': os.cpu_count(),
+                   'machine': platform.machine(),
+                   'xla_flags': os.environ.get('XLA_FLAGS', '')},
+      'date': datetime.datetime.now().isoformat(timespec='seconds'),
+  }
+  if args.compare_fp32 and not args.compile_only:
+    result['grad_cosine_vs_fp32'] = grad_cosines(args, spec, ep, state.params, batch)
+  return result
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  print(json.dumps(run(argv)), flush=True)
+
+
+if __name__ == '__main__':
+  main()

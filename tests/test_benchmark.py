@@ -1,0 +1,95 @@
+"""Smoke tests of the benchmark harness (tiny network, one step) and of the fast force path
+it measures (explicit feedforward + feedback forces == `jax.grad` of the energy)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ep_jax import energy, network, relaxation
+from experiments import benchmark
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ['--layout=4,M,6,M', '--input_shape=8,8,2', '--num_classes=3', '--batch_size=4',
+        '--t1=3', '--t2=2', '--steps=1']
+CONTRACT_KEYS = ('examples_per_s', 'compile_s', 'free_steps', 'peak_memory_mb')
+
+
+def test_ep_step_reports_contract_keys():
+  out = benchmark.run(TINY)
+  for key in CONTRACT_KEYS:
+    assert key in out, key
+  assert out['examples_per_s'] > 0 and out['compile_s'] > 0 and out['peak_memory_mb'] > 0
+  assert out['free_steps'] == 3 and out['nudged_steps'] == 2
+  assert len(out['step_s']) == 1
+  assert out['mode'] == 'ep' and out['flags']['estimator'] == 'symmetric'
+  json.dumps(out)  # serialisable
+
+
+def test_bptt_and_bfloat16_comparison():
+  bptt = benchmark.run(TINY + ['--mode=bptt'])
+  assert bptt['mode'] == 'bptt' and bptt['free_steps'] == 3 and bptt['examples_per_s'] > 0
+  low = benchmark.run(TINY + ['--dtype=bfloat16', '--compare_fp32', '--tol=1e-3'])
+  cos = low['grad_cosine_vs_fp32']
+  assert set(cos['per_group']) == {'conv1', 'conv2', 'readout'}
+  assert -1.0 <= cos['min'] <= 1.0 + 1e-6
+  only = benchmark.run(TINY + ['--compile_only'])
+  assert only['examples_per_s'] is None and only['compile_s'] > 0
+
+
+def test_cli_prints_one_json_line():
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu')
+  proc = subprocess.run([sys.executable, '-m', 'experiments.benchmark'] + TINY, cwd=ROOT,
+                        env=env, capture_output=True, text=True, timeout=600, check=True)
+  lines = [line for line in proc.stdout.splitlines() if line.strip()]
+  assert len(lines) == 1, proc.stdout
+  out = json.loads(lines[0])
+  for key in CONTRACT_KEYS:
+    assert key in out, key
+
+
+@pytest.mark.parametrize('layout,dense,readout,padding,shape', [
+    ('5,M,7,M', (6,), 'softmax', 'SAME', (8, 8, 2)),
+    ('5,A,7,6,M', (), 'mse', 'SAME', (8, 8, 2)),
+    ('5,M,7,A', (6, 4), 'softmax', 'VALID', (11, 11, 2)),
+    ('4,4,M', (), 'softmax', 'SAME', (7, 9, 2)),
+])
+def test_explicit_force_equals_autodiff(x64, layout, dense, readout, padding, shape):
+  spec = network.make_spec(layout, input_shape=shape, num_classes=4, dense=dense,
+                           readout=readout, padding=padding)
+  params = network.init_params(spec, jax.random.PRNGKey(0), dtype=jnp.float64)
+  x = jax.random.uniform(jax.random.PRNGKey(1), (3,) + shape, jnp.float64)
+  targets = {'label': jnp.array([0, 1, 3])}
+  cost = energy.output_cost(spec)
+  random_states = tuple(jax.random.uniform(jax.random.PRNGKey(5 + i), (3,) + s, jnp.float64)
+                        for i, s in enumerate(spec.state_shapes))
+  # Zero and spatially uniform states make max-pool windows tie: the routing must split the
+  # same way as the derivative of the max.
+  uniform = tuple(jnp.full((3,) + s, 0.5, jnp.float64) for s in spec.state_shapes)
+  zeros = network.init_states(spec, 3, jnp.float64)
+  for states in (random_states, uniform, zeros):
+    for beta in (None, 0.7):
+      for layers in (None, (0, 2), (1,)):
+        if layers is not None and max(layers) >= len(states):
+          continue
+        a = relaxation.force(spec, params, x, states, targets, beta,
+                             cost if beta else None, layers)
+        b = relaxation.force_autodiff(spec, params, x, states, targets, beta,
+                                      cost if beta else None, layers)
+        for u, v in zip(a, b):
+          np.testing.assert_allclose(u, v, atol=1e-12)
+  # A whole async step agrees too (the even half's cached convolutions are reused correctly).
+  new = relaxation.step(spec, params, x, random_states, targets, 0.3, cost, 'async')
+  ref = list(random_states)
+  for parity in (0, 1):
+    layers = tuple(range(parity, len(ref), 2))
+    forces = relaxation.force_autodiff(spec, params, x, tuple(ref), targets, 0.3, cost, layers)
+    for l, f in zip(layers, forces):
+      ref[l] = jnp.clip(0.5 * f, 0.0, 1.0)
+  for u, v in zip(new, ref):
+    np.testing.assert_allclose(u, v, atol=1e-12)
