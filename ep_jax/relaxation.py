@@ -109,8 +109,8 @@ class _Forces:
   def conv(self, l):
     """`W_l ⋆ s_{l-1}` (without the bias) for conv layer l >= 1 (0-based), cached."""
     if l not in self._conv:
-      self._conv[l] = energy.conv2d(self.states[l - 1], self.params['layers'][l]['w'],
-                                    self.spec.padding)
+      self._conv[l] = energy.conv2d_loop(self.states[l - 1], self.params['layers'][l]['w'],
+                                         self.spec.padding)
     return self._conv[l]
 
   def _conv_shape(self, l):
@@ -139,8 +139,8 @@ class _Forces:
     # not move it); the other pools need only the shape.
     u = self.conv(l + 1) if pool == 'max' else self._conv_shape(l + 1)
     g = energy.pool2d_transpose(up, u, pool)
-    return energy.conv2d(g, self.kernels_t[l + 1], energy.transpose_padding(p_up['w'],
-                                                                              spec.padding))
+    return energy.conv2d_loop(g, self.kernels_t[l + 1],
+                              energy.transpose_padding(p_up['w'], spec.padding))
 
   def __call__(self, layers):
     states, n = self.states, len(self.states)

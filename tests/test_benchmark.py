@@ -93,3 +93,19 @@ def test_explicit_force_equals_autodiff(x64, layout, dense, readout, padding, sh
       ref[l] = jnp.clip(0.5 * f, 0.0, 1.0)
   for u, v in zip(new, ref):
     np.testing.assert_allclose(u, v, atol=1e-12)
+
+
+@pytest.mark.parametrize('padding,shape,k', [('SAME', (2, 7, 6, 3), 3), ('VALID', (2, 9, 8, 3), 3),
+                                             ('SAME', (2, 8, 8, 2), 5)])
+@pytest.mark.parametrize('dtype', [jnp.float64, jnp.complex128])
+def test_conv2d_loop_vjp_matches_xla(x64, padding, shape, k, dtype):
+  """The hand-written VJP of the relaxation's convolution equals XLA's autodiff of conv2d."""
+  scale = 1.0 + (0.5j if dtype == jnp.complex128 else 0.0)
+  s = (jax.random.normal(jax.random.PRNGKey(0), shape) * scale).astype(dtype)
+  w = (jax.random.normal(jax.random.PRNGKey(1), (k, k, shape[-1], 4)) * scale).astype(dtype)
+  y, vjp = jax.vjp(lambda s, w: energy.conv2d_loop(s, w, padding), s, w)
+  y_ref, vjp_ref = jax.vjp(lambda s, w: energy.conv2d(s, w, padding), s, w)
+  g = (jax.random.normal(jax.random.PRNGKey(2), y.shape) * scale).astype(dtype)
+  np.testing.assert_allclose(y, y_ref, atol=1e-12)
+  for a, b in zip(vjp(g), vjp_ref(g)):
+    np.testing.assert_allclose(a, b, atol=1e-10)
