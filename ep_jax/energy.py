@@ -28,35 +28,39 @@ CostFn = Callable[[dict, tuple, dict], jax.Array]
 _DIMS = ('NHWC', 'HWIO', 'NHWC')
 
 
-def _conv(s, w, padding):
-  return lax.conv_general_dilated(s, w, (1, 1), padding, dimension_numbers=_DIMS)
+def _conv(s, w, padding, out_dtype=None):
+  return lax.conv_general_dilated(s, w, (1, 1), padding, dimension_numbers=_DIMS,
+                                  preferred_element_type=out_dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _conv_nhwc(s, w, padding):
-  return _conv(s, w, padding)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_nhwc(s, w, padding, out_dtype):
+  return _conv(s, w, padding, out_dtype)
 
 
-def _conv_nhwc_fwd(s, w, padding):
-  return _conv(s, w, padding), (s, w)
+def _conv_nhwc_fwd(s, w, padding, out_dtype):
+  return _conv(s, w, padding, out_dtype), (s, w)
 
 
-def _conv_nhwc_bwd(padding, residuals, g):
+def _conv_nhwc_bwd(padding, out_dtype, residuals, g):
   """Both cotangents as canonical NHWC/HWIO convolutions (explicit transposes).
 
   XLA's own transposes of a convolution (kernel in 'OI' order, batch/feature-swapped weight
   gradients) fell off the fast convolution path on CPU inside a differentiated scan (BPTT ran
-  ~30x slower); written this way they stay on it. Linear transposes, so valid for complex (holomorphic)
-  cotangents too.
+  ~30x slower); written this way they stay on it. Linear transposes, so valid for complex
+  (holomorphic) cotangents too. With a wider `out_dtype` (mixed precision) the cotangent is
+  cast back to the operands' dtype and accumulated in `out_dtype`.
   """
   s, w = residuals
-  ds = _conv(g, flip_kernel(w), transpose_padding(w, padding))
+  g = g.astype(s.dtype)
+  acc = out_dtype
+  ds = _conv(g, flip_kernel(w), transpose_padding(w, padding), acc)
   # dW[dy, dx, i, o] = Σ_{b,y,x} s[b, y+dy, x+dx, i] g[b, y, x, o]: a convolution of s with
   # "batch" and "feature" swapped by the gradient g used as the kernel.
   k_h, k_w = w.shape[0], w.shape[1]
   pad = (((k_h - 1) // 2,) * 2, ((k_w - 1) // 2,) * 2) if padding == 'SAME' else 'VALID'
-  dw = _conv(s.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3), pad)  # (C_in, k_h, k_w, C_out)
-  return ds, dw.transpose(1, 2, 0, 3)
+  dw = _conv(s.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3), pad, acc)  # (C_in, kh, kw, C_out)
+  return ds.astype(s.dtype), dw.transpose(1, 2, 0, 3).astype(w.dtype)
 
 
 _conv_nhwc.defvjp(_conv_nhwc_fwd, _conv_nhwc_bwd)
@@ -67,15 +71,31 @@ def conv2d(s_prev: jax.Array, w: jax.Array, padding: str = 'SAME') -> jax.Array:
   return _conv(s_prev, w.astype(s_prev.dtype), padding)
 
 
-def conv2d_loop(s_prev: jax.Array, w: jax.Array, padding: str = 'SAME') -> jax.Array:
+def conv2d_loop(s_prev: jax.Array, w: jax.Array, padding: str = 'SAME',
+                compute_dtype=None) -> jax.Array:
   """`conv2d` with a hand-written VJP, for convolutions inside loops that get differentiated.
 
   The relaxation uses it, so BPTT through `relax_fixed` keeps its convolutions on XLA's fast
   CPU path (see `_conv_nhwc_bwd`; measured 24 s -> 0.8 s for a T=5 BPTT step of the benchmark
   network). Same values and gradients as `conv2d`; no forward-mode (jvp) rule. Outside loops
   XLA's own transposes were as fast or faster, so `conv2d` keeps them.
+
+  compute_dtype: mixed precision. Both operands are rounded to it (e.g. bfloat16) and the
+  products are accumulated and returned in `s_prev`'s dtype (`preferred_element_type`), so
+  the states keep their precision; only the convolution's inputs are rounded.
   """
-  return _conv_nhwc(s_prev, w.astype(s_prev.dtype), padding)
+  if compute_dtype is None or jnp.dtype(compute_dtype) == s_prev.dtype:
+    return _conv_nhwc(s_prev, w.astype(s_prev.dtype), padding, None)
+  return _conv_nhwc(s_prev.astype(compute_dtype), w.astype(compute_dtype), padding,
+                    s_prev.dtype)
+
+
+def matmul(a: jax.Array, b: jax.Array, compute_dtype=None) -> jax.Array:
+  """`a @ b` in `a`'s dtype, or with operands rounded to `compute_dtype` and accumulated in it."""
+  if compute_dtype is None or jnp.dtype(compute_dtype) == a.dtype:
+    return a @ b.astype(a.dtype)
+  return jnp.matmul(a.astype(compute_dtype), b.astype(compute_dtype),
+                    preferred_element_type=a.dtype)
 
 
 def _window_max(windows: jax.Array) -> jax.Array:

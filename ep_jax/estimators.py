@@ -44,6 +44,8 @@ class EPConfig:
     tol: residual tolerance of the relaxation (<= 0: fixed step counts).
     mode: 'sync' or 'async'.
     holo_points: K, the number of points of the holomorphic estimator.
+    compute_dtype: None, or a dtype name such as 'bfloat16': mixed-precision relaxations (the
+      convolutions round their operands to it, states and gradients stay in full precision).
   """
   estimator: str = 'symmetric'
   beta: float = 0.5
@@ -52,9 +54,17 @@ class EPConfig:
   tol: float = 0.0
   mode: str = 'sync'
   holo_points: int = 4
+  compute_dtype: Optional[str] = None
 
   def __post_init__(self):
     validate(self.estimator, self.beta, self.mode, self.holo_points)
+    if self.compute_dtype is not None:
+      try:
+        dtype = jnp.dtype(self.compute_dtype)
+      except TypeError as e:
+        raise ValueError(f'unknown compute_dtype {self.compute_dtype!r}') from e
+      if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f'compute_dtype must be a floating dtype, got {self.compute_dtype!r}')
     if self.free_steps < 1 or self.nudged_steps < 1:
       raise ValueError(f'free_steps and nudged_steps must be >= 1, got {self.free_steps}, '
                        f'{self.nudged_steps}')
@@ -106,7 +116,8 @@ def _complex_dtype(dtype) -> jnp.dtype:
 def ep_gradient(spec: NetworkSpec, params: dict, x: jax.Array, targets: dict, *, beta,
                 estimator: str = 'symmetric', free_steps=250, nudged_steps=25, tol=0.0,
                 mode: str = 'sync', holo_points: int = 4, cost_fn: Optional[CostFn] = None,
-                rng: Optional[jax.Array] = None, state_dtype=None) -> EPOutput:
+                rng: Optional[jax.Array] = None, state_dtype=None,
+                compute_dtype=None) -> EPOutput:
   """Runs the free phase and the estimator's nudged phases; returns the EP gradient estimate.
 
   Args:
@@ -118,18 +129,21 @@ def ep_gradient(spec: NetworkSpec, params: dict, x: jax.Array, targets: dict, *,
     mode: 'sync' or 'async'. holo_points: K for the holomorphic estimator.
     cost_fn: the nudging cost ℒ (default: the output loss). rng: needed by 'random_sign'.
     state_dtype: dtype of the states (default: the parameters' dtype).
+    compute_dtype: operand dtype of the relaxations' convolutions and matmuls (mixed
+      precision, e.g. `jnp.bfloat16`); the states, the contrast `∂_θΦ` and the gradient stay
+      in `state_dtype`. None: everything in `state_dtype`.
   """
   validate(estimator, beta, mode, holo_points)
   cost_fn = output_cost(spec) if cost_fn is None else cost_fn
   batch = x.shape[0]
   dtype = state_dtype or jax.tree_util.tree_leaves(params)[0].dtype
   free = relax(spec, params, x, init_states(spec, batch, dtype), max_steps=free_steps, tol=tol,
-               mode=mode)
+               mode=mode, compute_dtype=compute_dtype)
   s0 = jax.tree_util.tree_map(jax.lax.stop_gradient, free.states)
 
   def nudge(b, start):
     result = relax(spec, params, x, start, targets=targets, beta=b, cost_fn=cost_fn,
-                   max_steps=nudged_steps, tol=tol, mode=mode)
+                   max_steps=nudged_steps, tol=tol, mode=mode, compute_dtype=compute_dtype)
     return result._replace(states=jax.tree_util.tree_map(jax.lax.stop_gradient, result.states))
 
   def phi(p, states, b):

@@ -40,11 +40,12 @@ class RelaxResult(NamedTuple):
   """States at the end of a relaxation, the steps taken and the final residual.
 
   `residual` is `max_l max |s_l^t - s_l^{t-1}|` of the last step (inf if no step ran, NaN or
-  inf if the dynamics diverged).
+  inf if the dynamics diverged); `layer_residuals` `(L,)` is the same per layer.
   """
   states: tuple
   steps: jax.Array
   residual: jax.Array
+  layer_residuals: Optional[jax.Array] = None
 
 
 def force_autodiff(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, targets: dict,
@@ -71,10 +72,10 @@ def bottom_drive(spec: NetworkSpec, params: dict, x: jax.Array, dtype) -> jax.Ar
   return energy.dense_drive(params['layers'][0], x)
 
 
-def _prepare(spec, params, x, dtype):
+def _prepare(spec, params, x, dtype, compute_dtype=None):
   """Loop invariants of a relaxation: the input layer's drive and the transposed kernels."""
   drive0 = bottom_drive(spec, params, x, dtype)
-  kernels_t = {l: energy.flip_kernel(params['layers'][l]['w']).astype(dtype)
+  kernels_t = {l: energy.flip_kernel(params['layers'][l]['w']).astype(compute_dtype or dtype)
                for l in range(1, spec.num_conv)}
   return drive0, kernels_t
 
@@ -92,11 +93,13 @@ class _Forces:
   changes). The bias is added after pooling (`P(u + b) = P(u) + b` for a per-channel bias; the
   argmax routing is taken on `u`). The input layer's drive and the transposed kernels are
   passed in precomputed. The nudge's state gradient comes from `jax.grad` of the cost alone
-  (it only touches the layers the cost reads).
+  (it only touches the layers the cost reads). With `compute_dtype` (mixed precision) the
+  convolutions and matmuls round their operands to it and accumulate in the states' dtype.
   """
 
-  def __init__(self, spec, params, prepared, states, targets, beta, cost_fn):
-    self.spec, self.params = spec, params
+  def __init__(self, spec, params, prepared, states, targets, beta, cost_fn,
+               compute_dtype=None):
+    self.spec, self.params, self.compute_dtype = spec, params, compute_dtype
     self.drive0, self.kernels_t = prepared
     self.states = list(states)
     self.targets, self.beta, self.cost_fn = targets, beta, cost_fn
@@ -110,7 +113,7 @@ class _Forces:
     """`W_l ⋆ s_{l-1}` (without the bias) for conv layer l >= 1 (0-based), cached."""
     if l not in self._conv:
       self._conv[l] = energy.conv2d_loop(self.states[l - 1], self.params['layers'][l]['w'],
-                                         self.spec.padding)
+                                         self.spec.padding, self.compute_dtype)
     return self._conv[l]
 
   def _conv_shape(self, l):
@@ -124,7 +127,9 @@ class _Forces:
     if l == 0:
       return self.drive0
     if l >= spec.num_conv:
-      return energy.dense_drive(params['layers'][l], states[l - 1])
+      p, below = params['layers'][l], states[l - 1]
+      flat = below.reshape(below.shape[0], -1)
+      return energy.matmul(flat, p['w'], self.compute_dtype) + p['b'].astype(flat.dtype)
     b = params['layers'][l]['b'].astype(states[l].dtype)
     return energy.pool2d(self.conv(l), spec.conv[l].pool) + b
 
@@ -133,14 +138,15 @@ class _Forces:
     spec, params, states = self.spec, self.params, self.states
     up, p_up = states[l + 1], params['layers'][l + 1]
     if l + 1 >= spec.num_conv:
-      return (up @ p_up['w'].astype(up.dtype).T).reshape(states[l].shape)
+      return energy.matmul(up, p_up['w'].T, self.compute_dtype).reshape(states[l].shape)
     pool = spec.conv[l + 1].pool
     # Max unpooling routes by the argmax of each window of `W ⋆ s_l` (adding the bias does
     # not move it); the other pools need only the shape.
     u = self.conv(l + 1) if pool == 'max' else self._conv_shape(l + 1)
     g = energy.pool2d_transpose(up, u, pool)
     return energy.conv2d_loop(g, self.kernels_t[l + 1],
-                              energy.transpose_padding(p_up['w'], spec.padding))
+                              energy.transpose_padding(p_up['w'], spec.padding),
+                              self.compute_dtype)
 
   def __call__(self, layers):
     states, n = self.states, len(self.states)
@@ -165,21 +171,33 @@ def _explicit(states) -> bool:
   return not jnp.iscomplexobj(states[0])
 
 
+def _compute_dtype(states, compute_dtype):
+  """The operand dtype of the relaxation's convolutions (None: the states' own)."""
+  if compute_dtype is None or not _explicit(states):
+    return None
+  compute_dtype = jnp.dtype(compute_dtype)
+  if not jnp.issubdtype(compute_dtype, jnp.floating):
+    raise ValueError(f'compute_dtype must be a floating dtype, got {compute_dtype}')
+  return None if compute_dtype == states[0].dtype else compute_dtype
+
+
 def force(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, targets: dict, beta,
-          cost_fn: Optional[CostFn], layers: Optional[tuple[int, ...]] = None) -> tuple:
+          cost_fn: Optional[CostFn], layers: Optional[tuple[int, ...]] = None,
+          compute_dtype=None) -> tuple:
   """`∂Φ^β/∂s_l` for the layers in `layers` (all by default), each shaped like `s_l`.
 
   Real states use the explicit feedforward + feedback form (`_Forces`); complex states
   (holomorphic EP) use `jax.grad` of the energy. Both are the same function.
+  compute_dtype: see `relax` (real states only).
   """
   layers = tuple(range(len(states))) if layers is None else tuple(layers)
   if not _explicit(states):
     return force_autodiff(spec, params, x, states, targets, beta, cost_fn, layers)
-  prepared = _prepare(spec, params, x, states[0].dtype)
-  return _Forces(spec, params, prepared, states, targets, beta, cost_fn)(layers)
+  prepared = _prepare(spec, params, x, states[0].dtype, compute_dtype)
+  return _Forces(spec, params, prepared, states, targets, beta, cost_fn, compute_dtype)(layers)
 
 
-def _step(spec, params, x, prepared, states, targets, beta, cost_fn, mode):
+def _step(spec, params, x, prepared, states, targets, beta, cost_fn, mode, compute_dtype=None):
   """One update; `prepared` is `_prepare(...)` (hoisted out of loops) or None (complex)."""
   sigma = activations.get(spec.activation)
   if mode not in MODES:
@@ -197,7 +215,7 @@ def _step(spec, params, x, prepared, states, targets, beta, cost_fn, mode):
         for l, f in zip(layers, forces):
           new[l] = sigma(f)
     return tuple(new)
-  forces = _Forces(spec, params, prepared, states, targets, beta, cost_fn)
+  forces = _Forces(spec, params, prepared, states, targets, beta, cost_fn, compute_dtype)
   if mode == 'sync':
     return tuple(sigma(f) for f in forces(tuple(range(n))))
   # Async: even layers, then odd layers from the newest even states. The convolutions of the
@@ -214,20 +232,27 @@ def _step(spec, params, x, prepared, states, targets, beta, cost_fn, mode):
 
 
 def step(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, targets: dict, beta,
-         cost_fn: Optional[CostFn], mode: str = 'sync') -> tuple:
+         cost_fn: Optional[CostFn], mode: str = 'sync', compute_dtype=None) -> tuple:
   """One update of the dynamics, synchronous or asynchronous (even layers, then odd)."""
-  prepared = _prepare(spec, params, x, states[0].dtype) if _explicit(states) else None
-  return _step(spec, params, x, prepared, states, targets, beta, cost_fn, mode)
+  compute_dtype = _compute_dtype(states, compute_dtype)
+  prepared = (_prepare(spec, params, x, states[0].dtype, compute_dtype) if _explicit(states)
+              else None)
+  return _step(spec, params, x, prepared, states, targets, beta, cost_fn, mode, compute_dtype)
+
+
+def layer_changes(new: tuple, old: tuple) -> jax.Array:
+  """`max |new_l - old_l|` per layer, a real `(L,)` vector."""
+  return jnp.stack([jnp.max(jnp.abs(a - b)) for a, b in zip(new, old)])
 
 
 def max_change(new: tuple, old: tuple) -> jax.Array:
   """`max_l max |new_l - old_l|` as a real scalar."""
-  return jnp.max(jnp.stack([jnp.max(jnp.abs(a - b)) for a, b in zip(new, old)]))
+  return jnp.max(layer_changes(new, old))
 
 
 def relax(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, *, targets=None,
           beta=None, cost_fn: Optional[CostFn] = None, max_steps=100, tol=0.0,
-          mode: str = 'sync') -> RelaxResult:
+          mode: str = 'sync', compute_dtype=None) -> RelaxResult:
   """Iterates the dynamics from `states` until the residual is `<= tol` or `max_steps`.
 
   Args:
@@ -236,6 +261,9 @@ def relax(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, *, targe
     targets, beta, cost_fn: the nudge `-β ℒ(params, s, targets)`; `beta=None` is free.
     max_steps: step limit (may be traced). tol: residual tolerance; `<= 0` disables it.
     mode: 'sync' or 'async'.
+    compute_dtype: mixed precision (e.g. `jnp.bfloat16`): convolutions and matmuls round
+      their operands to it and accumulate in the states' dtype, which the states keep. None:
+      everything in the states' dtype. Ignored for complex states.
   Returns:
     a `RelaxResult`. The loop also stops as soon as the residual is not finite.
   """
@@ -245,39 +273,47 @@ def relax(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, *, targe
   tol = jnp.asarray(tol, real_dtype)
 
   def cond(carry):
-    steps, _, residual = carry
+    steps, _, residual, _ = carry
     keep_going = (steps < max_steps) & jnp.isfinite(residual)
     return keep_going & ((residual > tol) | (tol <= 0))
 
   # The input layer's drive does not change during the relaxation: computed once.
-  prepared = _prepare(spec, params, x, states[0].dtype) if _explicit(states) else None
+  compute_dtype = _compute_dtype(states, compute_dtype)
+  prepared = (_prepare(spec, params, x, states[0].dtype, compute_dtype) if _explicit(states)
+              else None)
 
   def body(carry):
-    steps, s, _ = carry
-    new = _step(spec, params, x, prepared, s, targets, beta, cost_fn, mode)
-    return steps + 1, new, max_change(new, s).astype(real_dtype)
+    steps, s, _, _ = carry
+    new = _step(spec, params, x, prepared, s, targets, beta, cost_fn, mode, compute_dtype)
+    per_layer = layer_changes(new, s).astype(real_dtype)
+    return steps + 1, new, jnp.max(per_layer), per_layer
 
   # The first residual is a large finite number so that the loop starts.
-  init = (jnp.zeros((), jnp.int32), tuple(states), jnp.asarray(jnp.finfo(real_dtype).max,
-                                                                 real_dtype))
-  steps, final, residual = lax.while_loop(cond, body, init)
+  big = jnp.asarray(jnp.finfo(real_dtype).max, real_dtype)
+  init = (jnp.zeros((), jnp.int32), tuple(states), big, jnp.full((len(states),), big))
+  steps, final, residual, per_layer = lax.while_loop(cond, body, init)
   residual = jnp.where(steps == 0, jnp.inf, residual)
-  return RelaxResult(final, steps, residual)
+  per_layer = jnp.where(steps == 0, jnp.inf, per_layer)
+  return RelaxResult(final, steps, residual, per_layer)
 
 
 def relax_fixed(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, *, steps: int,
                 targets=None, beta=None, cost_fn: Optional[CostFn] = None,
-                mode: str = 'sync') -> RelaxResult:
-  """Exactly `steps` (static) updates with `lax.scan`; differentiable w.r.t. params and x."""
+                mode: str = 'sync', compute_dtype=None) -> RelaxResult:
+  """Exactly `steps` (static) updates with `lax.scan`; differentiable w.r.t. params and x.
 
+  compute_dtype: as in `relax`.
+  """
   if mode not in MODES:
     raise ValueError(f'unknown relaxation mode {mode!r}; known: {MODES}')
-  prepared = _prepare(spec, params, x, states[0].dtype) if _explicit(states) else None
+  compute_dtype = _compute_dtype(states, compute_dtype)
+  prepared = (_prepare(spec, params, x, states[0].dtype, compute_dtype) if _explicit(states)
+              else None)
 
   def body(s, _):
-    new = _step(spec, params, x, prepared, s, targets, beta, cost_fn, mode)
-    return new, max_change(new, s)
+    new = _step(spec, params, x, prepared, s, targets, beta, cost_fn, mode, compute_dtype)
+    return new, layer_changes(new, s)
 
   final, residuals = lax.scan(body, tuple(states), None, length=steps)
-  residual = residuals[-1] if steps > 0 else jnp.asarray(jnp.inf)
-  return RelaxResult(final, jnp.asarray(steps, jnp.int32), residual)
+  per_layer = residuals[-1] if steps > 0 else jnp.full((len(states),), jnp.inf)
+  return RelaxResult(final, jnp.asarray(steps, jnp.int32), jnp.max(per_layer), per_layer)

@@ -13,8 +13,10 @@ product of the grid and the seeds `config.seed + i`, i < num_seeds. Layout under
 (characters outside `[A-Za-z0-9._,=+()-]` become `_`; a short hash is appended on a clash).
 
 A run whose metrics.jsonl has the final epoch is finished and skipped; an interrupted one is
-resumed from its checkpoint by running it again. A run stopped by `NonFiniteError` gets a
-`diverged.json` marker, is not retried, and is counted as diverged in the results.
+resumed from its checkpoint by running it again. A run stopped by `NonFiniteError` (NaN/inf,
+or `NonConvergenceError`: a relaxation that oscillates instead of settling) gets a
+`diverged.json` marker with the message, is not retried, and is counted as diverged in the
+results.
 """
 
 from __future__ import annotations
@@ -315,7 +317,8 @@ def is_finished(run_dir: str, epochs: int) -> bool:
   return bool(records) and int(records[-1].get('epoch') or 0) >= int(epochs)
 
 
-def _mark_diverged(run_dir: str, message: str) -> None:
+def mark_diverged(run_dir: str, message: str) -> None:
+  """Writes `diverged.json` with the error message into `run_dir`."""
   os.makedirs(run_dir, exist_ok=True)
   with open(os.path.join(run_dir, DIVERGED_FILE), 'w') as f:
     json.dump({'error': message}, f)
@@ -353,7 +356,7 @@ def run_local(config: ml_collections.ConfigDict, sweep: Sweep, *, vmap_seeds: bo
         train_lib.train_and_evaluate(apply_overrides(point_config, (), seed=seed), run_dir,
                                      print_fn=print_fn)
       except train_lib.NonFiniteError as e:
-        _mark_diverged(run_dir, str(e))
+        mark_diverged(run_dir, str(e))
         print_fn(f'{header} seed={seed}: diverged ({e}); marked, not retried')
   if not aggregate_results:
     return []
@@ -493,8 +496,18 @@ def train_vmapped_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
         diverged.add(s)
         message = (f'non-finite training at epoch {epoch + 1} (seed {s}, vmapped); the last '
                    f'good state is epoch {epoch} of {ckpt_dir}')
-        _mark_diverged(seed_dirs[i], message)
+        mark_diverged(seed_dirs[i], message)
         print_fn(f'seed {s}: {message}')
+        continue
+      try:
+        train_lib.check_convergence(config, spec, {k: v[i] for k, v in train.items()},
+                                    epoch=epoch + 1, checkpoints=ckpt_dir,
+                                    steps=checkpointer.all_steps())
+      except train_lib.NonConvergenceError as e:
+        diverged.add(s)
+        message = f'seed {s} (vmapped): {e}'
+        mark_diverged(seed_dirs[i], message)
+        print_fn(message)
         continue
       record = train_lib.epoch_record(
           epoch=epoch + 1, step=step_now, train={k: v[i] for k, v in train.items()},

@@ -38,6 +38,43 @@ class NonFiniteError(FloatingPointError):
   """Training produced NaN/inf; the message names the epoch, step and layer."""
 
 
+class NonConvergenceError(NonFiniteError):
+  """The free phase stayed finite but did not settle (its final residual exceeded
+  `ep.max_residual` on average over an epoch); the message names the epoch and the layers.
+
+  A subclass of `NonFiniteError` so that code handling diverged training (the sweep's
+  failure record, the ablation report) handles both.
+  """
+
+
+def check_convergence(config: ml_collections.ConfigDict, spec: network.NetworkSpec,
+                      train: dict, *, epoch: int, checkpoints: str, steps: list) -> None:
+  """Raises `NonConvergenceError` if the epoch's mean final free-phase residual is above
+  `config.ep.max_residual` (<= 0 disables the check).
+
+  The residual is `max |s^t - s^{t-1}|` of the last free step (states live in [0, 1] for the
+  hard sigmoid): a settled relaxation ends near `tol` (or ~1e-6..1e-2 with fixed T1), an
+  oscillating one (synchronous updates with strong feedback) at 0.3..1. EP's gradient estimate
+  assumes a fixed point, so training on an oscillating relaxation is not EP.
+  """
+  limit = float(config.ep.get('max_residual', 0.0))
+  residual = float(train['free_residual'])
+  if limit <= 0 or residual <= limit:
+    return
+  per_layer = np.asarray(train.get('layer_free_residual', []), np.float64).ravel()
+  names = spec.layer_names[:len(per_layer)]
+  order = np.argsort(-per_layer)
+  worst = ', '.join(f'{names[i]} {per_layer[i]:.3g}' for i in order[:4] if per_layer[i] > limit)
+  raise NonConvergenceError(
+      f'the free phase did not converge at epoch {epoch}: mean final residual {residual:.3g} '
+      f'> ep.max_residual={limit:g} after {float(train["free_steps"]):.0f} steps on average '
+      f'(limit T1={config.ep.free_steps}, tol={config.ep.tol}); layers above the limit: '
+      f'{worst or "none individually"}. The last good checkpoint is kept in {checkpoints} '
+      f'(steps {steps}); this epoch was not saved. Lower the learning rates, beta, '
+      f'model.init_scale or the signals\' kappa, use ep.mode=async, raise ep.free_steps, or '
+      f'set ep.max_residual=0 to train on regardless.')
+
+
 def _check_writable(workdir: str) -> None:
   try:
     os.makedirs(workdir, exist_ok=True)
@@ -60,7 +97,8 @@ def build_ep_config(config: ml_collections.ConfigDict) -> EPConfig:
   e = config.ep
   return EPConfig(estimator=e.estimator, beta=float(e.beta), free_steps=int(e.free_steps),
                   nudged_steps=int(e.nudged_steps), tol=float(e.tol), mode=e.mode,
-                  holo_points=int(e.holo_points))
+                  holo_points=int(e.holo_points),
+                  compute_dtype=e.get('compute_dtype', '') or None)
 
 
 def state_dtype(config: ml_collections.ConfigDict):
@@ -294,6 +332,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           f'non-finite parameters: {_bad_param_groups(spec, state.params)}; the last good '
           f'checkpoint is kept in {checkpointer.directory} (steps {checkpointer.all_steps()}); '
           'lower the learning rates or beta')
+    check_convergence(config, spec, train, epoch=epoch + 1, checkpoints=checkpointer.directory,
+                      steps=checkpointer.all_steps())
 
     sums = None
     for batch in data_lib.eval_batches(test_split, info, batch_size=local_eval_batch,

@@ -87,7 +87,7 @@ def make_train_step(spec: NetworkSpec, ep: EPConfig, tx: optax.GradientTransform
                       beta=ep.beta, estimator=ep.estimator, free_steps=ep.free_steps,
                       nudged_steps=ep.nudged_steps, tol=ep.tol, mode=ep.mode,
                       holo_points=ep.holo_points, cost_fn=cost_fn, rng=step_rng,
-                      state_dtype=state_dtype)
+                      state_dtype=state_dtype, compute_dtype=ep.compute_dtype)
     updates, opt_state = tx.update(out.grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.tree.norm(out.grads)
@@ -96,6 +96,7 @@ def make_train_step(spec: NetworkSpec, ep: EPConfig, tx: optax.GradientTransform
         'accuracy': jnp.mean(jnp.argmax(out.logits, -1) == labels),
         'free_steps': out.free.steps.astype(jnp.float32),
         'free_residual': out.free.residual,
+        'layer_free_residual': out.free.layer_residuals,
         'nudged_steps': jnp.mean(jnp.stack([r.steps for r in out.nudged]).astype(jnp.float32)),
         'grad_norm': grad_norm,
         'finite': jnp.isfinite(grad_norm) & jnp.isfinite(out.free.residual),
@@ -121,7 +122,8 @@ def make_eval_step(spec: NetworkSpec, ep: EPConfig, *, state_dtype=None) -> Call
     mask = batch.get('mask', jnp.ones(labels.shape, jnp.float32))
     dtype = state_dtype or jax.tree_util.tree_leaves(params)[0].dtype
     free = relax(spec, params, x.astype(dtype), init_states(spec, x.shape[0], dtype),
-                 max_steps=ep.free_steps, tol=ep.tol, mode=ep.mode)
+                 max_steps=ep.free_steps, tol=ep.tol, mode=ep.mode,
+                 compute_dtype=ep.compute_dtype)
     losses = energy.example_losses(spec, params, free.states, labels)
     correct = jnp.argmax(energy.logits(spec, params, free.states), -1) == labels
     return {'loss_sum': jnp.sum(losses * mask), 'correct': jnp.sum(correct * mask),

@@ -16,7 +16,10 @@ The config defines the shared network, data and EP / signal settings. Into `--wo
 Running the same command again skips finished runs (a teacher with `teacher.json` for the
 configured epochs; an EP run whose `metrics.jsonl` reaches `train.epochs`) and resumes
 unfinished EP runs from their checkpoints, then rewrites the report. `--runs` selects runs
-(a KD run trains the teacher it needs even if `teacher` is not listed).
+(a KD run trains the teacher it needs even if `teacher` is not listed). An EP run stopped by
+`NonFiniteError` or `NonConvergenceError` (its relaxation oscillates) gets `diverged.json`
+with the message, is not retried (delete the file to retry), and is reported as stopped, with
+its last good epoch, while the other runs go on.
 """
 
 from __future__ import annotations
@@ -68,8 +71,24 @@ def teacher_done(teacher_dir: str, config) -> bool:
 
 
 def ep_done(run_dir: str, config) -> bool:
+  """The run reached its last epoch or was stopped for good (`diverged.json`)."""
+  from ep_jax import sweep  # pylint: disable=g-import-not-at-top
+  if sweep.is_diverged(run_dir):
+    return True
   epochs = [r.get('epoch') for r in read_metrics(run_dir)]
   return int(config.train.epochs) in epochs
+
+
+def stop_message(run_dir: str) -> Optional[str]:
+  """The error that stopped a run for good, or None."""
+  from ep_jax import sweep  # pylint: disable=g-import-not-at-top
+  if not sweep.is_diverged(run_dir):
+    return None
+  try:
+    with open(os.path.join(run_dir, sweep.DIVERGED_FILE), 'r', encoding='utf-8') as f:
+      return str(json.load(f).get('error', 'stopped'))
+  except (OSError, ValueError):
+    return 'stopped (unreadable diverged.json)'
 
 
 def train_teacher(config, teacher_dir: str, print_fn: Callable[[str], None] = print) -> dict:
@@ -136,7 +155,13 @@ def run_all(config, workdir: str, runs: Sequence[str] = RUNS,
       continue
     print_fn(f'[{name}] {VARIANTS[name][2]}: training into {run_dir}')
     prefix = f'[{name}] '
-    train_lib.train_and_evaluate(c, run_dir, print_fn=lambda line, p=prefix: print_fn(p + line))
+    try:
+      train_lib.train_and_evaluate(c, run_dir,
+                                   print_fn=lambda line, p=prefix: print_fn(p + line))
+    except train_lib.NonFiniteError as e:
+      from ep_jax import sweep  # pylint: disable=g-import-not-at-top
+      sweep.mark_diverged(run_dir, str(e))
+      print_fn(f'{prefix}stopped: {e}')
   return write_report(config, workdir, print_fn=print_fn)
 
 
@@ -160,7 +185,10 @@ def summarize_ep(run_dir: str) -> Optional[dict]:
   """Final/best accuracy, epochs, wall time and last-epoch per-layer diagnostics of a run."""
   records = read_metrics(run_dir)
   if not records:
-    return None
+    stopped = stop_message(run_dir)
+    return None if stopped is None else {
+        'final_test_accuracy': None, 'best_test_accuracy': None, 'best_epoch': None,
+        'epochs': 0, 'wall_time_s': None, 'final_train_loss': None, 'stopped': stopped}
   last, first = records[-1], records[0]
   accs = [(r.get('test_accuracy'), r.get('epoch')) for r in records
           if r.get('test_accuracy') is not None]
@@ -172,6 +200,7 @@ def summarize_ep(run_dir: str) -> Optional[dict]:
           'final_train_loss': last.get('train_loss'),
           'free_steps_mean': last.get('free_steps_mean'),
           'free_residual_mean': last.get('free_residual_mean'),
+          'stopped': stop_message(run_dir),
           'last': last, 'first': first}
 
 
@@ -254,21 +283,33 @@ def write_report(config, workdir: str, print_fn: Callable[[str], None] = print) 
       'Wall time: the sum of the epochs\' times in `metrics.jsonl` (EP runs: training + '
       'evaluation, first-epoch compilation included) or the teacher\'s training time.', '',
       '| run | what | final test acc | best test acc (epoch) | epochs | wall time | '
-      'final train loss | free steps | free residual |',
-      '|---|---|---|---|---|---|---|---|---|',
+      'final train loss | free steps | free residual | status |',
+      '|---|---|---|---|---|---|---|---|---|---|',
   ]
   descriptions = dict({n: v[2] for n, v in VARIANTS.items()}, teacher='BP teacher (feed-forward twin)')
   for name in tuple(VARIANTS) + (TEACHER,):
     sm = summaries[name]
     if sm is None:
-      lines.append(f'| {name} | {descriptions[name]} | not run | | | | | | |')
+      lines.append(f'| {name} | {descriptions[name]} | not run | | | | | | | |')
       continue
+    status = 'finished'
+    if sm.get('stopped'):
+      status = f"**stopped** after epoch {sm['epochs']}"
+    elif name != TEACHER and (sm['epochs'] or 0) < int(config.train.epochs):
+      status = 'unfinished'
     lines.append(
         f"| {name} | {descriptions[name]} | {_fmt(sm['final_test_accuracy'])} | "
         f"{_fmt(sm['best_test_accuracy'])} ({sm['best_epoch']}) | {sm['epochs']} | "
         f"{_duration(sm['wall_time_s'])} | {_fmt(sm['final_train_loss'])} | "
-        f"{_fmt(sm.get('free_steps_mean'), '.1f')} | {_fmt(sm.get('free_residual_mean'), '.1e')} |")
+        f"{_fmt(sm.get('free_steps_mean'), '.1f')} | {_fmt(sm.get('free_residual_mean'), '.1e')} "
+        f"| {status} |")
   lines.append('')
+  stopped = [(n, summaries[n]['stopped']) for n in VARIANTS
+             if summaries[n] is not None and summaries[n].get('stopped')]
+  if stopped:
+    lines += ['## Stopped runs', '']
+    lines += [f'- **{n}**: {msg}' for n, msg in stopped]
+    lines.append('')
   ep_summaries = {n: summaries[n] for n in VARIANTS}
   tables = (
       ('Mean |s_l| at the free fixed point, last epoch', 'layer_mean_abs_state', 'last', '.4f'),

@@ -2,7 +2,8 @@ r"""Benchmark harness: compile and time full training steps on random data, prin
 
   python -m experiments.benchmark --layout=32,M,64,M,128,M --input_shape=32,32,3 \
       --num_classes=10 --batch_size=64 --t1=30 --t2=10 --estimator=symmetric --tol=0 \
-      --steps=5 [--dtype=float32|bfloat16] [--mode=ep|bptt] [--compare_fp32]
+      --steps=5 [--dtype=float32|bfloat16] [--mode=ep|bptt] [--compare_fp32] \
+      [--state_dtype=float32|bfloat16]
 
 The defaults are the line above. One step is what training does: for `--mode=ep` the free
 phase, the estimator's nudged phases (two for `symmetric`), the EP contrast and the optax update
@@ -22,9 +23,14 @@ plus `step_s` (every timed step), `step_s_median`, `nudged_steps`, `peak_rss_mb`
 `device_peak_mb` (null on CPU), `compiled_temp_mb` and `compiled_memory` (XLA's
 `memory_analysis()` of the compiled step: temporaries, arguments, outputs, code; the most
 meaningful number for comparing EP with BPTT, since EP's relaxation is a while loop whose
-buffers do not depend on T), the flags, and the platform. With `--compare_fp32` and a
-non-float32 `--dtype`, also `grad_cosine_vs_fp32`: per-group cosines between the EP gradient
-relaxed in `--dtype` and in float32 on the same batch and parameters, and their minimum.
+buffers do not depend on T), the flags, and the platform.
+
+`--dtype=bfloat16` is the mixed-precision relaxation (`EPConfig.compute_dtype`): convolutions
+and matmuls round their operands to bfloat16 and accumulate in float32; states, the EP contrast
+and the gradient stay float32. `--state_dtype=bfloat16` instead keeps the states themselves in
+bfloat16 (everything in bfloat16 but the parameters). With `--compare_fp32`, also
+`grad_cosine_vs_fp32`: per-group cosines between the EP gradient of that precision and the
+all-float32 one on the same batch and parameters, and their minimum.
 
 Environment: XLA_FLAGS and the number of host threads are recorded in the output; the harness
 does not change them.
@@ -62,10 +68,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p.add_argument('--activation', default='hard_sigmoid')
   p.add_argument('--steps', type=int, default=5, help='timed training steps')
   p.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'),
-                 help='state dtype of the relaxation (parameters stay float32)')
+                 help='compute dtype of the relaxation (bfloat16: mixed precision)')
+  p.add_argument('--state_dtype', default='float32', choices=('float32', 'bfloat16'),
+                 help='dtype of the states (parameters stay float32)')
   p.add_argument('--mode', default='ep', choices=('ep', 'bptt'))
   p.add_argument('--compare_fp32', action='store_true',
-                 help='also report the gradient cosine of --dtype against float32')
+                 help='also report the gradient cosine against all-float32')
   p.add_argument('--compile_only', action='store_true',
                  help='compile and report memory only (no step is run; examples_per_s null)')
   p.add_argument('--seed', type=int, default=0)
@@ -138,13 +146,14 @@ def build(args):
   batch = {'image': jax.random.uniform(xkey, (args.batch_size,) + spec.input_shape),
            'label': jax.random.randint(ykey, (args.batch_size,), 0, spec.num_classes)}
   ep = EPConfig(estimator=args.estimator, beta=args.beta, free_steps=args.t1,
-                nudged_steps=args.t2, tol=args.tol, mode=args.relax_mode)
-  state_dtype = jnp.bfloat16 if args.dtype == 'bfloat16' else None
+                nudged_steps=args.t2, tol=args.tol, mode=args.relax_mode,
+                compute_dtype=None if args.dtype == 'float32' else args.dtype)
+  state_dtype = jnp.bfloat16 if args.state_dtype == 'bfloat16' else None
 
   if args.mode == 'ep':
     step_fn = train_step.make_train_step(spec, ep, tx, state_dtype=state_dtype)
   else:
-    if args.dtype != 'float32':
+    if args.dtype != 'float32' or args.state_dtype != 'float32':
       raise ValueError('--mode=bptt runs in float32 only')
 
     def step_fn(state, batch):
@@ -162,22 +171,23 @@ def build(args):
 
 
 def grad_cosines(args, spec, ep, params, batch) -> dict:
-  """Per-group cosine between the EP gradient with states in `args.dtype` and in float32."""
+  """Per-group cosine between the EP gradient at `args`' precision and the all-float32 one."""
   import jax
   import jax.numpy as jnp
 
   from ep_jax import network
   from ep_jax.estimators import ep_gradient
 
-  def grads(dtype):
+  def grads(dtype, compute_dtype):
     fn = jax.jit(lambda p, x, y: ep_gradient(
         spec, p, x.astype(dtype), {'label': y}, beta=ep.beta, estimator=ep.estimator,
         free_steps=ep.free_steps, nudged_steps=ep.nudged_steps, tol=ep.tol, mode=ep.mode,
-        rng=jax.random.PRNGKey(0), state_dtype=dtype).grads)
+        rng=jax.random.PRNGKey(0), state_dtype=dtype, compute_dtype=compute_dtype).grads)
     return fn(params, batch['image'], batch['label'])
 
-  low = grads(jnp.bfloat16 if args.dtype == 'bfloat16' else jnp.float32)
-  ref = grads(jnp.float32)
+  low = grads(jnp.bfloat16 if args.state_dtype == 'bfloat16' else jnp.float32,
+              ep.compute_dtype)
+  ref = grads(jnp.float32, None)
   names = network.synapse_names(spec)
   per_group = {}
   for name, g_low, g_ref in zip(names, list(low['layers']) + [low.get('readout')],
@@ -236,6 +246,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
       'grad_norm': None if metrics is None else float(metrics['grad_norm']),
       'mode': args.mode,
       'dtype': args.dtype,
+      'state_dtype': args.state_dtype,
       'flags': vars(args),
       'platform': {'backend': jax.default_backend(), 'device': str(device.device_kind),
                    'jax': jax.__version__, 'cpu_count': os.cpu_count(),

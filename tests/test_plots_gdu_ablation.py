@@ -9,7 +9,7 @@ import sys
 import jax
 import pytest
 
-from ep_jax import gdu, network
+from ep_jax import gdu, network, train
 from ep_jax.configs import ablation_deep, ablation_digits, quickstart
 from experiments import ablation, plots
 
@@ -147,3 +147,33 @@ def test_ablation_end_to_end_and_resume(tmp_path):
   lines.clear()
   ablation.run_all(config, workdir, print_fn=lines.append)
   assert sum('done, skipping' in l for l in lines) == 5, lines
+
+
+def test_ablation_reports_a_stopped_run_and_goes_on(tmp_path, monkeypatch):
+  """A run stopped by NonConvergenceError is marked, reported, not retried; others go on."""
+  config = ablation_digits.get_config()
+  config.train.epochs = 2
+  trained = []
+
+  def fake_train(c, run_dir, print_fn=print):
+    name = os.path.basename(run_dir)
+    trained.append(name)
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, 'metrics.jsonl'), 'a') as f:
+      f.write(json.dumps({'epoch': 1, 'test_accuracy': 0.5, 'epoch_time_s': 1.0}) + '\n')
+      if name == 'ep_les':
+        raise train.NonConvergenceError('the free phase did not converge at epoch 2: boom')
+      f.write(json.dumps({'epoch': 2, 'test_accuracy': 0.6, 'epoch_time_s': 1.0}) + '\n')
+    return {}
+
+  monkeypatch.setattr(train, 'train_and_evaluate', fake_train)
+  workdir = str(tmp_path)
+  lines = []
+  path = ablation.run_all(config, workdir, runs=('ep', 'ep_les'), print_fn=lines.append)
+  assert trained == ['ep', 'ep_les']
+  report = open(path).read()
+  assert '**stopped** after epoch 1' in report and 'did not converge at epoch 2: boom' in report
+  assert '| ep | standard EP | 0.6000 |' in report and report.count('| finished |') == 1
+  trained.clear()
+  ablation.run_all(config, workdir, runs=('ep', 'ep_les'), print_fn=lines.append)
+  assert trained == []  # neither the finished nor the stopped run is retried

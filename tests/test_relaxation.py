@@ -92,3 +92,29 @@ def test_unknown_mode():
   spec, params, x = _net()
   with pytest.raises(ValueError, match='mode'):
     relaxation.relax(spec, params, x, network.init_states(spec, 3), mode='chaotic')
+
+
+@pytest.mark.parametrize('mode', ['sync', 'async'])
+def test_layer_residuals_are_the_last_steps_per_layer_change(mode):
+  spec, params, x = _net()
+  s0 = network.init_states(spec, 3)
+  before = relaxation.relax(spec, params, x, s0, max_steps=5, mode=mode)
+  loop = relaxation.relax(spec, params, x, s0, max_steps=6, mode=mode)
+  scan = relaxation.relax_fixed(spec, params, x, s0, steps=6, mode=mode)
+  expected = [float(jnp.max(jnp.abs(a - b))) for a, b in zip(loop.states, before.states)]
+  for out in (loop, scan):
+    assert out.layer_residuals.shape == (len(spec.layer_names),)
+    np.testing.assert_allclose(out.layer_residuals, expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(out.residual, max(expected), rtol=1e-5, atol=1e-7)
+  assert bool(jnp.all(jnp.isinf(relaxation.relax(spec, params, x, s0, max_steps=0)
+                                .layer_residuals)))
+
+
+def test_strong_feedback_oscillates_in_sync_mode():
+  """Synchronous updates of strongly coupled layers flip between two states (a period-2 cycle
+  whose residual stays O(1)); this is what `ep.max_residual` catches in training."""
+  spec, params, x = _net(layout='8,8,8', dense=())
+  params = jax.tree.map(lambda p: 6.0 * p, params)
+  s0 = network.init_states(spec, 3)
+  sync = relaxation.relax(spec, params, x, s0, max_steps=200, tol=1e-6, mode='sync')
+  assert int(sync.steps) == 200 and float(sync.residual) > 0.25

@@ -125,6 +125,25 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
   assert len(open(tmp_path / 'metrics.jsonl').readlines()) == 1
 
 
+def test_non_converging_relaxation_stops_and_keeps_last_good_checkpoint(tmp_path):
+  two = dict(model__layout='6,M,6,M')  # two layers: feedback, so 2 steps do not settle
+  train.train_and_evaluate(tiny_config(**two), str(tmp_path), print_fn=lambda _: None)
+  before = sorted(os.listdir(tmp_path / 'checkpoints'))
+  # A finite relaxation that has not settled: 2 free steps cannot reach a 1e-9 residual.
+  config = tiny_config(train__epochs=2, ep__free_steps=2, ep__max_residual=1e-9, **two)
+  expected = (r'did not converge at epoch 2: mean final residual .* > ep.max_residual=1e-09 '
+              r'after 2 steps .*layers above the limit: conv\d .*last good checkpoint is kept')
+  with pytest.raises(train.NonConvergenceError, match=expected):
+    train.train_and_evaluate(config, str(tmp_path), print_fn=lambda _: None)
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == before
+  assert len(open(tmp_path / 'metrics.jsonl').readlines()) == 1
+  # Off (0) it trains on; the record has the per-layer residuals.
+  record = train.train_and_evaluate(
+      tiny_config(train__epochs=2, ep__free_steps=2, ep__max_residual=0.0, **two),
+      str(tmp_path), print_fn=lambda _: None)
+  assert record['epoch'] == 2 and len(record['layer_free_residual']) == 2
+
+
 def test_corrupt_checkpoint_is_reported_not_overwritten(tmp_path):
   train.train_and_evaluate(tiny_config(), str(tmp_path), print_fn=lambda _: None)
   step_dir = tmp_path / 'checkpoints' / '0'

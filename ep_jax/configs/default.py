@@ -40,7 +40,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.ep.tol = 0.0  # relaxation residual tolerance; 0 = fixed step counts
   config.ep.mode = 'sync'  # sync | async
   config.ep.holo_points = 4
-  config.ep.dtype = 'float32'  # state dtype of the relaxation: float32 | bfloat16
+  # Stop with NonConvergenceError when an epoch's mean final free-phase residual (max |Δs| of
+  # the last step) exceeds this: the relaxation oscillates instead of settling. 0 = off.
+  config.ep.max_residual = 0.25
+  config.ep.dtype = 'float32'  # dtype of the states and gradients: float32 | float64 | bfloat16
+  # Mixed precision: '' (off) or 'bfloat16': the relaxation's convolutions and matmuls round
+  # their operands to it and accumulate in ep.dtype (states and gradients keep ep.dtype).
+  config.ep.compute_dtype = ''
 
   config.optim = ml_collections.ConfigDict()
   config.optim.learning_rates = (0.2, 0.1, 0.05)  # one per synapse group, or a single float
