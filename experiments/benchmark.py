@@ -1,4 +1,4 @@
-r"""Benchmark harness: compile and time full training steps on random data, print one JSON line.
+r"""Benchmark harness: compile and time full training steps on one batch, print one JSON line.
 
   python -m experiments.benchmark --layout=32,M,64,M,128,M --input_shape=32,32,3 \
       --num_classes=10 --batch_size=64 --t1=30 --t2=10 --estimator=symmetric --tol=0 \
@@ -76,6 +76,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                  help='also report the gradient cosine against all-float32')
   p.add_argument('--compile_only', action='store_true',
                  help='compile and report memory only (no step is run; examples_per_s null)')
+  p.add_argument('--data', default='random', choices=('random', 'digits'),
+                 help="random: uniform images, random labels; digits: the first --batch_size "
+                      "images of the embedded 8x8 digits (needs --input_shape=8,8,1)")
   p.add_argument('--seed', type=int, default=0)
   return p.parse_args(argv)
 
@@ -143,8 +146,17 @@ def build(args):
                             weight_decay=3e-4, schedule='cosine', total_steps=1000,
                             eta_min=1e-5)
   state = train_step.create_train_state(params, tx, skey)
-  batch = {'image': jax.random.uniform(xkey, (args.batch_size,) + spec.input_shape),
-           'label': jax.random.randint(ykey, (args.batch_size,), 0, spec.num_classes)}
+  if args.data == 'digits':
+    from ep_jax import data  # pylint: disable=g-import-not-at-top
+    train_split, _, info = data.load_dataset('digits')
+    if tuple(spec.input_shape) != tuple(info.input_shape) or spec.num_classes != 10:
+      raise ValueError(f'--data=digits needs --input_shape=8,8,1 --num_classes=10, got '
+                       f'{spec.input_shape} and {spec.num_classes}')
+    batch = {'image': jnp.asarray(data.normalize(train_split.images[:args.batch_size], info)),
+             'label': jnp.asarray(train_split.labels[:args.batch_size])}
+  else:
+    batch = {'image': jax.random.uniform(xkey, (args.batch_size,) + spec.input_shape),
+             'label': jax.random.randint(ykey, (args.batch_size,), 0, spec.num_classes)}
   ep = EPConfig(estimator=args.estimator, beta=args.beta, free_steps=args.t1,
                 nudged_steps=args.t2, tol=args.tol, mode=args.relax_mode,
                 compute_dtype=None if args.dtype == 'float32' else args.dtype)

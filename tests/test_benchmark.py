@@ -109,3 +109,14 @@ def test_conv2d_loop_vjp_matches_xla(x64, padding, shape, k, dtype):
   np.testing.assert_allclose(y, y_ref, atol=1e-12)
   for a, b in zip(vjp(g), vjp_ref(g)):
     np.testing.assert_allclose(a, b, atol=1e-10)
+
+
+def test_digits_batch_and_mixed_precision_cosine():
+  args = ['--layout=4,M', '--input_shape=8,8,1', '--batch_size=8', '--data=digits', '--t1=5',
+          '--t2=3', '--steps=1', '--dtype=bfloat16', '--compare_fp32']
+  out = benchmark.run(args)
+  assert out['dtype'] == 'bfloat16' and out['state_dtype'] == 'float32'
+  assert set(out['grad_cosine_vs_fp32']['per_group']) == {'conv1', 'readout'}
+  assert out['grad_cosine_vs_fp32']['min'] > 0.9
+  with pytest.raises(ValueError, match='--data=digits needs'):
+    benchmark.run(TINY + ['--data=digits'])
