@@ -14,6 +14,7 @@ kept as it was.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from typing import Any, NamedTuple
@@ -241,20 +242,42 @@ def _as_jsonable(value: Any):
   return [float(v) for v in value.ravel()]
 
 
+def initialize_distributed(config: ml_collections.ConfigDict) -> None:
+  """`jax.distributed.initialize` with the config's explicit cluster, if any.
+
+  With `train.coordinator_address` (host:port of process 0), `train.num_processes` and
+  `train.process_id` set, they are passed on (a manual launch, e.g. several processes on one
+  machine); unset, JAX detects the cluster (SLURM, Open MPI, TPU pods, or the
+  JAX_COORDINATOR_ADDRESS environment variable with a cluster environment).
+  """
+  t = config.train
+  kwargs = {}
+  if t.get('coordinator_address', ''):
+    kwargs['coordinator_address'] = t.coordinator_address
+  if int(t.get('num_processes', 0)) > 0:
+    kwargs['num_processes'] = int(t.num_processes)
+  if int(t.get('process_id', -1)) >= 0:
+    kwargs['process_id'] = int(t.process_id)
+  jax.distributed.initialize(**kwargs)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        print_fn=print) -> dict:
   """Trains per `config`, writes everything to `workdir`, returns the last epoch record."""
   if config.train.multihost:
-    jax.distributed.initialize()
+    initialize_distributed(config)
   is_primary = jax.process_index() == 0
   workdir = os.path.abspath(workdir)
   if is_primary:
     _check_writable(workdir)
 
   train_split, test_split, info = load_data(config)
-  if jax.process_count() > 1:
+  if jax.process_count() > 1:  # each host reads its own strided shard
     train_split = data_lib.split_for_process(train_split, jax.process_index(),
                                              jax.process_count())
+    test_size = len(test_split)
+    test_split = data_lib.split_for_process(test_split, jax.process_index(),
+                                            jax.process_count(), drop_remainder=False)
   spec = build_spec(config, info)
   ep = build_ep_config(config)
   dtype = state_dtype(config)
@@ -303,7 +326,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
              f'workdir {workdir}')
   progress = ProgressReporter(total_steps, every_seconds=config.train.log_every_seconds,
                               print_fn=print_fn if is_primary else (lambda _: None))
-  num_eval = data_lib.num_eval_batches(test_split, local_eval_batch)
+  # Every host runs the same number of eval steps (shards differ in size by at most one).
+  num_eval = (math.ceil(math.ceil(test_size / jax.process_count()) / local_eval_batch)
+              if jax.process_count() > 1 else data_lib.num_eval_batches(test_split,
+                                                                        local_eval_batch))
   record: dict = writer.history[-1] if writer.history else {}
   examples_done = 0
   for epoch in range(start_epoch, num_epochs):

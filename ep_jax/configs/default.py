@@ -66,6 +66,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.checkpoints_to_keep = 3
   config.train.num_devices = 0  # devices of the data-parallel mesh (0 = all visible)
   config.train.multihost = False  # call jax.distributed.initialize() first
+  # Explicit cluster for multihost (else auto-detected): 'host:port' of process 0, the
+  # number of processes and this process's id.
+  config.train.coordinator_address = ''
+  config.train.num_processes = 0
+  config.train.process_id = -1
 
   config.signals = ml_collections.ConfigDict()
   config.signals.les = ml_collections.ConfigDict()
