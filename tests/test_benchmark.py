@@ -120,3 +120,19 @@ def test_digits_batch_and_mixed_precision_cosine():
   assert out['grad_cosine_vs_fp32']['min'] > 0.9
   with pytest.raises(ValueError, match='--data=digits needs'):
     benchmark.run(TINY + ['--data=digits'])
+
+
+def test_gpu_benchmark_script_runs_with_tiny_args(tmp_path):
+  """The prepared GPU script (run on a device by a session that has one) works end to end."""
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu',
+             GPU_BENCH_ARGS='--layout=4,M --input_shape=8,8,1 --batch_size=8 --t1=4 --t2=2 '
+                            '--steps=1')
+  subprocess.run(['bash', os.path.join(ROOT, 'experiments', 'gpu_benchmark.sh'),
+                  str(tmp_path)], env=env, capture_output=True, text=True, timeout=600,
+                 check=True)
+  lines = [json.loads(l) for l in open(tmp_path / 'gpu_benchmark.jsonl')]
+  assert [(l['dtype'], l['flags']['tol']) for l in lines] == [
+      ('float32', 0.0), ('float32', 1e-4), ('bfloat16', 0.0), ('bfloat16', 1e-4)]
+  for l in lines:
+    assert l['s_per_cifar10_epoch'] == pytest.approx(50000 / l['examples_per_s'], rel=1e-3)
+  assert 'grad_cosine_vs_fp32' in lines[2]
