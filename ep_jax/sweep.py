@@ -385,7 +385,7 @@ def train_vmapped_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
 
   Performance: vmapping over parameters turns each convolution into a grouped one
   (`feature_group_count=len(seeds)`), which XLA:CPU runs slowly: on a 2-core CPU the quick start
-  with 4 seeds took 2x the time of 4 sequential runs (docs/SWEEPS_BENCH.md). It is meant for
+  with 4 seeds took 2x the time of 4 sequential runs (docs/BENCHMARKS.md, section 5). It is meant for
   accelerators, where grouped convolutions are native and a small CRNN leaves the chip idle.
   """
   seeds = [int(s) for s in seeds]
