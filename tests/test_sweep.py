@@ -227,6 +227,22 @@ def test_vmapped_seeds_equal_separate_runs_and_resume(tmp_path, no_curves):
   assert lines[0] == '[1/1] base: all 2 seed(s) finished, skipped'
 
 
+def test_vmapped_seeds_stop_on_non_converging_relaxation(tmp_path, no_curves):
+  config = tiny_config(train__epochs=2, train__num_devices=1, model__layout='6,M,6,M',
+                       ep__free_steps=2, ep__max_residual=1e-9)
+  plan = sweep.make_sweep(config, '', 2, str(tmp_path / 'sweep'))
+  lines = []
+  sweep.run_local(config, plan, vmap_seeds=True, print_fn=lines.append)
+  for seed in plan.seeds:
+    run_dir = plan.run_dir(plan.points[0], seed)
+    assert sweep.is_diverged(run_dir)
+    message = json.load(open(os.path.join(run_dir, sweep.DIVERGED_FILE)))['error']
+    assert f'seed {seed} (vmapped)' in message and 'did not converge at epoch 1' in message
+    assert read_metrics(run_dir) == []
+  rows = list(csv.DictReader(open(tmp_path / 'sweep' / 'sweep.csv')))
+  assert rows[0]['diverged'] == '2'
+
+
 # ----------------------------------------------------------------------------- slurm
 
 
