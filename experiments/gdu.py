@@ -2,10 +2,13 @@ r"""Gradient alignment (the GDU property) of the EP estimators on one batch.
 
   python -m experiments.gdu --config=ep_jax/configs/ablation_digits.py --workdir=runs/gdu \
       [--betas=0.01,0.03,0.1,0.3,1.0] [--batch_size=8] [--network=config|smooth] \
-      [--estimators=one_sided,symmetric,holomorphic] [--config.FIELD=VALUE ...]
+      [--estimators=one_sided,symmetric,holomorphic] [--config.FIELD=VALUE ...] \
+      [--params_from=RUN_DIR [--params_step=N]]
 
-Builds the config's network (initial parameters of seed `config.seed`, as training starts),
-takes the first `--batch_size` training examples, and for each estimator and β compares the
+Builds the config's network (initial parameters of seed `config.seed`, as training starts;
+with `--params_from`, the parameters of a training run's checkpoint instead, latest or
+`--params_step`, and that run's `config.json` replaces `--config`, so the alignment can be
+measured at any point of training), takes the first `--batch_size` training examples, and for each estimator and β compares the
 EP estimate with the implicit (recurrent backprop) and BPTT gradients, per parameter group,
 in float64 with relaxations to `--tol` (`ep_jax.gdu`). Two runs:
 
@@ -69,8 +72,13 @@ def signals_config_for_gdu(config) -> tuple[object, str]:
 def run(config, workdir: str, *, betas, batch_size: int = 8,
         estimator_names=('one_sided', 'symmetric', 'holomorphic'), network_mode: str = 'config',
         with_signals: bool = True, tol: float = 1e-12, max_steps: int = 20000,
-        bptt_steps: int = 0, holo_points: int = 4, init_scale=None, print_fn=print) -> dict:
-  """Computes the GDU report and writes gdu.json, gdu.md, gdu.png; returns the report."""
+        bptt_steps: int = 0, holo_points: int = 4, init_scale=None, params_from=None,
+        params_step=None, print_fn=print) -> dict:
+  """Computes the GDU report and writes gdu.json, gdu.md, gdu.png; returns the report.
+
+  params_from: a training run's workdir: its config and the parameters of its checkpoint
+  `params_step` (None: the latest) are used instead of `config` and the initialisation.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
@@ -78,6 +86,9 @@ def run(config, workdir: str, *, betas, batch_size: int = 8,
   from ep_jax import train as train_lib  # pylint: disable=g-import-not-at-top
 
   start = time.time()
+  restore = source = None
+  if params_from:
+    config, restore = load_run_params(params_from, params_step)
   os.makedirs(workdir, exist_ok=True)
   train_split, _, info = train_lib.load_data(config)
   if batch_size < 1 or batch_size > len(train_split):
@@ -90,12 +101,21 @@ def run(config, workdir: str, *, betas, batch_size: int = 8,
   init_key, _, signal_key = jax.random.split(root, 3)
   scale = config.model.init_scale if init_scale is None else float(init_scale)
   params = network.init_params(spec, init_key, scale=scale)
+  trained_heads = None
+  if restore is not None:
+    if network_mode == 'smooth':
+      raise ValueError('--params_from needs --network=config (the trained network)')
+    restored, source = restore(spec)
+    restored = jax.tree_util.tree_map(np.asarray, restored)
+    trained_heads = restored.pop('signals', None)
+    params = restored
   meta = {'config layout': config_spec.layout, 'network': (
               f'{spec.layout} dense {spec.dense}, {spec.activation}, readout {spec.readout}' +
               (' (smooth twin of the config network: smooth_sigmoid, average pooling)'
                if network_mode == 'smooth' else '')),
           'data': f'{info.name}: first {batch_size} training examples',
-          'parameters': f'initialisation (seed {config.seed}, scale {scale})',
+          'parameters': (source if restore is not None
+                         else f'initialisation (seed {config.seed}, scale {scale})'),
           'precision': f'float64, relaxations to residual {tol:g} (at most {max_steps} steps)',
           'betas': ', '.join(f'{float(b):g}' for b in betas),
           'holomorphic K': holo_points}
@@ -112,7 +132,9 @@ def run(config, workdir: str, *, betas, batch_size: int = 8,
     sig_config, desc = signals_config_for_gdu(config)
     setup = signals.build_signals(sig_config, spec, num_epochs=int(config.train.epochs),
                                   rng=signal_key)
-    p = dict(params, signals=setup.trainable) if setup.trainable else params
+    heads = trained_heads if (trained_heads is not None and setup.trainable) else \
+        setup.trainable
+    p = dict(params, signals=heads) if heads else params
     targets = setup.nudging.targets(setup.frozen, p, batch, 0)
     print_fn(f'run with_signals: {desc}')
     runs['with_signals'] = gdu.gdu_sweep(spec, p, x, targets, cost_fn=setup.nudging.cost,
@@ -131,6 +153,35 @@ def run(config, workdir: str, *, betas, batch_size: int = 8,
   return report
 
 
+def load_run_params(run_dir: str, step=None):
+  """`(config, restore)` of a training run: its `config.json` and `restore(spec)`, which
+  returns `(params, description)` from checkpoint `step` (None: the latest); `params` includes
+  trained signal heads under `'signals'`."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+
+  from ep_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  from ep_jax.checkpointing import Checkpointer  # pylint: disable=g-import-not-at-top
+
+  path = os.path.join(run_dir, 'config.json')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'--params_from: {run_dir!r} has no config.json (not a workdir of '
+                            'experiments.train)')
+  with open(path, 'r', encoding='utf-8') as f:
+    config = ml_collections.ConfigDict(json.load(f))
+
+  def restore(spec):
+    target = train_lib.build_run(config, spec, 1).state
+    with Checkpointer(os.path.join(run_dir, 'checkpoints')) as ckpt:
+      chosen = ckpt.latest_step() if step is None else int(step)
+      if chosen is None:
+        raise FileNotFoundError(f'--params_from: no checkpoint in {run_dir}/checkpoints')
+      state, extra = ckpt.restore(target, step=chosen)
+    return dict(state.params), (f'checkpoint {chosen} (end of epoch {int(extra["epoch"]) + 1})'
+                                f' of {run_dir}')
+
+  return config, restore
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -147,13 +198,14 @@ def main(argv):
   run(_CONFIG.value, workdir, betas=betas, batch_size=_BATCH.value,
       estimator_names=tuple(_ESTIMATORS.value), network_mode=_NETWORK.value,
       with_signals=_SIGNALS.value, tol=_TOL.value, max_steps=_MAX_STEPS.value,
-      bptt_steps=_BPTT_STEPS.value, holo_points=_HOLO.value, init_scale=_INIT_SCALE.value)
+      bptt_steps=_BPTT_STEPS.value, holo_points=_HOLO.value, init_scale=_INIT_SCALE.value,
+      params_from=_PARAMS_FROM.value, params_step=_PARAMS_STEP.value)
 
 
 def define_flags() -> None:
   """Defines this script's flags (only when run as a script, so tests can import it)."""
   global _CONFIG, _WORKDIR, _BETAS, _BATCH, _ESTIMATORS, _NETWORK, _SIGNALS, _TOL
-  global _MAX_STEPS, _BPTT_STEPS, _HOLO, _INIT_SCALE
+  global _MAX_STEPS, _BPTT_STEPS, _HOLO, _INIT_SCALE, _PARAMS_FROM, _PARAMS_STEP
   _CONFIG = config_flags.DEFINE_config_file(
       'config', os.path.join(_CONFIG_DIR, 'quickstart.py'), 'Experiment config file.',
       lock_config=True)
@@ -175,6 +227,10 @@ def define_flags() -> None:
   _HOLO = flags.DEFINE_integer('holo_points', 4, 'K of the holomorphic estimator.')
   _INIT_SCALE = flags.DEFINE_float('init_scale', None,
                                    'Parameter init scale (default: config.model.init_scale).')
+  _PARAMS_FROM = flags.DEFINE_string(
+      'params_from', None, "A training run's workdir: use its config and checkpoint parameters.")
+  _PARAMS_STEP = flags.DEFINE_integer('params_step', None,
+                                      'Checkpoint step of --params_from (default: latest).')
 
 
 if __name__ == '__main__':

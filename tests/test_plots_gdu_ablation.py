@@ -177,3 +177,24 @@ def test_ablation_reports_a_stopped_run_and_goes_on(tmp_path, monkeypatch):
   trained.clear()
   ablation.run_all(config, workdir, runs=('ep', 'ep_les'), print_fn=lines.append)
   assert trained == []  # neither the finished nor the stopped run is retried
+
+
+def test_gdu_at_a_training_checkpoint(tmp_path):
+  """--params_from: the alignment at a run's checkpoint (its config and trained parameters)."""
+  from experiments import gdu as gdu_cli
+  from test_train import tiny_config
+  run_dir = str(tmp_path / 'run')
+  train.train_and_evaluate(tiny_config(model__layout='3,M,4,M'), run_dir,
+                           print_fn=lambda _: None)
+  out = str(tmp_path / 'gdu')
+  report = gdu_cli.run(None, out, betas=[1e-3], batch_size=4, estimator_names=('symmetric',),
+                       with_signals=False, params_from=run_dir, print_fn=lambda _: None)
+  assert report['meta']['parameters'].startswith('checkpoint 0 (end of epoch 1) of ')
+  assert report['meta']['config layout'] == '3,M,4,M'
+  small = report['runs']['no_signals']['estimators']['symmetric']['results'][0]
+  assert small['implicit']['all']['cos'] > 0.999
+  with pytest.raises(ValueError, match='--network=config'):
+    gdu_cli.run(None, out, betas=[1e-3], params_from=run_dir, network_mode='smooth',
+                print_fn=lambda _: None)
+  with pytest.raises(FileNotFoundError, match='no config.json'):
+    gdu_cli.run(None, out, betas=[1e-3], params_from=str(tmp_path), print_fn=lambda _: None)
