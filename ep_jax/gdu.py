@@ -111,12 +111,14 @@ def _nan_to_none(value: float) -> Optional[float]:
 
 
 def alignment(estimate: np.ndarray, reference: np.ndarray) -> dict:
-  """`{'cos', 'rel_err'}` of two flat vectors (None where undefined, e.g. a zero reference)."""
+  """`{'cos', 'rel_err', 'norm', 'ref_norm'}` of two flat vectors (cos / rel_err None where
+  undefined, e.g. a zero reference). The norms show when a group's gradient has vanished."""
   n_est, n_ref = np.linalg.norm(estimate), np.linalg.norm(reference)
   with np.errstate(divide='ignore', invalid='ignore'):
     cos = float(np.dot(estimate, reference)) / (n_est * n_ref)
     rel = np.linalg.norm(estimate - reference) / n_ref
-  return {'cos': _nan_to_none(cos), 'rel_err': _nan_to_none(rel)}
+  return {'cos': _nan_to_none(cos), 'rel_err': _nan_to_none(rel), 'norm': float(n_est),
+          'ref_norm': float(n_ref)}
 
 
 def compare(estimate, reference, spec: NetworkSpec) -> dict[str, dict]:

@@ -74,6 +74,7 @@ def test_gdu_helpers():
   assert list(result) == ['conv1', 'conv2', 'dense1', 'readout', 'all']
   for a in result.values():
     assert a['cos'] == pytest.approx(1.0) and a['rel_err'] == pytest.approx(0.5)
+    assert a['ref_norm'] == pytest.approx(2 * a['norm'])
 
 
 def test_gdu_symmetric_aligns_with_implicit_and_writes_reports(tmp_path):
