@@ -173,12 +173,21 @@ def _explicit(states) -> bool:
 
 def _compute_dtype(states, compute_dtype):
   """The operand dtype of the relaxation's convolutions (None: the states' own)."""
-  if compute_dtype is None or not _explicit(states):
+  if compute_dtype is None:
     return None
   compute_dtype = jnp.dtype(compute_dtype)
   if not jnp.issubdtype(compute_dtype, jnp.floating):
     raise ValueError(f'compute_dtype must be a floating dtype, got {compute_dtype}')
   return None if compute_dtype == states[0].dtype else compute_dtype
+
+
+def _setup(spec, params, x, states, compute_dtype):
+  """`(prepared, compute_dtype)` of a relaxation: the loop invariants (None for complex
+  states, which use autodiff forces) and the normalised compute dtype."""
+  if not _explicit(states):
+    return None, None
+  compute_dtype = _compute_dtype(states, compute_dtype)
+  return _prepare(spec, params, x, states[0].dtype, compute_dtype), compute_dtype
 
 
 def force(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, targets: dict, beta,
@@ -193,7 +202,7 @@ def force(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, targets:
   layers = tuple(range(len(states))) if layers is None else tuple(layers)
   if not _explicit(states):
     return force_autodiff(spec, params, x, states, targets, beta, cost_fn, layers)
-  prepared = _prepare(spec, params, x, states[0].dtype, compute_dtype)
+  prepared, compute_dtype = _setup(spec, params, x, states, compute_dtype)
   return _Forces(spec, params, prepared, states, targets, beta, cost_fn, compute_dtype)(layers)
 
 
@@ -234,9 +243,7 @@ def _step(spec, params, x, prepared, states, targets, beta, cost_fn, mode, compu
 def step(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, targets: dict, beta,
          cost_fn: Optional[CostFn], mode: str = 'sync', compute_dtype=None) -> tuple:
   """One update of the dynamics, synchronous or asynchronous (even layers, then odd)."""
-  compute_dtype = _compute_dtype(states, compute_dtype)
-  prepared = (_prepare(spec, params, x, states[0].dtype, compute_dtype) if _explicit(states)
-              else None)
+  prepared, compute_dtype = _setup(spec, params, x, states, compute_dtype)
   return _step(spec, params, x, prepared, states, targets, beta, cost_fn, mode, compute_dtype)
 
 
@@ -278,9 +285,7 @@ def relax(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, *, targe
     return keep_going & ((residual > tol) | (tol <= 0))
 
   # The input layer's drive does not change during the relaxation: computed once.
-  compute_dtype = _compute_dtype(states, compute_dtype)
-  prepared = (_prepare(spec, params, x, states[0].dtype, compute_dtype) if _explicit(states)
-              else None)
+  prepared, compute_dtype = _setup(spec, params, x, states, compute_dtype)
 
   def body(carry):
     steps, s, _, _ = carry
@@ -306,9 +311,7 @@ def relax_fixed(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, *,
   """
   if mode not in MODES:
     raise ValueError(f'unknown relaxation mode {mode!r}; known: {MODES}')
-  compute_dtype = _compute_dtype(states, compute_dtype)
-  prepared = (_prepare(spec, params, x, states[0].dtype, compute_dtype) if _explicit(states)
-              else None)
+  prepared, compute_dtype = _setup(spec, params, x, states, compute_dtype)
 
   def body(s, _):
     new = _step(spec, params, x, prepared, s, targets, beta, cost_fn, mode, compute_dtype)
