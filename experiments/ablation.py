@@ -92,39 +92,10 @@ def stop_message(run_dir: str) -> Optional[str]:
 
 
 def train_teacher(config, teacher_dir: str, print_fn: Callable[[str], None] = print) -> dict:
-  """Trains and saves the BP teacher as `python -m experiments.train_teacher` does.
-
-  (That module defines its absl flags at import, which would clash with this program's
-  `--config`/`--workdir`, so its logic is repeated here with `ep_jax.teacher`.)
-  """
-  from ep_jax import network, teacher  # pylint: disable=g-import-not-at-top
-  from ep_jax import train as train_lib  # pylint: disable=g-import-not-at-top
-
-  start = time.time()
-  train_split, test_split, info = train_lib.load_data(config)
-  m = config.model
-  spec = network.make_spec(m.layout, input_shape=info.input_shape, num_classes=info.num_classes,
-                           dense=tuple(m.dense), readout='softmax', activation=m.activation,
-                           kernel_size=m.kernel_size, padding=m.padding)
-  d, o, t = config.data, config.optim, config.teacher
-  params, history = teacher.train(
-      spec, train_split, test_split, info, epochs=t.epochs, learning_rate=t.learning_rate,
-      batch_size=t.batch_size, seed=config.seed, momentum=o.momentum,
-      weight_decay=o.weight_decay, eta_min=o.eta_min,
-      init_scale=float(t.get('init_scale', m.init_scale)),
-      augment=d.augment, crop_padding=d.crop_padding, flip=d.flip,
-      eval_batch_size=config.train.eval_batch_size,
-      log=lambda line: print_fn(f'[{TEACHER}] {line}'))
-  final = history[-1]
-  meta = {'test_accuracy': float(final['test_accuracy']), 'test_loss': float(final['test_loss']),
-          'train_accuracy': float(final['train_accuracy']), 'epochs': int(t.epochs),
-          'init_scale': float(t.get('init_scale', m.init_scale)),
-          'learning_rate': float(t.learning_rate), 'batch_size': int(t.batch_size),
-          'dataset': info.name, 'seconds': time.time() - start, 'history': history}
-  teacher.save_teacher(teacher_dir, spec, params, meta)
-  print_fn(f"[{TEACHER}] final test_accuracy={meta['test_accuracy']:.4f} "
-           f"({meta['seconds']:.1f}s)")
-  return meta
+  """Trains and saves the BP teacher exactly as `python -m experiments.train_teacher` does."""
+  from experiments import train_teacher as train_teacher_lib  # pylint: disable=g-import-not-at-top
+  return train_teacher_lib.run(config, teacher_dir,
+                               print_fn=lambda line: print_fn(f'[{TEACHER}] {line}'))
 
 
 def run_all(config, workdir: str, runs: Sequence[str] = RUNS,
@@ -247,6 +218,7 @@ def _layer_table(summaries: dict, key: str, which: str, config, spec: str) -> li
 
 def write_report(config, workdir: str, print_fn: Callable[[str], None] = print) -> str:
   """Writes `ablation.md` and the overlay plots from whatever runs exist in `workdir`."""
+  from experiments import train_teacher as train_teacher_lib  # pylint: disable=g-import-not-at-top
   from experiments import plots  # pylint: disable=g-import-not-at-top
 
   workdir = os.path.abspath(workdir)
@@ -275,7 +247,7 @@ def write_report(config, workdir: str, print_fn: Callable[[str], None] = print) 
       f'- **KD**: layers {tuple(s.kd.layers) or "all hidden"}, output={s.kd.output} '
       f'(α={s.kd.alpha}, τ={s.kd.temperature}); teacher: {config.teacher.epochs} epochs, lr '
       f'{config.teacher.learning_rate}, init scale '
-      f'{config.teacher.get("init_scale", m.init_scale)} (EP: {m.init_scale})',
+      f'{train_teacher_lib.init_scale(config)} (EP: {m.init_scale})',
       f'- **κ**: {s.kappa.schedule}, init {s.kappa.init}, min {s.kappa.min}, gamma '
       f'{s.kappa.gamma}, per_layer {tuple(s.kappa.per_layer) or "-"}',
       '',

@@ -4,21 +4,25 @@ r"""Trains the backprop teacher (the CRNN's feed-forward twin) and saves it for 
         --workdir=/tmp/teacher_digits --config.teacher.epochs=5
 
 The teacher has the CRNN's layers (`config.model`), is trained with SGD momentum + cosine
-learning rate on cross-entropy (`config.teacher.*`; momentum, weight decay and eta_min from
-`config.optim`), and is saved to `workdir` (`ep_jax.teacher.save_teacher`). Point
+learning rate on cross-entropy (`config.teacher.*`, including its own `init_scale`; momentum,
+weight decay and eta_min from `config.optim`), and is saved to `workdir` (`ep_jax.teacher.save_teacher`). Point
 `config.signals.kd.teacher_workdir` at that workdir. Its test accuracy is the BP baseline;
 the last line printed is `final test_accuracy=<float>`.
 """
 
 from __future__ import annotations
 
+import functools
 import time
+from typing import Callable
 
 from absl import app, flags
 from ml_collections import config_flags
 
 from ep_jax import data, network, teacher
+from ep_jax import train as train_lib
 from experiments import cli
+
 
 def build_spec(config, info: data.DatasetInfo) -> network.NetworkSpec:
   """The teacher's spec: the CRNN's `config.model` layers with a softmax readout."""
@@ -28,35 +32,38 @@ def build_spec(config, info: data.DatasetInfo) -> network.NetworkSpec:
                            kernel_size=config.model.kernel_size, padding=config.model.padding)
 
 
-def run(config, workdir: str) -> dict:
-  """Loads the data, trains the teacher, saves it; returns the info written to teacher.json."""
+def init_scale(config) -> float:
+  """The teacher's weight init scale: `config.teacher.init_scale`, or the CRNN's when 0."""
+  return float(config.teacher.get('init_scale', 0.0)) or float(config.model.init_scale)
+
+
+def run(config, workdir: str, print_fn: Callable[[str], None] = print) -> dict:
+  """Loads the data, trains the teacher, saves it; returns the info written to teacher.json.
+
+  `print_fn` receives every progress line (the ablation prefixes them with the run name).
+  """
   start = time.time()
-  d = config.data
-  train_split, test_split, info = data.load_dataset(
-      d.dataset, data_dir=d.data_dir or None, train_files=tuple(d.train_files),
-      test_files=tuple(d.test_files), train_subset=d.train_subset, test_subset=d.test_subset,
-      seed=config.seed)
+  d, t = config.data, config.teacher
+  train_split, test_split, info = train_lib.load_data(config)
   spec = build_spec(config, info)
-  print(f'teacher: dataset={info.name} train={info.num_train} test={info.num_test} '
-        f'layout={spec.layout!r} dense={spec.dense} activation={spec.activation} '
-        f'state_shapes={spec.state_shapes}', flush=True)
-  log = lambda line: print(line, flush=True)
+  print_fn(f'teacher: dataset={info.name} train={info.num_train} test={info.num_test} '
+           f'layout={spec.layout!r} dense={spec.dense} activation={spec.activation} '
+           f'init_scale={init_scale(config)} state_shapes={spec.state_shapes}')
   params, history = teacher.train(
-      spec, train_split, test_split, info, epochs=config.teacher.epochs,
-      learning_rate=config.teacher.learning_rate, batch_size=config.teacher.batch_size,
-      seed=config.seed, momentum=config.optim.momentum, weight_decay=config.optim.weight_decay,
-      eta_min=config.optim.eta_min, init_scale=config.model.init_scale,
-      augment=d.augment, crop_padding=d.crop_padding, flip=d.flip,
-      eval_batch_size=config.train.eval_batch_size, log=log)
+      spec, train_split, test_split, info, epochs=t.epochs, learning_rate=t.learning_rate,
+      batch_size=t.batch_size, seed=config.seed, momentum=config.optim.momentum,
+      weight_decay=config.optim.weight_decay, eta_min=config.optim.eta_min,
+      init_scale=init_scale(config), augment=d.augment, crop_padding=d.crop_padding,
+      flip=d.flip, eval_batch_size=config.train.eval_batch_size, log=print_fn)
   final = history[-1]
   meta = {'test_accuracy': float(final['test_accuracy']), 'test_loss': float(final['test_loss']),
-          'train_accuracy': float(final['train_accuracy']), 'epochs': int(config.teacher.epochs),
-          'learning_rate': float(config.teacher.learning_rate),
-          'batch_size': int(config.teacher.batch_size), 'dataset': info.name,
+          'train_accuracy': float(final['train_accuracy']), 'epochs': int(t.epochs),
+          'init_scale': init_scale(config), 'learning_rate': float(t.learning_rate),
+          'batch_size': int(t.batch_size), 'dataset': info.name,
           'seconds': time.time() - start, 'history': history}
   step = teacher.save_teacher(workdir, spec, params, meta)
-  print(f'saved teacher to {workdir} (step {step}) in {time.time() - start:.1f}s', flush=True)
-  print(f"final test_accuracy={meta['test_accuracy']:.4f}", flush=True)
+  print_fn(f'saved teacher to {workdir} (step {step}) in {time.time() - start:.1f}s')
+  print_fn(f"final test_accuracy={meta['test_accuracy']:.4f}")
   return meta
 
 
@@ -66,7 +73,7 @@ def main(argv):
   if not _WORKDIR.value:
     raise app.UsageError('--workdir is required')
   cli.quiet_logging()
-  run(_CONFIG.value, _WORKDIR.value)
+  run(_CONFIG.value, _WORKDIR.value, print_fn=functools.partial(print, flush=True))
 
 
 if __name__ == '__main__':

@@ -105,3 +105,19 @@ def test_train_teacher_script_on_digits(tmp_path):
   spec, params, info = teacher.load_teacher(workdir)
   assert spec.state_shapes == ((4, 4, 16),) and spec.readout == 'softmax'
   assert info['test_accuracy'] == meta['test_accuracy']
+  assert info['init_scale'] == config.model.init_scale  # teacher.init_scale = 0: the CRNN's
+
+
+def test_train_teacher_uses_its_own_init_scale(tmp_path):
+  """`config.teacher.init_scale` (the ablation's deep twin needs 4) reaches the initialisation."""
+  config = default.get_config()
+  config.model.layout = '16,M'
+  config.teacher.epochs = 1
+  metas = {}
+  for scale in (0.0, 3.0):
+    config.teacher.init_scale = scale
+    metas[scale] = train_teacher.run(config, str(tmp_path / f's{scale}'), print_fn=lambda _: None)
+  assert metas[0.0]['init_scale'] == config.model.init_scale == 1.0
+  assert metas[3.0]['init_scale'] == 3.0
+  # A 3x larger initialisation changes what one epoch of training produces.
+  assert metas[3.0]['history'][0]['train_loss'] != metas[0.0]['history'][0]['train_loss']

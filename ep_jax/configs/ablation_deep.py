@@ -68,8 +68,7 @@ def get_config():
   config.teacher.epochs = 15
   config.teacher.learning_rate = 0.05
   config.teacher.batch_size = 64
-  # Ablation-only field (read by experiments.ablation, not by experiments.train_teacher): the
-  # feed-forward twin does not train at init scale 1 (its activations vanish with depth;
+  # The feed-forward twin does not train at init scale 1 (its activations vanish with depth;
   # measured: chance accuracy after 10 epochs), at 4 it reaches ~40% in 10 epochs on 2048
   # examples, and its activations (mean ~0.2 per layer) are the KD targets.
   config.teacher.init_scale = 4.0

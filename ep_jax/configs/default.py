@@ -98,4 +98,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.teacher.epochs = 20
   config.teacher.learning_rate = 0.05
   config.teacher.batch_size = 64
+  config.teacher.init_scale = 0.0  # the teacher's weight init scale; 0 = model.init_scale
   return config
