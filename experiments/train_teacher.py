@@ -5,9 +5,9 @@ r"""Trains the backprop teacher (the CRNN's feed-forward twin) and saves it for 
 
 The teacher has the CRNN's layers (`config.model`), is trained with SGD momentum + cosine
 learning rate on cross-entropy (`config.teacher.*`, including its own `init_scale`; momentum,
-weight decay and eta_min from `config.optim`), and is saved to `workdir` (`ep_jax.teacher.save_teacher`). Point
-`config.signals.kd.teacher_workdir` at that workdir. Its test accuracy is the BP baseline;
-the last line printed is `final test_accuracy=<float>`.
+weight decay and eta_min from `config.optim`), and is saved to `workdir`
+(`ep_jax.teacher.save_teacher`). Point `config.signals.kd.teacher_workdir` at that workdir.
+Its test accuracy is the BP baseline; the last line printed is `final test_accuracy=<float>`.
 """
 
 from __future__ import annotations
