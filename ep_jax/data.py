@@ -236,12 +236,8 @@ def load_dataset(
         info_name = name
     else:
         key = name.lower().replace("-", "_")
-        if key == "digits":
-            train, test = _load_digits()
-            num_classes = 10
-            mean, std = _channel_stats(train.images)
-        elif key == "mnist5k":
-            train, test = _load_mnist5k()
+        if key in _EMBEDDED_LOADERS:
+            train, test = _EMBEDDED_LOADERS[key]()
             num_classes = 10
             mean, std = _channel_stats(train.images)
         elif key in _TFDS_DATASETS:
@@ -383,6 +379,10 @@ def _load_mnist5k() -> tuple[Split, Split]:
         Split(images[train_idx], labels[train_idx]),
         Split(images[test_idx], labels[test_idx]),
     )
+
+
+# Datasets that ship with a package (no download): name -> loader of (train, test), 10 classes.
+_EMBEDDED_LOADERS = {"digits": _load_digits, "mnist5k": _load_mnist5k}
 
 
 # ---- tfds ----------------------------------------------------------------------------

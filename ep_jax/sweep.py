@@ -317,6 +317,17 @@ def is_finished(run_dir: str, epochs: int) -> bool:
   return bool(records) and int(records[-1].get('epoch') or 0) >= int(epochs)
 
 
+def diverged_message(run_dir: str) -> Optional[str]:
+  """The message `mark_diverged` wrote into `run_dir`, or None when the run is not marked."""
+  if not is_diverged(run_dir):
+    return None
+  try:
+    with open(os.path.join(run_dir, DIVERGED_FILE), 'r', encoding='utf-8') as f:
+      return str(json.load(f).get('error', 'diverged'))
+  except (OSError, ValueError):
+    return f'diverged (unreadable {DIVERGED_FILE})'
+
+
 def mark_diverged(run_dir: str, message: str) -> None:
   """Writes `diverged.json` with the error message into `run_dir`."""
   os.makedirs(run_dir, exist_ok=True)

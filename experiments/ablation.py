@@ -82,13 +82,7 @@ def ep_done(run_dir: str, config) -> bool:
 def stop_message(run_dir: str) -> Optional[str]:
   """The error that stopped a run for good, or None."""
   from ep_jax import sweep  # pylint: disable=g-import-not-at-top
-  if not sweep.is_diverged(run_dir):
-    return None
-  try:
-    with open(os.path.join(run_dir, sweep.DIVERGED_FILE), 'r', encoding='utf-8') as f:
-      return str(json.load(f).get('error', 'stopped'))
-  except (OSError, ValueError):
-    return 'stopped (unreadable diverged.json)'
+  return sweep.diverged_message(run_dir)
 
 
 def train_teacher(config, teacher_dir: str, print_fn: Callable[[str], None] = print) -> dict:

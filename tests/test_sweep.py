@@ -326,3 +326,15 @@ def test_slurm_script_vmapped_seeds(tmp_path):
   # The task's single-point grid names the same folder as the full sweep.
   single = sweep.make_sweep(config, argv[4][len('--grid='):], 3, str(tmp_path))
   assert single.points[0].name == plan.points[1].name
+
+
+def test_diverged_marker_round_trip(tmp_path):
+  """`mark_diverged` writes the message that `diverged_message` (the ablation's report) reads."""
+  run_dir = str(tmp_path / 'run')
+  assert sweep.diverged_message(run_dir) is None and not sweep.is_diverged(run_dir)
+  sweep.mark_diverged(run_dir, 'the free phase did not converge at epoch 3')
+  assert sweep.is_diverged(run_dir)
+  assert sweep.diverged_message(run_dir) == 'the free phase did not converge at epoch 3'
+  with open(os.path.join(run_dir, sweep.DIVERGED_FILE), 'w') as f:
+    f.write('{not json')
+  assert sweep.diverged_message(run_dir) == 'diverged (unreadable diverged.json)'
