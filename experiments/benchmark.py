@@ -187,7 +187,7 @@ def grad_cosines(args, spec, ep, params, batch) -> dict:
   import jax
   import jax.numpy as jnp
 
-  from ep_jax import network
+  from ep_jax import gdu
   from ep_jax.estimators import ep_gradient
 
   def grads(dtype, compute_dtype):
@@ -200,17 +200,11 @@ def grad_cosines(args, spec, ep, params, batch) -> dict:
   low = grads(jnp.bfloat16 if args.state_dtype == 'bfloat16' else jnp.float32,
               ep.compute_dtype)
   ref = grads(jnp.float32, None)
-  names = network.synapse_names(spec)
-  per_group = {}
-  for name, g_low, g_ref in zip(names, list(low['layers']) + [low.get('readout')],
-                                list(ref['layers']) + [ref.get('readout')]):
-    if g_low is None:
-      continue
-    a = jnp.concatenate([jnp.ravel(v).astype(jnp.float32) for v in jax.tree.leaves(g_low)])
-    b = jnp.concatenate([jnp.ravel(v).astype(jnp.float32) for v in jax.tree.leaves(g_ref)])
-    per_group[name] = round(float(jnp.vdot(a, b) / (jnp.linalg.norm(a) * jnp.linalg.norm(b))),
-                            6)
-  return {'per_group': per_group, 'min': min(per_group.values())}
+  # A group whose float32 gradient is zero has no cosine (None).
+  per_group = {group: None if stats['cos'] is None else round(stats['cos'], 6)
+               for group, stats in gdu.compare(low, ref, spec).items() if group != gdu.ALL}
+  defined = [c for c in per_group.values() if c is not None]
+  return {'per_group': per_group, 'min': min(defined) if defined else None}
 
 
 def run(argv: Sequence[str] | None = None) -> dict:

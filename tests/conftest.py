@@ -12,7 +12,15 @@ import pytest  # noqa: E402
 
 
 def flat(tree):
-  return jnp.concatenate([jnp.ravel(leaf) for leaf in jax.tree_util.tree_leaves(tree)])
+  """All leaves of `tree` as one vector (at least float32: bfloat16 leaves are promoted)."""
+  return jnp.concatenate([jnp.ravel(leaf).astype(jnp.promote_types(leaf.dtype, jnp.float32))
+                          for leaf in jax.tree_util.tree_leaves(tree)])
+
+
+def cosine(a, b):
+  """Cosine similarity of two pytrees flattened to one vector each."""
+  u, v = flat(a), flat(b)
+  return float(u @ v / (jnp.linalg.norm(u) * jnp.linalg.norm(v)))
 
 
 def relative_error(estimate, reference):

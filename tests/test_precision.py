@@ -5,14 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import cosine
 from ep_jax import data, energy, network, relaxation
 from ep_jax.estimators import EPConfig, ep_gradient
-
-
-def _cosine(a, b):
-  a = jnp.concatenate([jnp.ravel(v).astype(jnp.float32) for v in jax.tree.leaves(a)])
-  b = jnp.concatenate([jnp.ravel(v).astype(jnp.float32) for v in jax.tree.leaves(b)])
-  return float(a @ b / (jnp.linalg.norm(a) * jnp.linalg.norm(b)))
 
 
 @pytest.fixture(scope='module')
@@ -42,7 +37,7 @@ def test_mixed_conv_rounds_operands_and_accumulates_in_float32():
   ds, dw = jax.vjp(lambda a, b: energy.conv2d_loop(a, b, 'SAME', jnp.bfloat16), s, w)[1](g)
   ds_ref, dw_ref = jax.vjp(lambda a, b: energy.conv2d(a, b), s, w)[1](g)
   assert ds.dtype == jnp.float32 and dw.dtype == jnp.float32
-  assert _cosine(ds, ds_ref) > 0.999 and _cosine(dw, dw_ref) > 0.999
+  assert cosine(ds, ds_ref) > 0.999 and cosine(dw, dw_ref) > 0.999
   m = energy.matmul(s.reshape(2, -1), jnp.ones((180, 3)), jnp.bfloat16)
   assert m.dtype == jnp.float32
 
@@ -78,7 +73,7 @@ def test_mixed_precision_gradient_aligned_with_float32(digits_setup, mode):
   for name, a, b in zip(network.synapse_names(spec), list(mixed['layers']) + [mixed['readout']],
                         list(ref['layers']) + [ref['readout']]):
     assert jax.tree.leaves(a)[0].dtype == jnp.float32
-    assert _cosine(a, b) >= 0.99, (name, _cosine(a, b))
+    assert cosine(a, b) >= 0.99, (name, cosine(a, b))
 
 
 def test_compute_dtype_validation():
