@@ -18,7 +18,8 @@ Both have the same fixed points.
 `relax` runs a `lax.while_loop` that stops when the largest absolute state change falls to
 `tol` or below, at `max_steps`, or when the residual stops being finite (divergence); it
 returns the steps used and the final residual. `tol <= 0` means exactly `max_steps` steps.
-`relax_fixed` is a `lax.scan` over a static number of steps, differentiable (used by BPTT).
+`relax_fixed` is a `lax.scan` over a static number of steps, differentiable (used by BPTT);
+`residual_trace` returns the residual of every step of such a scan (convergence diagnostics).
 """
 
 from __future__ import annotations
@@ -302,13 +303,8 @@ def relax(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, *, targe
   return RelaxResult(final, steps, residual, per_layer)
 
 
-def relax_fixed(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, *, steps: int,
-                targets=None, beta=None, cost_fn: Optional[CostFn] = None,
-                mode: str = 'sync', compute_dtype=None) -> RelaxResult:
-  """Exactly `steps` (static) updates with `lax.scan`; differentiable w.r.t. params and x.
-
-  compute_dtype: as in `relax`.
-  """
+def _scan(spec, params, x, states, steps, targets, beta, cost_fn, mode, compute_dtype):
+  """`(final states, per-step per-layer residuals (steps, L))` of `steps` updates."""
   if mode not in MODES:
     raise ValueError(f'unknown relaxation mode {mode!r}; known: {MODES}')
   prepared, compute_dtype = _setup(spec, params, x, states, compute_dtype)
@@ -317,6 +313,29 @@ def relax_fixed(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, *,
     new = _step(spec, params, x, prepared, s, targets, beta, cost_fn, mode, compute_dtype)
     return new, layer_changes(new, s)
 
-  final, residuals = lax.scan(body, tuple(states), None, length=steps)
+  return lax.scan(body, tuple(states), None, length=steps)
+
+
+def relax_fixed(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, *, steps: int,
+                targets=None, beta=None, cost_fn: Optional[CostFn] = None,
+                mode: str = 'sync', compute_dtype=None) -> RelaxResult:
+  """Exactly `steps` (static) updates with `lax.scan`; differentiable w.r.t. params and x.
+
+  compute_dtype: as in `relax`.
+  """
+  final, residuals = _scan(spec, params, x, states, steps, targets, beta, cost_fn, mode,
+                           compute_dtype)
   per_layer = residuals[-1] if steps > 0 else jnp.full((len(states),), jnp.inf)
   return RelaxResult(final, jnp.asarray(steps, jnp.int32), jnp.max(per_layer), per_layer)
+
+
+def residual_trace(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, *, steps: int,
+                   targets=None, beta=None, cost_fn: Optional[CostFn] = None,
+                   mode: str = 'sync', compute_dtype=None) -> jax.Array:
+  """The residual after each of `steps` (static) updates, `(steps, L)`:
+  `trace[t - 1, l] = max |s_l^t - s_l^{t-1}|`.
+
+  `relax(..., tol=τ)` stops at the first t with `max_l trace[t - 1, l] <= τ`; the trace also
+  shows what a fixed T would leave and whether the dynamics settle or keep moving.
+  """
+  return _scan(spec, params, x, states, steps, targets, beta, cost_fn, mode, compute_dtype)[1]

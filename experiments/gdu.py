@@ -153,10 +153,10 @@ def run(config, workdir: str, *, betas, batch_size: int = 8,
   return report
 
 
-def load_run_params(run_dir: str, step=None):
+def load_run_params(run_dir: str, step=None, flag: str = '--params_from'):
   """`(config, restore)` of a training run: its `config.json` and `restore(spec)`, which
   returns `(params, description)` from checkpoint `step` (None: the latest); `params` includes
-  trained signal heads under `'signals'`."""
+  trained signal heads under `'signals'`. Errors name `flag`, the caller's option."""
   import ml_collections  # pylint: disable=g-import-not-at-top
 
   from ep_jax import train as train_lib  # pylint: disable=g-import-not-at-top
@@ -164,7 +164,7 @@ def load_run_params(run_dir: str, step=None):
 
   path = os.path.join(run_dir, 'config.json')
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'--params_from: {run_dir!r} has no config.json (not a workdir of '
+    raise FileNotFoundError(f'{flag}: {run_dir!r} has no config.json (not a workdir of '
                             'experiments.train)')
   with open(path, 'r', encoding='utf-8') as f:
     config = ml_collections.ConfigDict(json.load(f))
@@ -174,7 +174,7 @@ def load_run_params(run_dir: str, step=None):
     with Checkpointer(os.path.join(run_dir, 'checkpoints')) as ckpt:
       chosen = ckpt.latest_step() if step is None else int(step)
       if chosen is None:
-        raise FileNotFoundError(f'--params_from: no checkpoint in {run_dir}/checkpoints')
+        raise FileNotFoundError(f'{flag}: no checkpoint in {run_dir}/checkpoints')
       state, extra = ckpt.restore(target, step=chosen)
     return dict(state.params), (f'checkpoint {chosen} (end of epoch {int(extra["epoch"]) + 1})'
                                 f' of {run_dir}')

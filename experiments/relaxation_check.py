@@ -1,0 +1,155 @@
+r"""How a trained network's free phase converges, synchronous vs asynchronous updates.
+
+  python -m experiments.relaxation_check --run_dir=runs/mnist [--step=N] [--batch_size=128] \
+      [--split=train|test] [--modes=sync,async] [--tols=1e-3,1e-4,1e-5] [--max_steps=1000] \
+      [--at=60,250] [--out=PATH]
+
+Loads a training run (its `config.json` and checkpoint `--step`, default the latest), takes the
+first `--batch_size` examples of `--split`, and runs the free phase from zero states for
+`--max_steps` steps in each mode, recording the residual `max |s^t - s^{t-1}|` of every step
+(`ep_jax.relaxation.residual_trace`, the run's state and compute dtypes). Per mode it reports:
+
+* `steps_to_tol`: the step at which `relax(..., tol=τ)` would stop, for each τ in `--tols`
+  (None: not reached within `--max_steps`);
+* `residual_at`: the residual after each T in `--at` (what a fixed T1 leaves);
+* `tail_max`: the largest residual over the last 10% of the steps, and `settles`: whether it is
+  at most the smallest τ (a relaxation that reached τ once but keeps moving does not settle).
+
+Prints a markdown table and writes everything to `--out` (default
+`<run_dir>/relaxation_check.json`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Optional, Sequence
+
+from absl import app, flags
+
+from experiments import cli
+from experiments.gdu import load_run_params
+
+
+def summarize(trace, *, tols: Sequence[float], at: Sequence[int]) -> dict:
+  """Summary of a residual trace `(steps, L)` (see the module docstring)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  residual = np.asarray(trace, np.float64).max(axis=1)
+  steps = len(residual)
+  if steps == 0:
+    raise ValueError('the trace has no steps')
+
+  def first_at_most(tol):
+    hits = np.flatnonzero(residual <= tol)
+    return int(hits[0]) + 1 if hits.size else None
+
+  tail = residual[steps - max(1, steps // 10):]
+  tail_max = float(tail.max())
+  return {
+      'steps_to_tol': {f'{t:g}': first_at_most(t) for t in tols},
+      'residual_at': {str(t): float(residual[t - 1]) for t in at if 1 <= t <= steps},
+      'final_residual': float(residual[-1]),
+      'tail_max': tail_max,
+      'settles': bool(np.isfinite(tail_max) and tail_max <= min(tols)),
+  }
+
+
+def markdown(report: dict) -> str:
+  """A table: one row per mode."""
+  tols, at = report['tols'], [t for t in report['at'] if t <= report['max_steps']]
+  head = (['mode'] + [f'steps to {t:g}' for t in tols] + [f'residual at {t}' for t in at] +
+          [f'max residual, last 10% of {report["max_steps"]}', 'settles'])
+  lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  for mode, r in report['modes'].items():
+    cells = [mode] + [str(r['steps_to_tol'][f'{t:g}'] or f'> {report["max_steps"]}')
+                      for t in tols]
+    cells += [f'{r["residual_at"][str(t)]:.2e}' for t in at]
+    cells += [f'{r["tail_max"]:.2e}', 'yes' if r['settles'] else 'no']
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
+def run(run_dir: str, *, step: Optional[int] = None, batch_size: int = 128,
+        split: str = 'train', modes: Sequence[str] = ('sync', 'async'),
+        tols: Sequence[float] = (1e-3, 1e-4, 1e-5), max_steps: int = 1000,
+        at: Sequence[int] = (60, 250), out: Optional[str] = None, print_fn=print) -> dict:
+  """Computes, prints and writes the report (see the module docstring); returns it."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  from ep_jax import data, network, relaxation  # pylint: disable=g-import-not-at-top
+  from ep_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+
+  for mode in modes:
+    if mode not in relaxation.MODES:
+      raise ValueError(f'unknown mode {mode!r}; known: {relaxation.MODES}')
+  if not tols or any(t <= 0 for t in tols):
+    raise ValueError(f'--tols must be positive numbers, got {list(tols)}')
+  if max_steps < 1:
+    raise ValueError(f'--max_steps must be >= 1, got {max_steps}')
+  if split not in ('train', 'test'):
+    raise ValueError(f"--split must be 'train' or 'test', got {split!r}")
+  start = time.time()
+  config, restore = load_run_params(run_dir, step, flag='--run_dir')
+  train_split, test_split, info = train_lib.load_data(config)
+  examples = train_split if split == 'train' else test_split
+  if not 1 <= batch_size <= len(examples):
+    raise ValueError(f'--batch_size must be in [1, {len(examples)}], got {batch_size}')
+  spec = train_lib.build_spec(config, info)
+  params, source = restore(spec)
+  params.pop('signals', None)
+  dtype = train_lib.state_dtype(config)
+  compute_dtype = train_lib.build_ep_config(config).compute_dtype
+  x = jnp.asarray(data.normalize(examples.images[:batch_size], info), dtype)
+  states = network.init_states(spec, batch_size, dtype)
+  report = {'run_dir': run_dir, 'parameters': source, 'split': split, 'batch_size': batch_size,
+            'layout': spec.layout, 'max_steps': max_steps, 'tols': list(tols), 'at': list(at),
+            'modes': {}}
+  for mode in modes:
+    trace_fn = jax.jit(lambda p, x, s, mode=mode: relaxation.residual_trace(
+        spec, p, x, s, steps=max_steps, mode=mode, compute_dtype=compute_dtype))
+    report['modes'][mode] = summarize(trace_fn(params, x, states), tols=tols, at=at)
+  report['seconds'] = round(time.time() - start, 1)
+  out = out or os.path.join(run_dir, 'relaxation_check.json')
+  with open(out, 'w', encoding='utf-8') as f:
+    json.dump(report, f, indent=1)
+  print_fn(f'{source}; first {batch_size} {split} examples, free phase from zero states')
+  print_fn(markdown(report))
+  print_fn(f'wrote {out} ({report["seconds"]}s)')
+  return report
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  cli.quiet_logging()
+  try:
+    tols = [float(t) for t in _TOLS.value]
+    at = [int(t) for t in _AT.value]
+  except ValueError as e:
+    raise app.UsageError(f'--tols and --at must be numbers: {e}') from None
+  run(_RUN_DIR.value, step=_STEP.value, batch_size=_BATCH.value, split=_SPLIT.value,
+      modes=tuple(_MODES.value), tols=tols, max_steps=_MAX_STEPS.value, at=at, out=_OUT.value)
+
+
+def define_flags() -> None:
+  """Defines this script's flags (only when run as a script, so tests can import it)."""
+  global _RUN_DIR, _STEP, _BATCH, _SPLIT, _MODES, _TOLS, _MAX_STEPS, _AT, _OUT
+  _RUN_DIR = flags.DEFINE_string('run_dir', None, 'Workdir of an experiments.train run.',
+                                 required=True)
+  _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
+  _BATCH = flags.DEFINE_integer('batch_size', 128, 'Examples relaxed together.')
+  _SPLIT = flags.DEFINE_enum('split', 'train', ['train', 'test'], 'Where the examples come from.')
+  _MODES = flags.DEFINE_list('modes', ['sync', 'async'], 'Update schedules to compare.')
+  _TOLS = flags.DEFINE_list('tols', ['1e-3', '1e-4', '1e-5'], 'Residual tolerances.')
+  _MAX_STEPS = flags.DEFINE_integer('max_steps', 1000, 'Steps of each relaxation.')
+  _AT = flags.DEFINE_list('at', ['60', '250'], 'Report the residual after these step counts.')
+  _OUT = flags.DEFINE_string('out', None,
+                             'JSON output (default: <run_dir>/relaxation_check.json).')
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)
