@@ -31,24 +31,6 @@ from ml_collections import config_flags
 
 _CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                            'ep_jax', 'configs')
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', os.path.join(_CONFIG_DIR, 'quickstart.py'), 'Experiment config file.',
-    lock_config=True)
-_GRID = flags.DEFINE_string(
-    'grid', '', "Grid, e.g. 'optim.learning_rates=[0.05,0.1];ep.beta=[0.5,1.0]' ('' = the "
-    'config as is).')
-_SEEDS = flags.DEFINE_integer('seeds', 1, 'Seeds per configuration: config.seed + i.')
-_VMAP_SEEDS = flags.DEFINE_bool('vmap_seeds', False,
-                                'Train the seeds of a configuration together with jax.vmap.')
-_LAUNCHER = flags.DEFINE_enum('launcher', 'local', ['local', 'slurm'],
-                              'local: run here; slurm: write an sbatch array script.')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Sweep folder.', required=True)
-_AGGREGATE = flags.DEFINE_bool('aggregate', True,
-                               'local: write sweep.csv/md/png at the end (the slurm tasks of '
-                               'a vmapped sweep turn it off).')
-_SBATCH = flags.DEFINE_multi_string('sbatch', [],
-                                    "slurm: extra '#SBATCH' lines, e.g. --sbatch=--gres=gpu:1 "
-                                    '--sbatch=--time=04:00:00')
 
 
 def main(argv):
@@ -85,5 +67,29 @@ def main(argv):
                   aggregate_results=_AGGREGATE.value)
 
 
+def define_flags() -> None:
+  """Defines this script's flags (only when run as a script, so other code can import it)."""
+  global _CONFIG, _GRID, _SEEDS, _VMAP_SEEDS, _LAUNCHER, _WORKDIR, _AGGREGATE, _SBATCH
+  _CONFIG = config_flags.DEFINE_config_file(
+      'config', os.path.join(_CONFIG_DIR, 'quickstart.py'), 'Experiment config file.',
+      lock_config=True)
+  _GRID = flags.DEFINE_string(
+      'grid', '', "Grid, e.g. 'optim.learning_rates=[0.05,0.1];ep.beta=[0.5,1.0]' ('' = the "
+      'config as is).')
+  _SEEDS = flags.DEFINE_integer('seeds', 1, 'Seeds per configuration: config.seed + i.')
+  _VMAP_SEEDS = flags.DEFINE_bool('vmap_seeds', False,
+                                  'Train the seeds of a configuration together with jax.vmap.')
+  _LAUNCHER = flags.DEFINE_enum('launcher', 'local', ['local', 'slurm'],
+                                'local: run here; slurm: write an sbatch array script.')
+  _WORKDIR = flags.DEFINE_string('workdir', None, 'Sweep folder.', required=True)
+  _AGGREGATE = flags.DEFINE_bool('aggregate', True,
+                                 'local: write sweep.csv/md/png at the end (the slurm tasks of '
+                                 'a vmapped sweep turn it off).')
+  _SBATCH = flags.DEFINE_multi_string('sbatch', [],
+                                      "slurm: extra '#SBATCH' lines, e.g. --sbatch=--gres=gpu:1 "
+                                      '--sbatch=--time=04:00:00')
+
+
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

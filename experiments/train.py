@@ -18,10 +18,6 @@ from experiments import cli
 
 _CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                            'ep_jax', 'configs')
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', os.path.join(_CONFIG_DIR, 'quickstart.py'), 'Experiment config file.',
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Output folder (default: a new runs/<time>-<config>).')
 
 
 def default_workdir(config_path: str) -> str:
@@ -39,5 +35,16 @@ def main(argv):
   train.train_and_evaluate(_CONFIG.value, workdir)
 
 
+def define_flags() -> None:
+  """Defines this script's flags (only when run as a script, so other code can import it)."""
+  global _CONFIG, _WORKDIR
+  _CONFIG = config_flags.DEFINE_config_file(
+      'config', os.path.join(_CONFIG_DIR, 'quickstart.py'), 'Experiment config file.',
+      lock_config=True)
+  _WORKDIR = flags.DEFINE_string('workdir', None,
+                                 'Output folder (default: a new runs/<time>-<config>).')
+
+
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
