@@ -91,7 +91,7 @@ class _Forces:
 
   The convolution `W_l ⋆ s_{l-1}` of each conv layer is computed once and shared between its
   drive and the feedback it sends down (a trace-time cache, invalidated when the layer below
-  changes). The bias is added after pooling (`P(u + b) = P(u) + b` for a per-channel bias; the
+  changes; `convs` seeds it with convolutions carried over from the previous step). The bias is added after pooling (`P(u + b) = P(u) + b` for a per-channel bias; the
   argmax routing is taken on `u`). The input layer's drive and the transposed kernels are
   passed in precomputed. The nudge's state gradient comes from `jax.grad` of the cost alone
   (it only touches the layers the cost reads). With `compute_dtype` (mixed precision) the
@@ -99,12 +99,12 @@ class _Forces:
   """
 
   def __init__(self, spec, params, prepared, states, targets, beta, cost_fn,
-               compute_dtype=None):
+               compute_dtype=None, convs=None):
     self.spec, self.params, self.compute_dtype = spec, params, compute_dtype
     self.drive0, self.kernels_t = prepared
     self.states = list(states)
     self.targets, self.beta, self.cost_fn = targets, beta, cost_fn
-    self._conv = {}
+    self._conv = dict(convs or {})  # {l: W_l ⋆ s_{l-1}} valid for `states`
 
   def set(self, l, value):
     self.states[l] = value
@@ -207,8 +207,36 @@ def force(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, targets:
   return _Forces(spec, params, prepared, states, targets, beta, cost_fn, compute_dtype)(layers)
 
 
-def _step(spec, params, x, prepared, states, targets, beta, cost_fn, mode, compute_dtype=None):
-  """One update; `prepared` is `_prepare(...)` (hoisted out of loops) or None (complex)."""
+def carried_conv_layers(spec: NetworkSpec, num_states: int, mode: str) -> tuple[int, ...]:
+  """Conv layers l whose convolution `W_l ⋆ s_{l-1}` an async step can hand to the next one.
+
+  In an async step the odd layers update last, from the new even states: the convolutions of
+  the even layers' states (`W_l ⋆ s_{l-1}`, l-1 even) computed for the odd layers' drives are
+  still valid at the end of the step, and the next step's even half needs them again (for the
+  max-unpooling routing of the feedback to layer l-1, and as the drive of layer l). A sync
+  step changes every layer, so nothing carries over.
+  """
+  if mode != 'async':
+    return ()
+  return tuple(l for l in range(1, min(spec.num_conv, num_states)) if (l - 1) % 2 == 0)
+
+
+def _initial_convs(spec, params, prepared, states, mode, compute_dtype):
+  """The carried convolutions of the initial states (see `carried_conv_layers`)."""
+  layers = carried_conv_layers(spec, len(states), mode) if prepared is not None else ()
+  if not layers:
+    return {}
+  forces = _Forces(spec, params, prepared, states, None, None, None, compute_dtype)
+  return {l: forces.conv(l) for l in layers}
+
+
+def _step(spec, params, x, prepared, states, targets, beta, cost_fn, mode, compute_dtype=None,
+          convs=None):
+  """One update; `prepared` is `_prepare(...)` (hoisted out of loops) or None (complex).
+
+  convs: the carried convolutions valid for `states` (`_initial_convs` or the previous step's).
+  Returns `(new states, carried convolutions valid for them)`.
+  """
   sigma = activations.get(spec.activation)
   if mode not in MODES:
     raise ValueError(f'unknown relaxation mode {mode!r}; known: {MODES}')
@@ -216,7 +244,7 @@ def _step(spec, params, x, prepared, states, targets, beta, cost_fn, mode, compu
   if prepared is None:  # complex states: autodiff forces
     if mode == 'sync':
       return tuple(sigma(f) for f in force_autodiff(spec, params, x, states, targets, beta,
-                                                    cost_fn))
+                                                    cost_fn)), {}
     new = list(states)
     for parity in (0, 1):
       layers = tuple(range(parity, n, 2))
@@ -224,13 +252,14 @@ def _step(spec, params, x, prepared, states, targets, beta, cost_fn, mode, compu
         forces = force_autodiff(spec, params, x, tuple(new), targets, beta, cost_fn, layers)
         for l, f in zip(layers, forces):
           new[l] = sigma(f)
-    return tuple(new)
-  forces = _Forces(spec, params, prepared, states, targets, beta, cost_fn, compute_dtype)
+    return tuple(new), {}
+  forces = _Forces(spec, params, prepared, states, targets, beta, cost_fn, compute_dtype, convs)
   if mode == 'sync':
-    return tuple(sigma(f) for f in forces(tuple(range(n))))
+    return tuple(sigma(f) for f in forces(tuple(range(n)))), {}
   # Async: even layers, then odd layers from the newest even states. The convolutions of the
   # odd layers' states (inputs of the even layers above them) are computed once per step and
-  # reused by the odd half; those of the even layers' states are recomputed after the update.
+  # reused by the odd half; those of the even layers' states are computed for the odd half
+  # and carried to the next step's even half.
   for parity in (0, 1):
     layers = tuple(range(parity, n, 2))
     if not layers:
@@ -238,14 +267,15 @@ def _step(spec, params, x, prepared, states, targets, beta, cost_fn, mode, compu
     new = forces(layers)
     for l, f in zip(layers, new):
       forces.set(l, sigma(f))
-  return tuple(forces.states)
+  return tuple(forces.states), {l: forces.conv(l) for l in carried_conv_layers(spec, n, mode)}
 
 
 def step(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, targets: dict, beta,
          cost_fn: Optional[CostFn], mode: str = 'sync', compute_dtype=None) -> tuple:
   """One update of the dynamics, synchronous or asynchronous (even layers, then odd)."""
   prepared, compute_dtype = _setup(spec, params, x, states, compute_dtype)
-  return _step(spec, params, x, prepared, states, targets, beta, cost_fn, mode, compute_dtype)
+  return _step(spec, params, x, prepared, states, targets, beta, cost_fn, mode,
+               compute_dtype)[0]
 
 
 def layer_changes(new: tuple, old: tuple) -> jax.Array:
@@ -281,7 +311,7 @@ def relax(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, *, targe
   tol = jnp.asarray(tol, real_dtype)
 
   def cond(carry):
-    steps, _, residual, _ = carry
+    steps, _, residual, _, _ = carry
     keep_going = (steps < max_steps) & jnp.isfinite(residual)
     return keep_going & ((residual > tol) | (tol <= 0))
 
@@ -289,15 +319,17 @@ def relax(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, *, targe
   prepared, compute_dtype = _setup(spec, params, x, states, compute_dtype)
 
   def body(carry):
-    steps, s, _, _ = carry
-    new = _step(spec, params, x, prepared, s, targets, beta, cost_fn, mode, compute_dtype)
+    steps, s, _, _, convs = carry
+    new, convs = _step(spec, params, x, prepared, s, targets, beta, cost_fn, mode,
+                       compute_dtype, convs)
     per_layer = layer_changes(new, s).astype(real_dtype)
-    return steps + 1, new, jnp.max(per_layer), per_layer
+    return steps + 1, new, jnp.max(per_layer), per_layer, convs
 
   # The first residual is a large finite number so that the loop starts.
   big = jnp.asarray(jnp.finfo(real_dtype).max, real_dtype)
-  init = (jnp.zeros((), jnp.int32), tuple(states), big, jnp.full((len(states),), big))
-  steps, final, residual, per_layer = lax.while_loop(cond, body, init)
+  init = (jnp.zeros((), jnp.int32), tuple(states), big, jnp.full((len(states),), big),
+          _initial_convs(spec, params, prepared, tuple(states), mode, compute_dtype))
+  steps, final, residual, per_layer, _ = lax.while_loop(cond, body, init)
   residual = jnp.where(steps == 0, jnp.inf, residual)
   per_layer = jnp.where(steps == 0, jnp.inf, per_layer)
   return RelaxResult(final, steps, residual, per_layer)
@@ -309,11 +341,16 @@ def _scan(spec, params, x, states, steps, targets, beta, cost_fn, mode, compute_
     raise ValueError(f'unknown relaxation mode {mode!r}; known: {MODES}')
   prepared, compute_dtype = _setup(spec, params, x, states, compute_dtype)
 
-  def body(s, _):
-    new = _step(spec, params, x, prepared, s, targets, beta, cost_fn, mode, compute_dtype)
-    return new, layer_changes(new, s)
+  def body(carry, _):
+    s, convs = carry
+    new, convs = _step(spec, params, x, prepared, s, targets, beta, cost_fn, mode,
+                       compute_dtype, convs)
+    return (new, convs), layer_changes(new, s)
 
-  return lax.scan(body, tuple(states), None, length=steps)
+  init = (tuple(states), _initial_convs(spec, params, prepared, tuple(states), mode,
+                                        compute_dtype))
+  (final, _), residuals = lax.scan(body, init, None, length=steps)
+  return final, residuals
 
 
 def relax_fixed(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, *, steps: int,

@@ -128,3 +128,20 @@ def test_async_updates_settle_where_sync_updates_oscillate():
   s0 = network.init_states(spec, 3)
   out = relaxation.relax(spec, params, x, s0, max_steps=200, tol=1e-4, mode='async')
   assert int(out.steps) < 200 and float(out.residual) <= 1e-4
+
+
+@pytest.mark.parametrize('layout,dense', [('5,M,6,A,7,M', (6,)), ('4,M,4,4,A,5', (6,)), ('5,M', ())])
+def test_async_loops_carrying_convolutions_equal_fresh_steps(layout, dense):
+  """`relax` / `relax_fixed` hand the even layers' convolutions from one async step to the
+  next; that must give exactly the states of `step` applied repeatedly (which recomputes)."""
+  spec, params, x = _net(layout=layout, dense=dense)
+  s0 = network.init_states(spec, 3)
+  assert relaxation.carried_conv_layers(spec, len(s0), 'sync') == ()
+  expected = s0
+  for _ in range(7):
+    expected = relaxation.step(spec, params, x, expected, None, None, None, mode='async')
+  loop = relaxation.relax(spec, params, x, s0, max_steps=7, mode='async')
+  scan = relaxation.relax_fixed(spec, params, x, s0, steps=7, mode='async')
+  for out in (loop, scan):
+    for a, b in zip(out.states, expected):
+      np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
