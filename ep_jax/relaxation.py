@@ -91,10 +91,11 @@ class _Forces:
 
   The convolution `W_l ⋆ s_{l-1}` of each conv layer is computed once and shared between its
   drive and the feedback it sends down (a trace-time cache, invalidated when the layer below
-  changes; `convs` seeds it with convolutions carried over from the previous step). The bias is added after pooling (`P(u + b) = P(u) + b` for a per-channel bias; the
-  argmax routing is taken on `u`). The input layer's drive and the transposed kernels are
-  passed in precomputed. The nudge's state gradient comes from `jax.grad` of the cost alone
-  (it only touches the layers the cost reads). With `compute_dtype` (mixed precision) the
+  changes; `convs` seeds it with convolutions carried over from the previous step). The bias
+  is added after pooling (`P(u + b) = P(u) + b` for a per-channel bias; the argmax routing is
+  taken on `u`). The input layer's drive and the transposed kernels are passed in
+  precomputed. The nudge's state gradient comes from `jax.grad` of the cost alone (it only
+  touches the layers the cost reads). With `compute_dtype` (mixed precision) the
   convolutions and matmuls round their operands to it and accumulate in the states' dtype.
   """
 
