@@ -209,17 +209,18 @@ def force(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, targets:
 
 
 def carried_conv_layers(spec: NetworkSpec, num_states: int, mode: str) -> tuple[int, ...]:
-  """Conv layers l whose convolution `W_l ⋆ s_{l-1}` an async step can hand to the next one.
+  """Conv layers l whose convolution `W_l ⋆ s_{l-1}` an async step hands to the next one.
 
   In an async step the odd layers update last, from the new even states: the convolutions of
   the even layers' states (`W_l ⋆ s_{l-1}`, l-1 even) computed for the odd layers' drives are
-  still valid at the end of the step, and the next step's even half needs them again (for the
-  max-unpooling routing of the feedback to layer l-1, and as the drive of layer l). A sync
-  step changes every layer, so nothing carries over.
+  still valid at the end of the step. The next step's even half reads them only where layer l
+  max-pools (the unpooling of the feedback to layer l-1 routes by their argmax), so only those
+  are carried. A sync step changes every layer, so nothing carries over.
   """
   if mode != 'async':
     return ()
-  return tuple(l for l in range(1, min(spec.num_conv, num_states)) if (l - 1) % 2 == 0)
+  return tuple(l for l in range(1, min(spec.num_conv, num_states))
+               if (l - 1) % 2 == 0 and spec.conv[l].pool == 'max')
 
 
 def _initial_convs(spec, params, prepared, states, mode, compute_dtype):

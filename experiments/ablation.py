@@ -79,12 +79,6 @@ def ep_done(run_dir: str, config) -> bool:
   return int(config.train.epochs) in epochs
 
 
-def stop_message(run_dir: str) -> Optional[str]:
-  """The error that stopped a run for good, or None."""
-  from ep_jax import sweep  # pylint: disable=g-import-not-at-top
-  return sweep.diverged_message(run_dir)
-
-
 def train_teacher(config, teacher_dir: str, print_fn: Callable[[str], None] = print) -> dict:
   """Trains and saves the BP teacher exactly as `python -m experiments.train_teacher` does."""
   from experiments import train_teacher as train_teacher_lib  # pylint: disable=g-import-not-at-top
@@ -148,9 +142,10 @@ def _duration(seconds) -> str:
 
 def summarize_ep(run_dir: str) -> Optional[dict]:
   """Final/best accuracy, epochs, wall time and last-epoch per-layer diagnostics of a run."""
+  from ep_jax import sweep  # pylint: disable=g-import-not-at-top
   records = read_metrics(run_dir)
   if not records:
-    stopped = stop_message(run_dir)
+    stopped = sweep.diverged_message(run_dir)
     return None if stopped is None else {
         'final_test_accuracy': None, 'best_test_accuracy': None, 'best_epoch': None,
         'epochs': 0, 'wall_time_s': None, 'final_train_loss': None, 'stopped': stopped}
@@ -165,7 +160,7 @@ def summarize_ep(run_dir: str) -> Optional[dict]:
           'final_train_loss': last.get('train_loss'),
           'free_steps_mean': last.get('free_steps_mean'),
           'free_residual_mean': last.get('free_residual_mean'),
-          'stopped': stop_message(run_dir),
+          'stopped': sweep.diverged_message(run_dir),
           'last': last, 'first': first}
 
 

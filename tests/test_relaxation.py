@@ -130,12 +130,17 @@ def test_async_updates_settle_where_sync_updates_oscillate():
   assert int(out.steps) < 200 and float(out.residual) <= 1e-4
 
 
-@pytest.mark.parametrize('layout,dense', [('5,M,6,A,7,M', (6,)), ('4,M,4,4,A,5', (6,)), ('5,M', ())])
-def test_async_loops_carrying_convolutions_equal_fresh_steps(layout, dense):
-  """`relax` / `relax_fixed` hand the even layers' convolutions from one async step to the
-  next; that must give exactly the states of `step` applied repeatedly (which recomputes)."""
+@pytest.mark.parametrize('layout,dense,carried', [('5,M,6,A,7,M', (6,), ()),
+                                                 ('4,4,M,5,5,M', (6,), (1, 3)),
+                                                 ('4,M,4,4,A,5', (), ()),
+                                                 ('5,M', (), ())])
+def test_async_loops_carrying_convolutions_equal_fresh_steps(layout, dense, carried):
+  """`relax` / `relax_fixed` hand the even layers' max-pooled convolutions from one async
+  step to the next; that must give exactly the states of `step` applied repeatedly (which
+  recomputes them)."""
   spec, params, x = _net(layout=layout, dense=dense)
   s0 = network.init_states(spec, 3)
+  assert relaxation.carried_conv_layers(spec, len(s0), 'async') == carried
   assert relaxation.carried_conv_layers(spec, len(s0), 'sync') == ()
   expected = s0
   for _ in range(7):
