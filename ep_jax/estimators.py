@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from ep_jax import activations
 from ep_jax.energy import CostFn, example_losses, logits, nudged_primitive, output_cost
 from ep_jax.network import NetworkSpec, init_states
+from ep_jax import relaxation
 from ep_jax.relaxation import MODES, RelaxResult, relax
 
 ESTIMATORS = ('one_sided', 'random_sign', 'symmetric', 'holomorphic')
@@ -46,6 +47,7 @@ class EPConfig:
     holo_points: K, the number of points of the holomorphic estimator.
     compute_dtype: None, or a dtype name such as 'bfloat16': mixed-precision relaxations (the
       convolutions round their operands to it, states and gradients stay in full precision).
+    damping: γ in (0, 1] of the relaxations' `s <- (1 - γ) s + γ σ(force)` (1: undamped).
   """
   estimator: str = 'symmetric'
   beta: float = 0.5
@@ -55,9 +57,11 @@ class EPConfig:
   mode: str = 'sync'
   holo_points: int = 4
   compute_dtype: Optional[str] = None
+  damping: float = 1.0
 
   def __post_init__(self):
     validate(self.estimator, self.beta, self.mode, self.holo_points)
+    relaxation.check_damping(self.damping)
     if self.compute_dtype is not None:
       try:
         dtype = jnp.dtype(self.compute_dtype)
@@ -117,7 +121,7 @@ def ep_gradient(spec: NetworkSpec, params: dict, x: jax.Array, targets: dict, *,
                 estimator: str = 'symmetric', free_steps=250, nudged_steps=25, tol=0.0,
                 mode: str = 'sync', holo_points: int = 4, cost_fn: Optional[CostFn] = None,
                 rng: Optional[jax.Array] = None, state_dtype=None,
-                compute_dtype=None) -> EPOutput:
+                compute_dtype=None, damping=1.0) -> EPOutput:
   """Runs the free phase and the estimator's nudged phases; returns the EP gradient estimate.
 
   Args:
@@ -132,18 +136,20 @@ def ep_gradient(spec: NetworkSpec, params: dict, x: jax.Array, targets: dict, *,
     compute_dtype: operand dtype of the relaxations' convolutions and matmuls (mixed
       precision, e.g. `jnp.bfloat16`); the states, the contrast `∂_θΦ` and the gradient stay
       in `state_dtype`. None: everything in `state_dtype`.
+    damping: γ in (0, 1] of `s <- (1 - γ) s + γ σ(force)` in every phase (1: undamped).
   """
   validate(estimator, beta, mode, holo_points)
   cost_fn = output_cost(spec) if cost_fn is None else cost_fn
   batch = x.shape[0]
   dtype = state_dtype or jax.tree_util.tree_leaves(params)[0].dtype
   free = relax(spec, params, x, init_states(spec, batch, dtype), max_steps=free_steps, tol=tol,
-               mode=mode, compute_dtype=compute_dtype)
+               mode=mode, compute_dtype=compute_dtype, damping=damping)
   s0 = jax.tree_util.tree_map(jax.lax.stop_gradient, free.states)
 
   def nudge(b, start):
     result = relax(spec, params, x, start, targets=targets, beta=b, cost_fn=cost_fn,
-                   max_steps=nudged_steps, tol=tol, mode=mode, compute_dtype=compute_dtype)
+                   max_steps=nudged_steps, tol=tol, mode=mode, compute_dtype=compute_dtype,
+                   damping=damping)
     return result._replace(states=jax.tree_util.tree_map(jax.lax.stop_gradient, result.states))
 
   def phi(p, states, b):

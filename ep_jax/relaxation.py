@@ -13,7 +13,8 @@ Two schedules:
   * 'sync': all layers update at once from the previous states;
   * 'async': layers with even index (0, 2, 4, ... counted from the bottom, 0-based) update
     first, then the odd ones from the newest even states.
-Both have the same fixed points.
+Both have the same fixed points. Damping `γ ∈ (0, 1]` (`damping`) replaces each update by
+`s_l <- (1 - γ) s_l + γ σ(∂Φ^β/∂s_l)`: the same fixed points, smaller steps (γ = 1: none).
 
 `relax` runs a `lax.while_loop` that stops when the largest absolute state change falls to
 `tol` or below, at `max_steps`, or when the residual stops being finite (divergence); it
@@ -232,32 +233,44 @@ def _initial_convs(spec, params, prepared, states, mode, compute_dtype):
   return {l: forces.conv(l) for l in layers}
 
 
+def check_damping(damping) -> None:
+  """Raises ValueError unless a concrete damping lies in (0, 1]."""
+  if isinstance(damping, (int, float)) and not 0.0 < damping <= 1.0:
+    raise ValueError(f'damping must be in (0, 1] (1 = undamped), got {damping}')
+
+
 def _step(spec, params, x, prepared, states, targets, beta, cost_fn, mode, compute_dtype=None,
-          convs=None):
+          convs=None, damping=1.0):
   """One update; `prepared` is `_prepare(...)` (hoisted out of loops) or None (complex).
 
   convs: the carried convolutions valid for `states` (`_initial_convs` or the previous step's).
+  damping: γ in `s <- (1 - γ) s + γ σ(force)`.
   Returns `(new states, carried convolutions valid for them)`.
   """
   sigma = activations.get(spec.activation)
+  undamped = isinstance(damping, (int, float)) and damping == 1.0
+
+  def update(f, old):
+    return sigma(f) if undamped else old + damping * (sigma(f) - old)
+
   if mode not in MODES:
     raise ValueError(f'unknown relaxation mode {mode!r}; known: {MODES}')
   n = len(states)
   if prepared is None:  # complex states: autodiff forces
     if mode == 'sync':
-      return tuple(sigma(f) for f in force_autodiff(spec, params, x, states, targets, beta,
-                                                    cost_fn)), {}
+      forces = force_autodiff(spec, params, x, states, targets, beta, cost_fn)
+      return tuple(update(f, s) for f, s in zip(forces, states)), {}
     new = list(states)
     for parity in (0, 1):
       layers = tuple(range(parity, n, 2))
       if layers:
         forces = force_autodiff(spec, params, x, tuple(new), targets, beta, cost_fn, layers)
         for l, f in zip(layers, forces):
-          new[l] = sigma(f)
+          new[l] = update(f, new[l])
     return tuple(new), {}
   forces = _Forces(spec, params, prepared, states, targets, beta, cost_fn, compute_dtype, convs)
   if mode == 'sync':
-    return tuple(sigma(f) for f in forces(tuple(range(n)))), {}
+    return tuple(update(f, s) for f, s in zip(forces(tuple(range(n))), states)), {}
   # Async: even layers, then odd layers from the newest even states. The convolutions of the
   # odd layers' states (inputs of the even layers above them) are computed once per step and
   # reused by the odd half; those of the even layers' states are computed for the odd half
@@ -268,16 +281,18 @@ def _step(spec, params, x, prepared, states, targets, beta, cost_fn, mode, compu
       continue
     new = forces(layers)
     for l, f in zip(layers, new):
-      forces.set(l, sigma(f))
+      forces.set(l, update(f, forces.states[l]))
   return tuple(forces.states), {l: forces.conv(l) for l in carried_conv_layers(spec, n, mode)}
 
 
 def step(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, targets: dict, beta,
-         cost_fn: Optional[CostFn], mode: str = 'sync', compute_dtype=None) -> tuple:
+         cost_fn: Optional[CostFn], mode: str = 'sync', compute_dtype=None,
+         damping=1.0) -> tuple:
   """One update of the dynamics, synchronous or asynchronous (even layers, then odd)."""
+  check_damping(damping)
   prepared, compute_dtype = _setup(spec, params, x, states, compute_dtype)
   return _step(spec, params, x, prepared, states, targets, beta, cost_fn, mode,
-               compute_dtype)[0]
+               compute_dtype, damping=damping)[0]
 
 
 def layer_changes(new: tuple, old: tuple) -> jax.Array:
@@ -292,7 +307,7 @@ def max_change(new: tuple, old: tuple) -> jax.Array:
 
 def relax(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, *, targets=None,
           beta=None, cost_fn: Optional[CostFn] = None, max_steps=100, tol=0.0,
-          mode: str = 'sync', compute_dtype=None) -> RelaxResult:
+          mode: str = 'sync', compute_dtype=None, damping=1.0) -> RelaxResult:
   """Iterates the dynamics from `states` until the residual is `<= tol` or `max_steps`.
 
   Args:
@@ -304,11 +319,13 @@ def relax(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, *, targe
     compute_dtype: mixed precision (e.g. `jnp.bfloat16`): convolutions and matmuls round
       their operands to it and accumulate in the states' dtype, which the states keep. None:
       everything in the states' dtype. Ignored for complex states.
+    damping: γ in (0, 1] of `s <- (1 - γ) s + γ σ(force)` (1: undamped); may be traced.
   Returns:
     a `RelaxResult`. The loop also stops as soon as the residual is not finite.
   """
   if mode not in MODES:
     raise ValueError(f'unknown relaxation mode {mode!r}; known: {MODES}')
+  check_damping(damping)
   real_dtype = jnp.real(states[0]).dtype
   tol = jnp.asarray(tol, real_dtype)
 
@@ -323,7 +340,7 @@ def relax(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, *, targe
   def body(carry):
     steps, s, _, _, convs = carry
     new, convs = _step(spec, params, x, prepared, s, targets, beta, cost_fn, mode,
-                       compute_dtype, convs)
+                       compute_dtype, convs, damping)
     per_layer = layer_changes(new, s).astype(real_dtype)
     return steps + 1, new, jnp.max(per_layer), per_layer, convs
 
@@ -337,16 +354,18 @@ def relax(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, *, targe
   return RelaxResult(final, steps, residual, per_layer)
 
 
-def _scan(spec, params, x, states, steps, targets, beta, cost_fn, mode, compute_dtype):
+def _scan(spec, params, x, states, steps, targets, beta, cost_fn, mode, compute_dtype,
+          damping=1.0):
   """`(final states, per-step per-layer residuals (steps, L))` of `steps` updates."""
   if mode not in MODES:
     raise ValueError(f'unknown relaxation mode {mode!r}; known: {MODES}')
+  check_damping(damping)
   prepared, compute_dtype = _setup(spec, params, x, states, compute_dtype)
 
   def body(carry, _):
     s, convs = carry
     new, convs = _step(spec, params, x, prepared, s, targets, beta, cost_fn, mode,
-                       compute_dtype, convs)
+                       compute_dtype, convs, damping)
     return (new, convs), layer_changes(new, s)
 
   init = (tuple(states), _initial_convs(spec, params, prepared, tuple(states), mode,
@@ -357,24 +376,25 @@ def _scan(spec, params, x, states, steps, targets, beta, cost_fn, mode, compute_
 
 def relax_fixed(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, *, steps: int,
                 targets=None, beta=None, cost_fn: Optional[CostFn] = None,
-                mode: str = 'sync', compute_dtype=None) -> RelaxResult:
+                mode: str = 'sync', compute_dtype=None, damping=1.0) -> RelaxResult:
   """Exactly `steps` (static) updates with `lax.scan`; differentiable w.r.t. params and x.
 
-  compute_dtype: as in `relax`.
+  compute_dtype, damping: as in `relax`.
   """
   final, residuals = _scan(spec, params, x, states, steps, targets, beta, cost_fn, mode,
-                           compute_dtype)
+                           compute_dtype, damping)
   per_layer = residuals[-1] if steps > 0 else jnp.full((len(states),), jnp.inf)
   return RelaxResult(final, jnp.asarray(steps, jnp.int32), jnp.max(per_layer), per_layer)
 
 
 def residual_trace(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, *, steps: int,
                    targets=None, beta=None, cost_fn: Optional[CostFn] = None,
-                   mode: str = 'sync', compute_dtype=None) -> jax.Array:
+                   mode: str = 'sync', compute_dtype=None, damping=1.0) -> jax.Array:
   """The residual after each of `steps` (static) updates, `(steps, L)`:
   `trace[t - 1, l] = max |s_l^t - s_l^{t-1}|`.
 
   `relax(..., tol=τ)` stops at the first t with `max_l trace[t - 1, l] <= τ`; the trace also
   shows what a fixed T would leave and whether the dynamics settle or keep moving.
   """
-  return _scan(spec, params, x, states, steps, targets, beta, cost_fn, mode, compute_dtype)[1]
+  return _scan(spec, params, x, states, steps, targets, beta, cost_fn, mode, compute_dtype,
+               damping)[1]

@@ -18,7 +18,15 @@ The nudging cost of the nudged phases becomes (METHOD.md §3), summed over the b
                depends on the other examples' s_l); it is still local in the layer. Summed over
                the batch it contributes `B · m ‖ΔS‖²_F / B²`, so that ℒ / B is the batch mean.
 * KD on layer l: `ℓ_l = ½ ‖s_l - t_l(x)‖² / n_l`, `t_l` the activation of the feed-forward
-  teacher (`ep_jax.teacher`) at layer l, `n_l` the units per example of layer l.
+  teacher (`ep_jax.teacher`) at layer l, `n_l` the units per example of layer l
+  (`kd.normalize='layer'`), or `½ ‖s_l - t_l(x)‖²` (`'unit'`).
+
+Signal strength. A signal teaches layer l only as far as its force `-β κ_l ∂ℓ_l/∂s_l` moves
+the layer's units. With `kd.normalize='layer'` a unit's KD force is `β κ_l (s - t) / n_l`
+(n_l ≈ 10²-10⁴ for a conv layer); with `'unit'` it is `β κ_l (s - t)`, the order of the output
+cost's force on the last layer. LES on the global average pool spreads its force over the
+H·W positions (`les.normalize='mean'`); `'unit'` multiplies ℓ_l by H·W, so that each unit
+receives the force the pooled feature does. `layer_nudge_norm` (metrics) measures the result.
 
 Every ℓ_l reads only `s_l` and a target available at layer l (label, head, teacher activation),
 so the extra force `-β κ_l ∂ℓ_l/∂s_l` is local and every parameter update stays a contrast of
@@ -49,6 +57,8 @@ from ep_jax.network import NetworkSpec
 HEADS = ('fixed', 'learned')
 POOLS = ('gap', 'flatten')
 LES_LOSSES = ('ce', 'mse', 'predsim')
+LES_NORMALIZE = ('mean', 'unit')
+KD_NORMALIZE = ('layer', 'unit')
 # Added under the square root of the similarity normaliser, so that an example whose features
 # are all equal (e.g. a dead layer) gets a bounded force (at most ~1/sqrt(eps) per unit).
 SIMILARITY_EPS = 1e-6
@@ -130,11 +140,21 @@ def les_cost(kind: str, feats: jax.Array, head: dict, labels: jax.Array, num_cla
   raise ValueError(f'unknown LES loss {kind!r}; known: {LES_LOSSES}')
 
 
-def kd_layer_cost(s: jax.Array, t: jax.Array) -> jax.Array:
-  """`Σ_batch ½ ‖s_l - t_l‖² / n_l` (scalar); `t` is a constant target."""
-  n = s[0].size
+def kd_layer_cost(s: jax.Array, t: jax.Array, normalize: str = 'layer') -> jax.Array:
+  """`Σ_batch ½ ‖s_l - t_l‖² / n_l` ('layer') or `Σ_batch ½ ‖s_l - t_l‖²` ('unit'), scalar;
+  `t` is a constant target, `n_l` the units per example."""
+  _check_choice(normalize, KD_NORMALIZE, 'signals.kd.normalize')
   d = s - t.astype(s.dtype)
-  return 0.5 * jnp.sum(d * d) / n
+  total = 0.5 * jnp.sum(d * d)
+  return total / s[0].size if normalize == 'layer' else total
+
+
+def les_scale(shape: Sequence[int], pool: str, normalize: str) -> float:
+  """The factor on ℓ_l: H·W for `normalize='unit'` on the pooled features of a conv layer."""
+  _check_choice(normalize, LES_NORMALIZE, 'signals.les.normalize')
+  if normalize == 'unit' and len(shape) == 3 and pool == 'gap':
+    return float(shape[0] * shape[1])
+  return 1.0
 
 
 def _log_softmax(z: jax.Array) -> jax.Array:
@@ -163,6 +183,7 @@ class LESConfig:
   pool: str = 'gap'
   loss: str = 'ce'
   predsim_mix: float = 0.99
+  normalize: str = 'mean'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,6 +193,7 @@ class KDConfig:
   output: bool = True
   alpha: float = 0.5
   temperature: float = 4.0
+  normalize: str = 'layer'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,9 +251,10 @@ class LayerSignals:
     if self.les is None:
       return {}
     heads = self._heads(params, targets)
-    return {l: les_cost(self.les.loss, features(states[l], self.les.pool),
-                        heads[self._name(l)], targets['label'], self.spec.num_classes,
-                        self.les.predsim_mix)
+    return {l: les_scale(self.spec.state_shapes[l], self.les.pool, self.les.normalize)
+               * les_cost(self.les.loss, features(states[l], self.les.pool),
+                          heads[self._name(l)], targets['label'], self.spec.num_classes,
+                          self.les.predsim_mix)
             for l in self.les.layers}
 
   def kd_costs(self, params, states: tuple, targets: dict) -> dict:
@@ -239,7 +262,8 @@ class LayerSignals:
     del params
     if self.kd is None:
       return {}
-    return {l: kd_layer_cost(states[l], targets['kd_targets'][self._name(l)])
+    return {l: kd_layer_cost(states[l], targets['kd_targets'][self._name(l)],
+                             self.kd.normalize)
             for l in self.kd.layers}
 
   def signal_cost(self, params, states: tuple, targets: dict) -> jax.Array:
@@ -373,8 +397,10 @@ def build_signals(signals_config, spec: NetworkSpec, *, num_epochs: int,
     _check_choice(les_cfg.loss, LES_LOSSES, 'signals.les.loss')
     if not 0.0 <= float(les_cfg.predsim_mix) <= 1.0:
       raise ValueError(f'signals.les.predsim_mix must be in [0, 1], got {les_cfg.predsim_mix}')
+    normalize = les_cfg.get('normalize', 'mean')
+    _check_choice(normalize, LES_NORMALIZE, 'signals.les.normalize')
     les = LESConfig(resolve_layers(les_cfg.layers, spec, 'signals.les'), les_cfg.head,
-                    les_cfg.pool, les_cfg.loss, float(les_cfg.predsim_mix))
+                    les_cfg.pool, les_cfg.loss, float(les_cfg.predsim_mix), normalize)
     learned = les.head == 'learned'
     heads = init_heads(rng, spec, les.layers, les.pool, learned)
     (trainable if learned else frozen)['les'] = heads
@@ -383,8 +409,10 @@ def build_signals(signals_config, spec: NetworkSpec, *, num_epochs: int,
       raise ValueError(f'signals.kd.alpha must be in [0, 1], got {kd_cfg.alpha}')
     if not float(kd_cfg.temperature) > 0.0:
       raise ValueError(f'signals.kd.temperature must be > 0, got {kd_cfg.temperature}')
+    normalize = kd_cfg.get('normalize', 'layer')
+    _check_choice(normalize, KD_NORMALIZE, 'signals.kd.normalize')
     kd = KDConfig(resolve_layers(kd_cfg.layers, spec, 'signals.kd'), bool(kd_cfg.output),
-                  float(kd_cfg.alpha), float(kd_cfg.temperature))
+                  float(kd_cfg.alpha), float(kd_cfg.temperature), normalize)
     if (teacher_params is None) != (teacher_spec is None):
       raise ValueError('pass both teacher_params and teacher_spec, or neither')
     if teacher_params is None:

@@ -26,7 +26,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ep_jax import data as data_lib
-from ep_jax import network, optim
+from ep_jax import initialization, network, optim
 from ep_jax.checkpointing import Checkpointer
 from ep_jax.estimators import EPConfig
 from ep_jax.metrics_io import MetricsWriter, ProgressReporter
@@ -99,7 +99,8 @@ def build_ep_config(config: ml_collections.ConfigDict) -> EPConfig:
   return EPConfig(estimator=e.estimator, beta=float(e.beta), free_steps=int(e.free_steps),
                   nudged_steps=int(e.nudged_steps), tol=float(e.tol), mode=e.mode,
                   holo_points=int(e.holo_points),
-                  compute_dtype=e.get('compute_dtype', '') or None)
+                  compute_dtype=e.get('compute_dtype', '') or None,
+                  damping=float(e.get('damping', 1.0)))
 
 
 def state_dtype(config: ml_collections.ConfigDict):
@@ -153,16 +154,52 @@ class RunSetup(NamedTuple):
   lr_kwargs: dict
 
 
+def init_model_params(config: ml_collections.ConfigDict, spec: network.NetworkSpec,
+                      key: jax.Array, calibration_images=None, print_fn=None) -> dict:
+  """The CRNN's initial parameters per `config.model.init` (ep_jax.initialization).
+
+  calibration_images: normalised training images `(B, H, W, C)` for `init='data'`, whose
+  chosen gains and activities are printed with `print_fn`.
+  """
+  m = config.model
+  mode = m.get('init', 'pytorch')
+  params = initialization.init_params(spec, key, mode=mode, scale=m.init_scale,
+                                      gains=tuple(m.get('init_gains', ())))
+  if mode != 'data':
+    return params
+  if calibration_images is None:
+    raise ValueError("model.init='data' needs calibration images (a training batch)")
+  params, cal = initialization.calibrate_gains(
+      spec, params, jnp.asarray(calibration_images), target=tuple(m.init_target),
+      mode=config.ep.mode, max_steps=max(int(config.ep.free_steps), 400),
+      damping=float(config.ep.get('damping', 1.0)))
+  if print_fn is not None:
+    print_fn('init=data: gains ' + ' '.join(f'{g:.3g}' for g in cal.gains) + ' | mean |s| '
+             + ' '.join(f'{a:.3f}' for a in cal.activity) + f' | residual {cal.residual:.1e} '
+             f'in {cal.steps} steps ({cal.evaluations} relaxations)')
+  return params
+
+
+def calibration_batch(config: ml_collections.ConfigDict, train_split, info):
+  """The `model.init_batch` training images `init='data'` calibrates on (None otherwise)."""
+  if config.model.get('init', 'pytorch') != 'data':
+    return None
+  n = min(int(config.model.init_batch), len(train_split))
+  order = data_lib.epoch_permutation(len(train_split), config.seed, 0)[:n]
+  return data_lib.normalize(train_split.images[order], info)
+
+
 def build_run(config: ml_collections.ConfigDict, spec: network.NetworkSpec,
-              steps_per_epoch: int) -> RunSetup:
+              steps_per_epoch: int, calibration_images=None, print_fn=None) -> RunSetup:
   """Parameters, learning signals, optimiser and train state of a run with `config.seed`.
 
   `PRNGKey(seed)` splits into init / state / signal keys, so the same seed always gives the
-  same initial state (`ep_jax.sweep`'s vmapped seeds rely on it).
+  same initial state (`ep_jax.sweep`'s vmapped seeds rely on it). `calibration_images`:
+  see `init_model_params`.
   """
   num_epochs = int(config.train.epochs)
   init_key, state_key, signal_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)
-  params = network.init_params(spec, init_key, scale=config.model.init_scale)
+  params = init_model_params(config, spec, init_key, calibration_images, print_fn)
   nudging, frozen = None, {}
   if signals_enabled(config):
     from ep_jax import signals  # pylint: disable=g-import-not-at-top
@@ -288,7 +325,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   steps_per_epoch = data_lib.num_train_batches(train_split, local_batch)
   num_epochs = int(config.train.epochs)
   total_steps = steps_per_epoch * num_epochs
-  run = build_run(config, spec, steps_per_epoch)
+  run = build_run(config, spec, steps_per_epoch,
+                  calibration_images=calibration_batch(config, train_split, info),
+                  print_fn=print_fn if is_primary else None)
   state, tx, nudging = run.state, run.tx, run.nudging
   rates, lr_kwargs = run.rates, run.lr_kwargs
 

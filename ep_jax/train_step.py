@@ -87,7 +87,8 @@ def make_train_step(spec: NetworkSpec, ep: EPConfig, tx: optax.GradientTransform
                       beta=ep.beta, estimator=ep.estimator, free_steps=ep.free_steps,
                       nudged_steps=ep.nudged_steps, tol=ep.tol, mode=ep.mode,
                       holo_points=ep.holo_points, cost_fn=cost_fn, rng=step_rng,
-                      state_dtype=state_dtype, compute_dtype=ep.compute_dtype)
+                      state_dtype=state_dtype, compute_dtype=ep.compute_dtype,
+                      damping=ep.damping)
     updates, opt_state = tx.update(out.grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.tree.norm(out.grads)
@@ -123,7 +124,7 @@ def make_eval_step(spec: NetworkSpec, ep: EPConfig, *, state_dtype=None) -> Call
     dtype = state_dtype or jax.tree_util.tree_leaves(params)[0].dtype
     free = relax(spec, params, x.astype(dtype), init_states(spec, x.shape[0], dtype),
                  max_steps=ep.free_steps, tol=ep.tol, mode=ep.mode,
-                 compute_dtype=ep.compute_dtype)
+                 compute_dtype=ep.compute_dtype, damping=ep.damping)
     losses = energy.example_losses(spec, params, free.states, labels)
     correct = jnp.argmax(energy.logits(spec, params, free.states), -1) == labels
     return {'loss_sum': jnp.sum(losses * mask), 'correct': jnp.sum(correct * mask),

@@ -124,6 +124,11 @@ CASES = {
         cfg=dict(les={'head': 'learned', 'loss': 'predsim', 'pool': 'flatten',
                       'layers': (0, 1), 'predsim_mix': 0.7}, init=0.5)),
     # MSE output layer inside the system, fixed random projections, layer-wise KD.
+    # per-unit normalisation of both signals (les.normalize / kd.normalize = 'unit').
+    'les_ce_fixed+kd_unit_normalized': dict(
+        activation='smooth_sigmoid', layout='5,A', beta=0.01, bptt=False,
+        cfg=dict(les={'head': 'fixed', 'loss': 'ce', 'normalize': 'unit'},
+                 kd={'output': False, 'normalize': 'unit'}, init=0.05)),
     'les_mse_fixed+kd_mse_readout': dict(
         activation='hard_sigmoid', layout='5,M', beta=1e-3, bptt=False, readout='mse',
         cfg=dict(les={'head': 'fixed', 'loss': 'mse'}, kd={'output': False, 'layers': (1,)},
@@ -348,3 +353,35 @@ def test_train_step_with_signals_from_a_saved_teacher(tmp_path):
   moved = jax.tree_util.tree_map(lambda a, b: float(jnp.max(jnp.abs(a - b))),
                                  params['signals'], state.params['signals'])
   assert all(v > 0 for v in jax.tree_util.tree_leaves(moved))  # learned heads are trained
+
+
+def test_unit_normalisation_scales_each_signal_by_its_layer_size():
+  """'unit' KD drops the 1/n_l; 'unit' LES multiplies ℓ_l on the pooled features by H·W, so a
+  unit's force is the pooled feature's (and the state gradients scale by exactly that)."""
+  rng = np.random.default_rng(2)
+  s, t = (jnp.asarray(rng.uniform(size=(3, 2, 2, 5)), jnp.float32) for _ in range(2))
+  np.testing.assert_allclose(signals.kd_layer_cost(s, t, 'unit'),
+                             20 * signals.kd_layer_cost(s, t, 'layer'), rtol=1e-5)
+  spec = _spec(layout='5,M,7,M')  # conv1 4x4x5, conv2 2x2x7, dense1 (6,)
+  assert [signals.les_scale(shape, 'gap', 'unit') for shape in spec.state_shapes] == [
+      16.0, 4.0, 1.0]
+  assert signals.les_scale((4, 4, 5), 'flatten', 'unit') == 1.0
+  assert signals.les_scale((4, 4, 5), 'gap', 'mean') == 1.0
+  forces = {}
+  for norm in ('mean', 'unit'):
+    cfg = _config(les={'head': 'fixed', 'normalize': norm}, kd={'output': False,
+                  'normalize': 'unit' if norm == 'unit' else 'layer'}, init=1.0)
+    nudging, params, frozen, batch = _setup(cfg, spec)
+    targets = nudging.targets(frozen, params, batch, jnp.asarray(0))
+    states = tuple(jnp.full((B,) + shape, 0.3) for shape in spec.state_shapes)
+    forces[norm] = (jax.grad(lambda st: nudging.les_costs(params, st, targets)[0])(states)[0],
+                    jax.grad(lambda st: nudging.kd_costs(params, st, targets)[1])(states)[1])
+  np.testing.assert_allclose(forces['unit'][0], 16 * forces['mean'][0], rtol=1e-5)
+  np.testing.assert_allclose(forces['unit'][1], 2 * 2 * 7 * forces['mean'][1], rtol=1e-5)
+  with pytest.raises(ValueError, match='signals.kd.normalize'):
+    signals.build_signals(_config(kd={'normalize': 'units'}), spec, num_epochs=1,
+                          rng=jax.random.PRNGKey(0), teacher_params=_params(_twin(spec), 0),
+                          teacher_spec=_twin(spec))
+  with pytest.raises(ValueError, match='signals.les.normalize'):
+    signals.build_signals(_config(les={'normalize': 'sum'}), spec, num_epochs=1,
+                          rng=jax.random.PRNGKey(0))

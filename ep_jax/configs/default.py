@@ -31,6 +31,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.kernel_size = 3
   config.model.padding = 'SAME'
   config.model.init_scale = 1.0
+  # Weight init (ep_jax.initialization): pytorch (U(±init_scale/√fan_in)) | he (init_scale·√6/a,
+  # a the activation's slope) | gains (init_gains, one per dynamical layer) | data (gains
+  # calibrated on init_batch training images so that each layer's mean |s_l| at the free fixed
+  # point lies in init_target while the relaxation converges).
+  config.model.init = 'pytorch'
+  config.model.init_gains = ()
+  config.model.init_target = (0.1, 0.3)
+  config.model.init_batch = 128
 
   config.ep = ml_collections.ConfigDict()
   config.ep.estimator = 'symmetric'  # one_sided | random_sign | symmetric | holomorphic
@@ -40,6 +48,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.ep.tol = 0.0  # relaxation residual tolerance; 0 = fixed step counts
   config.ep.mode = 'sync'  # sync | async
   config.ep.holo_points = 4
+  # γ in (0, 1]: s <- (1 - γ) s + γ σ(∂Φ/∂s) (same fixed points, smaller steps; 1 = undamped).
+  config.ep.damping = 1.0
   # Stop with NonConvergenceError when an epoch's mean final free-phase residual (max |Δs| of
   # the last step) exceeds this: the relaxation oscillates instead of settling. 0 = off.
   config.ep.max_residual = 0.25
@@ -80,6 +90,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.signals.les.pool = 'gap'  # gap (global average pool) | flatten
   config.signals.les.loss = 'ce'  # ce | mse | predsim
   config.signals.les.predsim_mix = 0.99  # predsim: weight of the similarity-matching term
+  # mean: ℓ_l on the pooled features as is | unit: ℓ_l x H·W (each unit gets the pooled force)
+  config.signals.les.normalize = 'mean'
   config.signals.kd = ml_collections.ConfigDict()
   config.signals.kd.enabled = False
   config.signals.kd.teacher_workdir = ''  # a workdir of experiments.train_teacher
@@ -87,6 +99,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.signals.kd.output = True  # add the output KD term
   config.signals.kd.alpha = 0.5  # weight of the KD term against the label cross-entropy
   config.signals.kd.temperature = 4.0
+  # layer: ½‖s_l - t_l‖²/n_l (a unit's force β κ (s - t)/n_l) | unit: ½‖s_l - t_l‖² (β κ (s - t))
+  config.signals.kd.normalize = 'layer'
   config.signals.kappa = ml_collections.ConfigDict()
   config.signals.kappa.schedule = 'constant'  # constant | linear | exp | cos
   config.signals.kappa.init = 1.0
