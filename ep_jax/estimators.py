@@ -96,9 +96,10 @@ def validate(estimator: str, beta, mode: str = 'sync', holo_points: int = 4) -> 
     raise ValueError(f'unknown relaxation mode {mode!r}; known: {MODES}')
   if estimator == 'holomorphic' and holo_points < 2:
     raise ValueError(f'the holomorphic estimator needs holo_points >= 2, got {holo_points}')
-  if isinstance(beta, jax.core.Tracer):
-    return
-  value = float(beta)
+  try:
+    value = float(beta)
+  except (TypeError, jax.errors.ConcretizationTypeError):
+    return  # traced β: checked by the caller's own values
   if not math.isfinite(value) or value <= 0.0:
     raise ValueError(f'beta must be a finite number > 0 for the {estimator} estimator (the '
                      f'sign is chosen by the estimator), got {value}')

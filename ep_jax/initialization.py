@@ -71,18 +71,31 @@ def layer_gains(spec: NetworkSpec, mode: str, *, scale: float = 1.0,
   return (float(scale),) * n
 
 
+def _scaled(p: dict, gain) -> dict:
+  return {k: v * jnp.asarray(gain, v.dtype) for k, v in p.items()}
+
+
 def apply_gains(params: dict, gains: Sequence[float]) -> dict:
   """Multiplies the weights and bias of dynamical layer l by `gains[l]` (readout untouched)."""
-  layers = tuple({k: v * jnp.asarray(g, v.dtype) for k, v in p.items()}
-                 for p, g in zip(params['layers'], gains))
-  return dict(params, layers=layers)
+  return dict(params, layers=tuple(_scaled(p, g) for p, g in zip(params['layers'], gains)))
 
 
 def init_params(spec: NetworkSpec, key: jax.Array, *, mode: str = 'pytorch', scale: float = 1.0,
-                gains: Sequence[float] = (), dtype=jnp.float32) -> dict:
-  """PyTorch-default parameters times the gains of `mode` ('data': the 'pytorch' start)."""
-  base = network.init_params(spec, key, dtype=dtype)
-  return apply_gains(base, layer_gains(spec, mode, scale=scale, gains=gains))
+                gains: Sequence[float] = (), readout_scale: float = 1.0,
+                dtype=jnp.float32) -> dict:
+  """PyTorch-default parameters times the gains of `mode` ('data': the 'pytorch' start).
+
+  readout_scale: multiplies the softmax readout's weights and bias (0: a zero readout, whose
+  logits start uniform, so the first updates do not silence the last layer to undo random
+  logits; the nudge reaches the network once the readout has learned).
+  """
+  if readout_scale < 0:
+    raise ValueError(f'readout init scale must be >= 0, got {readout_scale}')
+  params = apply_gains(network.init_params(spec, key, dtype=dtype),
+                       layer_gains(spec, mode, scale=scale, gains=gains))
+  if 'readout' in params and readout_scale != 1.0:
+    params['readout'] = _scaled(params['readout'], readout_scale)
+  return params
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,6 +14,7 @@ kept as it was.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -109,12 +110,31 @@ def state_dtype(config: ml_collections.ConfigDict):
   return DTYPES[config.ep.dtype]
 
 
+# The seed of the validation split: fixed, so every run and seed holds out the same examples.
+VALIDATION_SEED = 12345
+
+
 def load_data(config: ml_collections.ConfigDict):
+  """`(train, evaluation, info)` per `config.data`.
+
+  With `data.validation = N > 0` the last N examples of a fixed near-stratified split of the
+  training set (`VALIDATION_SEED`) replace the test split for every evaluation, and training
+  uses the rest: hyperparameters are then chosen without reading the test split.
+  """
   d = config.data
-  return data_lib.load_dataset(d.dataset, data_dir=d.data_dir or None,
-                               train_files=tuple(d.train_files), test_files=tuple(d.test_files),
-                               train_subset=d.train_subset, test_subset=d.test_subset,
-                               seed=config.seed)
+  train, test, info = data_lib.load_dataset(
+      d.dataset, data_dir=d.data_dir or None, train_files=tuple(d.train_files),
+      test_files=tuple(d.test_files), train_subset=d.train_subset, test_subset=d.test_subset,
+      seed=config.seed)
+  n = int(d.get('validation', 0))
+  if n == 0:
+    return train, test, info
+  if not 0 < n < len(train):
+    raise ValueError(f'data.validation must be 0 (off) or between 1 and the training set size '
+                     f'- 1 ({len(train) - 1}), got {n}')
+  keep, held = data_lib.stratified_split(train.labels, n, VALIDATION_SEED)
+  info = dataclasses.replace(info, num_train=len(keep), num_test=n)
+  return train.take(np.sort(keep)), train.take(np.sort(held)), info
 
 
 def signals_enabled(config: ml_collections.ConfigDict) -> bool:
@@ -164,7 +184,8 @@ def init_model_params(config: ml_collections.ConfigDict, spec: network.NetworkSp
   m = config.model
   mode = m.get('init', 'pytorch')
   params = initialization.init_params(spec, key, mode=mode, scale=m.init_scale,
-                                      gains=tuple(m.get('init_gains', ())))
+                                      gains=tuple(m.get('init_gains', ())),
+                                      readout_scale=float(m.get('readout_init_scale', 1.0)))
   if mode != 'data':
     return params
   if calibration_images is None:

@@ -18,6 +18,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.test_files = ()  # npz: file names or globs for the test split
   config.data.train_subset = 0  # > 0: a fixed subset of the training set
   config.data.test_subset = 0
+  # > 0: hold out this many training examples (a fixed near-stratified split) and evaluate on
+  # them instead of the test split (choose hyperparameters on these, never on the test split)
+  config.data.validation = 0
   config.data.augment = False  # random crop (pad crop_padding) + horizontal flip
   config.data.crop_padding = 4
   config.data.flip = True
@@ -39,6 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.init_gains = ()
   config.model.init_target = (0.1, 0.3)
   config.model.init_batch = 128
+  config.model.readout_init_scale = 1.0  # times PyTorch's default readout init; 0 = zeros
 
   config.ep = ml_collections.ConfigDict()
   config.ep.estimator = 'symmetric'  # one_sided | random_sign | symmetric | holomorphic
