@@ -24,6 +24,9 @@ import jax
 import jax.numpy as jnp
 
 POOLS = {'M': 'max', 'A': 'avg'}
+# Where max pooling's derivative goes in a tied window: all to the first maximum in row-major
+# window order (torch's max_pool2d, the reference's), or split evenly between the tied ones.
+POOL_TIES = ('first', 'split')
 
 PRESET_LAYOUTS = {
     # The Laborieux et al. (2021) reference CRNN: 128-256-512-512, a max pool after each.
@@ -55,6 +58,8 @@ class NetworkSpec:
     activation: name of the activation in `ep_jax.activations`.
     kernel_size: convolution kernel size (odd).
     padding: 'SAME' or 'VALID'.
+    pool_ties: where max pooling's derivative goes in a tied window, one of `POOL_TIES`
+      ('first': the first maximum, as torch; 'split': evenly). Values do not depend on it.
   """
   input_shape: tuple[int, int, int]
   conv: tuple[ConvLayer, ...]
@@ -64,6 +69,7 @@ class NetworkSpec:
   activation: str = 'hard_sigmoid'
   kernel_size: int = 3
   padding: str = 'SAME'
+  pool_ties: str = 'first'
 
   @property
   def num_layers(self) -> int:
@@ -153,12 +159,12 @@ def parse_layout(layout: str) -> tuple[ConvLayer, ...]:
 def make_spec(layout: str | Sequence[ConvLayer], *, input_shape: Sequence[int],
               num_classes: int, dense: Sequence[int] = (), readout: str = 'softmax',
               activation: str = 'hard_sigmoid', kernel_size: int = 3,
-              padding: str = 'SAME') -> NetworkSpec:
+              padding: str = 'SAME', pool_ties: str = 'first') -> NetworkSpec:
   """Builds and validates a `NetworkSpec` from a layout string or preset name.
 
   Raises:
-    ValueError: malformed layout, unknown readout/activation/padding, or an input too small
-      for the network's pools.
+    ValueError: malformed layout, unknown readout/activation/padding/pool_ties, or an input
+      too small for the network's pools.
   """
   from ep_jax import activations  # local: avoids an import cycle at package import
 
@@ -174,6 +180,8 @@ def make_spec(layout: str | Sequence[ConvLayer], *, input_shape: Sequence[int],
     raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
   if kernel_size < 1 or kernel_size % 2 == 0:
     raise ValueError(f'kernel_size must be a positive odd integer, got {kernel_size}')
+  if pool_ties not in POOL_TIES:
+    raise ValueError(f'pool_ties must be one of {POOL_TIES}, got {pool_ties!r}')
   activations.get(activation)  # validates the name
   if any(int(w) <= 0 for w in dense):
     raise ValueError(f'dense widths must be positive, got {tuple(dense)}')
@@ -181,7 +189,7 @@ def make_spec(layout: str | Sequence[ConvLayer], *, input_shape: Sequence[int],
     raise ValueError('the network needs at least one hidden layer')
   spec = NetworkSpec(input_shape=input_shape, conv=conv, dense=tuple(int(w) for w in dense),
                      num_classes=int(num_classes), readout=readout, activation=activation,
-                     kernel_size=int(kernel_size), padding=padding)
+                     kernel_size=int(kernel_size), padding=padding, pool_ties=pool_ties)
   # Walk the spatial sizes to catch inputs too small for the pools.
   h, w, _ = input_shape
   for index, layer in enumerate(conv):

@@ -49,11 +49,7 @@ def forward(spec: NetworkSpec, params: dict, x: jax.Array) -> tuple[tuple, jax.A
   a = x
   acts = []
   for l, p in enumerate(params['layers']):
-    if l < spec.num_conv:
-      u = energy.conv_drive(p, a, spec.conv[l].pool, spec.padding)
-    else:
-      u = energy.dense_drive(p, a)
-    a = sigma(u)
+    a = sigma(energy.layer_drive(spec, l, p, a))
     acts.append(a)
   acts = tuple(acts)
   return acts, energy.logits(spec, params, acts)
@@ -171,7 +167,7 @@ def spec_to_dict(spec: NetworkSpec) -> dict:
   return {'layout': spec.layout, 'input_shape': list(spec.input_shape),
           'dense': list(spec.dense), 'num_classes': spec.num_classes, 'readout': spec.readout,
           'activation': spec.activation, 'kernel_size': spec.kernel_size,
-          'padding': spec.padding}
+          'padding': spec.padding, 'pool_ties': spec.pool_ties}
 
 
 def spec_from_dict(fields: dict) -> NetworkSpec:
@@ -179,7 +175,8 @@ def spec_from_dict(fields: dict) -> NetworkSpec:
   return network.make_spec(layout, input_shape=fields['input_shape'],
                            num_classes=fields['num_classes'], dense=tuple(fields['dense']),
                            readout=fields['readout'], activation=fields['activation'],
-                           kernel_size=fields['kernel_size'], padding=fields['padding'])
+                           kernel_size=fields['kernel_size'], padding=fields['padding'],
+                           pool_ties=fields.get('pool_ties', 'first'))
 
 
 def save_teacher(workdir: str, spec: NetworkSpec, params: dict, info: dict) -> int:

@@ -87,11 +87,14 @@ def _check_writable(workdir: str) -> None:
     raise PermissionError(f'workdir {workdir!r} is not writable: {e}') from e
 
 
-def build_spec(config: ml_collections.ConfigDict, info: data_lib.DatasetInfo) -> network.NetworkSpec:
+def build_spec(config: ml_collections.ConfigDict, info: data_lib.DatasetInfo,
+               readout: str = '') -> network.NetworkSpec:
+  """The network of `config.model` for `info`'s data (`readout` overrides the model's)."""
   m = config.model
   return network.make_spec(m.layout, input_shape=info.input_shape, num_classes=info.num_classes,
-                           dense=tuple(m.dense), readout=m.readout, activation=m.activation,
-                           kernel_size=m.kernel_size, padding=m.padding)
+                           dense=tuple(m.dense), readout=readout or m.readout,
+                           activation=m.activation, kernel_size=m.kernel_size,
+                           padding=m.padding, pool_ties=m.pool_ties)
 
 
 def build_ep_config(config: ml_collections.ConfigDict) -> EPConfig:

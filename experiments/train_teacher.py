@@ -26,10 +26,7 @@ from experiments import cli
 
 def build_spec(config, info: data.DatasetInfo) -> network.NetworkSpec:
   """The teacher's spec: the CRNN's `config.model` layers with a softmax readout."""
-  return network.make_spec(config.model.layout, input_shape=info.input_shape,
-                           num_classes=info.num_classes, dense=tuple(config.model.dense),
-                           readout='softmax', activation=config.model.activation,
-                           kernel_size=config.model.kernel_size, padding=config.model.padding)
+  return train_lib.build_spec(config, info, readout='softmax')
 
 
 def init_scale(config) -> float:

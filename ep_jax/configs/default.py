@@ -30,6 +30,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.activation = 'hard_sigmoid'
   config.model.kernel_size = 3
   config.model.padding = 'SAME'
+  # Max pooling's derivative at a tie: 'first' (all to the window's first maximum, as torch)
+  # or 'split' (evenly between the tied elements).
+  config.model.pool_ties = 'first'
   config.model.init_scale = 1.0
 
   config.ep = ml_collections.ConfigDict()
