@@ -201,7 +201,7 @@ def layer_drive(spec: NetworkSpec, l: int, p: dict, s_prev: jax.Array) -> jax.Ar
   """drive_l(s_{l-1}) of layer l (0-based) with parameters `p`: `conv_drive` with the layer's
   pool and padding and the spec's tie rule for a conv layer, `dense_drive` otherwise."""
   if l < spec.num_conv:
-    return conv_drive(p, s_prev, spec.conv[l].pool, spec.padding, spec.pool_ties)
+    return conv_drive(p, s_prev, spec.conv[l].pool, spec.paddings[l], spec.pool_ties)
   return dense_drive(p, s_prev)
 
 

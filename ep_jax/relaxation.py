@@ -113,14 +113,11 @@ class _Forces:
     """`W_l ⋆ s_{l-1}` (without the bias) for conv layer l >= 1 (0-based), cached."""
     if l not in self._conv:
       self._conv[l] = energy.conv2d_loop(self.states[l - 1], self.params['layers'][l]['w'],
-                                         self.spec.padding, self.compute_dtype)
+                                         self.spec.paddings[l], self.compute_dtype)
     return self._conv[l]
 
   def _conv_shape(self, l):
-    b, h, w, _ = self.states[l - 1].shape
-    if self.spec.padding == 'VALID':
-      h, w = h - self.spec.kernel_size + 1, w - self.spec.kernel_size + 1
-    return (b, h, w, self.spec.conv[l].channels)
+    return (self.states[l - 1].shape[0],) + self.spec.conv_shapes[l]
 
   def _drive(self, l):
     spec, params, states = self.spec, self.params, self.states
@@ -145,7 +142,7 @@ class _Forces:
     u = self.conv(l + 1) if pool == 'max' else self._conv_shape(l + 1)
     g = energy.pool2d_transpose(up, u, pool, spec.pool_ties)
     return energy.conv2d_loop(g, self.kernels_t[l + 1],
-                              energy.transpose_padding(p_up['w'], spec.padding),
+                              energy.transpose_padding(p_up['w'], spec.paddings[l + 1]),
                               self.compute_dtype)
 
   def __call__(self, layers):

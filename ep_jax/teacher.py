@@ -167,7 +167,8 @@ def spec_to_dict(spec: NetworkSpec) -> dict:
   return {'layout': spec.layout, 'input_shape': list(spec.input_shape),
           'dense': list(spec.dense), 'num_classes': spec.num_classes, 'readout': spec.readout,
           'activation': spec.activation, 'kernel_size': spec.kernel_size,
-          'padding': spec.padding, 'pool_ties': spec.pool_ties}
+          'padding': spec.padding, 'pool_ties': spec.pool_ties,
+          'kernel_sizes': list(spec.kernel_sizes), 'paddings': list(spec.paddings)}
 
 
 def spec_from_dict(fields: dict) -> NetworkSpec:
@@ -176,7 +177,9 @@ def spec_from_dict(fields: dict) -> NetworkSpec:
                            num_classes=fields['num_classes'], dense=tuple(fields['dense']),
                            readout=fields['readout'], activation=fields['activation'],
                            kernel_size=fields['kernel_size'], padding=fields['padding'],
-                           pool_ties=fields.get('pool_ties', 'first'))
+                           pool_ties=fields.get('pool_ties', 'first'),
+                           kernel_sizes=tuple(fields.get('kernel_sizes', ())),
+                           paddings=tuple(fields.get('paddings', ())))
 
 
 def save_teacher(workdir: str, spec: NetworkSpec, params: dict, info: dict) -> int:

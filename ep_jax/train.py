@@ -94,7 +94,8 @@ def build_spec(config: ml_collections.ConfigDict, info: data_lib.DatasetInfo,
   return network.make_spec(m.layout, input_shape=info.input_shape, num_classes=info.num_classes,
                            dense=tuple(m.dense), readout=readout or m.readout,
                            activation=m.activation, kernel_size=m.kernel_size,
-                           padding=m.padding, pool_ties=m.pool_ties)
+                           padding=m.padding, pool_ties=m.pool_ties,
+                           kernel_sizes=tuple(m.kernel_sizes), paddings=tuple(m.paddings))
 
 
 def build_ep_config(config: ml_collections.ConfigDict) -> EPConfig:

@@ -29,7 +29,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.readout = 'softmax'  # softmax (outside the system) | mse (output layer inside)
   config.model.activation = 'hard_sigmoid'
   config.model.kernel_size = 3
-  config.model.padding = 'SAME'
+  config.model.padding = 'SAME'  # SAME | VALID
+  # Per conv layer, one entry each; () = a preset's own paddings (vgg5: SAME,SAME,SAME,VALID),
+  # else model.kernel_size / model.padding for every layer.
+  config.model.kernel_sizes = ()
+  config.model.paddings = ()
   # Max pooling's derivative at a tie: 'first' (all to the window's first maximum, as torch)
   # or 'split' (evenly between the tied elements).
   config.model.pool_ties = 'first'
