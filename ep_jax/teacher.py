@@ -122,7 +122,8 @@ def train(spec: NetworkSpec, train_split: data.Split, test_split: data.Split,
           info: data.DatasetInfo, *, epochs: int, learning_rate: float, batch_size: int,
           seed: int = 0, momentum: float = 0.9, weight_decay: float = 0.0,
           eta_min: float = 0.0, init_scale: float = 1.0, augment: bool = False,
-          crop_padding: int = 4, flip: bool = True, eval_batch_size: int = 256,
+          crop_padding: int = 4, flip: bool = True, crop_mode: str = 'constant',
+          eval_batch_size: int = 256,
           log: Optional[Callable[[str], None]] = print) -> tuple[dict, list[dict]]:
   """Trains the feed-forward twin by backprop; returns `(params, history)`.
 
@@ -143,7 +144,7 @@ def train(spec: NetworkSpec, train_split: data.Split, test_split: data.Split,
     sums = np.zeros(2)
     for batch in data.train_batches(train_split, info, batch_size=batch_size, epoch=epoch,
                                     seed=seed, augment=augment, crop_padding=crop_padding,
-                                    flip=flip):
+                                    flip=flip, crop_mode=crop_mode):
       params, opt_state, metrics = step(params, opt_state, batch)
       sums += np.array([float(metrics['loss']), float(metrics['accuracy'])])
     test = evaluate(spec, params, test_split, info, batch_size=eval_batch_size,

@@ -113,11 +113,21 @@ def state_dtype(config: ml_collections.ConfigDict):
 
 
 def load_data(config: ml_collections.ConfigDict):
+  """`(train, test, info)` of `config.data`; `info` normalises with `data.mean` / `data.std`
+  where they are set (else the dataset's own statistics)."""
   d = config.data
-  return data_lib.load_dataset(d.dataset, data_dir=d.data_dir or None,
-                               train_files=tuple(d.train_files), test_files=tuple(d.test_files),
-                               train_subset=d.train_subset, test_subset=d.test_subset,
-                               seed=config.seed)
+  train, test, info = data_lib.load_dataset(
+      d.dataset, data_dir=d.data_dir or None, train_files=tuple(d.train_files),
+      test_files=tuple(d.test_files), train_subset=d.train_subset, test_subset=d.test_subset,
+      seed=config.seed)
+  return train, test, data_lib.with_statistics(info, tuple(d.mean), tuple(d.std))
+
+
+def augmentation(config: ml_collections.ConfigDict) -> dict:
+  """The augmentation keyword arguments of `data.train_batches` from `config.data`."""
+  d = config.data
+  return dict(augment=d.augment, crop_padding=d.crop_padding, flip=d.flip,
+              crop_mode=d.crop_mode)
 
 
 def signals_enabled(config: ml_collections.ConfigDict) -> bool:
@@ -341,8 +351,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     per_step = []
     batches = data_lib.train_batches(
         train_split, info, batch_size=local_batch, epoch=epoch, seed=config.seed,
-        augment=config.data.augment, crop_padding=config.data.crop_padding,
-        flip=config.data.flip, prefetch=config.data.prefetch)
+        prefetch=config.data.prefetch, **augmentation(config))
     for batch in batches:
       state, metrics = train_step(state, to_global(batch, batch_sharding))
       per_step.append(metrics)

@@ -20,7 +20,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.test_subset = 0
   config.data.augment = False  # random crop (pad crop_padding) + horizontal flip
   config.data.crop_padding = 4
+  config.data.crop_mode = 'constant'  # padding before the crop: constant (zeros) | edge
   config.data.flip = True
+  # Normalisation (x - mean) / std per channel, [0, 1] units; () = the dataset's statistics.
+  config.data.mean = ()
+  config.data.std = ()
   config.data.prefetch = 2
 
   config.model = ml_collections.ConfigDict()
