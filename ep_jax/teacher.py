@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -59,17 +59,6 @@ def loss_fn(spec: NetworkSpec, params: dict, x: jax.Array, labels: jax.Array) ->
   """Mean output loss of the feed-forward pass (cross-entropy for a softmax readout)."""
   acts, _ = forward(spec, params, x)
   return jnp.mean(energy.example_losses(spec, params, acts, labels))
-
-
-def make_optimizer(learning_rate: float, *, total_steps: int, momentum: float = 0.9,
-                   weight_decay: float = 0.0, eta_min: float = 0.0
-                   ) -> optax.GradientTransformation:
-  """SGD with momentum and weight decay, cosine-annealed learning rate to `eta_min`."""
-  lr = optim.learning_rate_schedule(learning_rate, schedule='cosine', total_steps=total_steps,
-                                    eta_min=eta_min)
-  parts = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
-  parts.append(optax.sgd(lr, momentum=momentum or None))
-  return optax.chain(*parts)
 
 
 def make_train_step(spec: NetworkSpec, tx: optax.GradientTransformation) -> Callable:
@@ -120,13 +109,15 @@ def evaluate(spec: NetworkSpec, params: dict, split: data.Split, info: data.Data
 
 def train(spec: NetworkSpec, train_split: data.Split, test_split: data.Split,
           info: data.DatasetInfo, *, epochs: int, learning_rate: float, batch_size: int,
-          seed: int = 0, momentum: float = 0.9, weight_decay: float = 0.0,
+          seed: int = 0, momentum: float = 0.9, weight_decay: float | Sequence[float] = 0.0,
           eta_min: float = 0.0, init_scale: float = 1.0, augment: bool = False,
           crop_padding: int = 4, flip: bool = True, crop_mode: str = 'constant',
           eval_batch_size: int = 256,
           log: Optional[Callable[[str], None]] = print) -> tuple[dict, list[dict]]:
   """Trains the feed-forward twin by backprop; returns `(params, history)`.
 
+  Optimiser: `optim.make_optimizer` with the one `learning_rate` cosine-annealed per step to
+  `eta_min` over all epochs, `weight_decay` one value or one per synapse group.
   history: one dict per epoch with `epoch`, `train_loss`, `train_accuracy`, `test_loss`,
   `test_accuracy` and `seconds` (wall time since the start, compilation included).
   """
@@ -134,8 +125,9 @@ def train(spec: NetworkSpec, train_split: data.Split, test_split: data.Split,
     raise ValueError(f'teacher epochs must be >= 1, got {epochs}')
   steps_per_epoch = data.num_train_batches(train_split, batch_size)
   params = network.init_params(spec, jax.random.PRNGKey(seed), scale=init_scale)
-  tx = make_optimizer(learning_rate, total_steps=epochs * steps_per_epoch, momentum=momentum,
-                      weight_decay=weight_decay, eta_min=eta_min)
+  tx = optim.make_optimizer(spec, params, learning_rates=learning_rate, momentum=momentum,
+                            weight_decay=weight_decay, schedule='cosine',
+                            total_steps=epochs * steps_per_epoch, eta_min=eta_min)
   opt_state = tx.init(params)
   step = jax.jit(make_train_step(spec, tx), donate_argnums=(0, 1))
   eval_step = jax.jit(make_eval_step(spec))

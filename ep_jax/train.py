@@ -89,13 +89,18 @@ def _check_writable(workdir: str) -> None:
 
 def build_spec(config: ml_collections.ConfigDict, info: data_lib.DatasetInfo,
                readout: str = '') -> network.NetworkSpec:
-  """The network of `config.model` for `info`'s data (`readout` overrides the model's)."""
+  """The network of `config.model` for `info`'s data (`readout` overrides the model's).
+
+  Here and in `load_data` / `augmentation` / `build_run`, fields newer than some saved runs
+  are read with their defaults, so an older run's `config.json` still builds.
+  """
   m = config.model
   return network.make_spec(m.layout, input_shape=info.input_shape, num_classes=info.num_classes,
                            dense=tuple(m.dense), readout=readout or m.readout,
                            activation=m.activation, kernel_size=m.kernel_size,
-                           padding=m.padding, pool_ties=m.pool_ties,
-                           kernel_sizes=tuple(m.kernel_sizes), paddings=tuple(m.paddings))
+                           padding=m.padding, pool_ties=m.get('pool_ties', 'first'),
+                           kernel_sizes=tuple(m.get('kernel_sizes', ())),
+                           paddings=tuple(m.get('paddings', ())))
 
 
 def build_ep_config(config: ml_collections.ConfigDict) -> EPConfig:
@@ -120,14 +125,15 @@ def load_data(config: ml_collections.ConfigDict):
       d.dataset, data_dir=d.data_dir or None, train_files=tuple(d.train_files),
       test_files=tuple(d.test_files), train_subset=d.train_subset, test_subset=d.test_subset,
       seed=config.seed)
-  return train, test, data_lib.with_statistics(info, tuple(d.mean), tuple(d.std))
+  return train, test, data_lib.with_statistics(info, tuple(d.get('mean', ())),
+                                               tuple(d.get('std', ())))
 
 
 def augmentation(config: ml_collections.ConfigDict) -> dict:
   """The augmentation keyword arguments of `data.train_batches` from `config.data`."""
   d = config.data
   return dict(augment=d.augment, crop_padding=d.crop_padding, flip=d.flip,
-              crop_mode=d.crop_mode)
+              crop_mode=d.get('crop_mode', 'constant'))
 
 
 def signals_enabled(config: ml_collections.ConfigDict) -> bool:
@@ -185,9 +191,10 @@ def build_run(config: ml_collections.ConfigDict, spec: network.NetworkSpec,
     if setup.trainable:
       params = dict(params, signals=setup.trainable)
   o = config.optim
-  lr_kwargs = dict(schedule=o.schedule, total_steps=steps_per_epoch * num_epochs,
-                   eta_min=o.eta_min, restart_period=int(o.restart_epochs) * steps_per_epoch,
-                   restart_mult=o.restart_mult)
+  lr_kwargs = optim.schedule_kwargs(
+      schedule=o.schedule, steps_per_epoch=steps_per_epoch, epochs=num_epochs,
+      eta_min=o.eta_min, restart_epochs=o.restart_epochs, restart_mult=o.restart_mult,
+      decay_epochs=o.get('decay_epochs', 0), schedule_step=o.get('schedule_step', 'step'))
   rates = o.learning_rates if isinstance(o.learning_rates, (int, float)) else tuple(
       o.learning_rates)
   tx = optim.make_optimizer(spec, params, learning_rates=rates, momentum=o.momentum,

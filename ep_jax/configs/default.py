@@ -62,9 +62,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim = ml_collections.ConfigDict()
   config.optim.learning_rates = (0.2, 0.1, 0.05)  # one per synapse group, or a single float
   config.optim.momentum = 0.9
-  config.optim.weight_decay = 3e-4
+  # One value, or one per synapse group as learning_rates (a float or a tuple may be set).
+  config.optim.weight_decay = ml_collections.FieldReference(3e-4, field_type=object)
   config.optim.schedule = 'cosine'  # constant | cosine | sgdr
   config.optim.eta_min = 1e-5
+  config.optim.decay_epochs = 0  # epochs the cosine anneals over, then held at eta_min; 0 = all
+  config.optim.schedule_step = 'step'  # the rate changes every step | once per epoch
   config.optim.restart_epochs = 0  # sgdr: first period in epochs
   config.optim.restart_mult = 2.0
   config.optim.signal_learning_rate = 0.05  # learned LES heads
