@@ -53,8 +53,10 @@ __all__ = [
     "Split",
     "KNOWN_DATASETS",
     "load_dataset",
+    "with_statistics",
     "normalize",
     "augment",
+    "CROP_MODES",
     "prefetch_to_host",
     "train_batches",
     "num_train_batches",
@@ -68,6 +70,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 KNOWN_DATASETS = ("digits", "mnist5k", "mnist", "fashion_mnist", "cifar10", "cifar100", "npz:PATH")
+# How :func:`augment` pads before cropping: zeros, or the border pixels repeated (torch's
+# ``RandomCrop(padding_mode='edge')``).
+CROP_MODES = ("constant", "edge")
 
 # Standard published per-channel statistics of the training splits, [0, 1] units.
 _TFDS_DATASETS: dict[str, dict[str, Any]] = {
@@ -626,6 +631,34 @@ def _load_npz(path_spec: str, train_files, test_files) -> tuple[Split, Split, in
 # --------------------------------------------------------------------------------------
 
 
+def with_statistics(info: DatasetInfo, mean: Sequence[float] = (), std: Sequence[float] = ()) -> DatasetInfo:
+    """``info`` normalising with ``mean`` / ``std`` instead of the dataset's own statistics.
+
+    Args:
+      info: a loaded dataset's description.
+      mean, std: per-channel values in [0, 1] units, one per channel each; empty keeps the
+        dataset's own. E.g. the Laborieux et al. (2021) CIFAR-10 inputs: the usual mean with
+        three standard deviations, ``std=(3 * 0.2023, 3 * 0.1994, 3 * 0.2010)``; MNIST in
+        [0, 1]: ``mean=(0.0,), std=(1.0,)``.
+    Raises:
+      ValueError: a length other than the channel count, or a std that is not > 0.
+    """
+    channels = info.input_shape[-1]
+    for name, values in (("mean", mean), ("std", std)):
+        if len(values) not in (0, channels):
+            raise ValueError(
+                f"{name} has {len(values)} values {tuple(values)} but the images of {info.name!r} "
+                f"have {channels} channels: give one per channel, or () for the dataset's own"
+            )
+    if not all(float(s) > 0 for s in std):
+        raise ValueError(f"std must be > 0 for every channel, got {tuple(std)}")
+    return dataclasses.replace(
+        info,
+        mean=tuple(float(m) for m in mean) if len(mean) else info.mean,
+        std=tuple(float(s) for s in std) if len(std) else info.std,
+    )
+
+
 def normalize(images: np.ndarray, info: DatasetInfo) -> np.ndarray:
     """``(x / 255 - mean) / std`` per channel.
 
@@ -650,8 +683,9 @@ def augment(
     *,
     crop_padding: int = 4,
     flip: bool = True,
+    crop_mode: str = "constant",
 ) -> np.ndarray:
-    """Random crop after zero padding, and random horizontal flip (p = 1/2).
+    """Random crop after padding, and random horizontal flip (p = 1/2).
 
     One vectorised gather for the whole batch. The draws are, in order:
     row offsets, column offsets (N each, in [0, 2 * crop_padding]), then N flip
@@ -660,9 +694,11 @@ def augment(
     Args:
       images: uint8 N x H x W x C.
       rng: numpy Generator (advanced by the call).
-      crop_padding: zero padding on each side before cropping back to H x W
+      crop_padding: padding on each side before cropping back to H x W
         (0 disables cropping).
       flip: whether to flip half of the images left-right.
+      crop_mode: the padding, one of :data:`CROP_MODES`: ``constant`` (zeros) or
+        ``edge`` (border pixels repeated, torch's ``padding_mode='edge'``).
     Returns:
       uint8 N x H x W x C.
     """
@@ -673,10 +709,11 @@ def augment(
     p = int(crop_padding)
     if p < 0:
         raise ValueError(f"crop_padding must be >= 0, got {crop_padding}")
+    _check_crop_mode(crop_mode)
     if p == 0 and not flip:
         return images.copy()
     if p:
-        padded = np.pad(images, ((0, 0), (p, p), (p, p), (0, 0)))
+        padded = np.pad(images, ((0, 0), (p, p), (p, p), (0, 0)), mode=crop_mode)
         dy = rng.integers(0, 2 * p + 1, size=n)
         dx = rng.integers(0, 2 * p + 1, size=n)
     else:
@@ -689,6 +726,11 @@ def augment(
         cols = np.where(flipped[:, None], cols[:, ::-1], cols)
     cols = dx[:, None] + cols
     return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def _check_crop_mode(crop_mode: str) -> None:
+    if crop_mode not in CROP_MODES:
+        raise ValueError(f"crop_mode must be one of {CROP_MODES}, got {crop_mode!r}")
 
 
 _augment = augment  # `augment` is also a keyword argument of train_batches
@@ -842,6 +884,7 @@ def train_batches(
     augment: bool = False,
     crop_padding: int = 4,
     flip: bool = True,
+    crop_mode: str = "constant",
     prefetch: int = 2,
     start_batch: int = 0,
 ) -> Iterator[dict[str, np.ndarray]]:
@@ -853,6 +896,7 @@ def train_batches(
     shape. Augmentation of batch b draws from ``default_rng([seed, epoch, b, tag])``,
     so the same (seed, epoch) gives bit-identical batches, and ``start_batch``
     resumes mid-epoch with exactly the batches a full pass would give from there.
+    ``crop_padding``, ``flip`` and ``crop_mode`` are :func:`augment`'s.
 
     Yields:
       ``{'image': float32 batch_size x H x W x C (normalised), 'label': int32 batch_size}``.
@@ -865,6 +909,7 @@ def train_batches(
         raise ValueError(f"split has {len(split)} examples, fewer than batch_size={batch_size}")
     if not 0 <= start_batch <= n_batches:
         raise ValueError(f"start_batch must be in [0, {n_batches}], got {start_batch}")
+    _check_crop_mode(crop_mode)
     seed, epoch = int(seed), int(epoch)
 
     def gen():
@@ -874,7 +919,7 @@ def train_batches(
             images = split.images[idx]
             if augment:
                 rng = np.random.default_rng([seed, epoch, b, _AUG_TAG])
-                images = _augment(images, rng, crop_padding=crop_padding, flip=flip)
+                images = _augment(images, rng, crop_padding=crop_padding, flip=flip, crop_mode=crop_mode)
             yield {"image": normalize(images, info), "label": split.labels[idx]}
 
     return prefetch_to_host(gen(), prefetch)

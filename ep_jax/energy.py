@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ep_jax.network import NetworkSpec
+from ep_jax.network import POOL_TIES, NetworkSpec
 
 # A nudging cost: (params, states, targets) -> scalar summed over the batch.
 CostFn = Callable[[dict, tuple, dict], jax.Array]
@@ -98,19 +98,33 @@ def matmul(a: jax.Array, b: jax.Array, compute_dtype=None) -> jax.Array:
                     preferred_element_type=a.dtype)
 
 
-def _window_max(windows: jax.Array) -> jax.Array:
+def _window_max(windows: jax.Array, ties: str) -> jax.Array:
   """Max of each 2x2 window of `(B, H/2, 2, W/2, 2, C)`, keeping the window axes (size 1).
 
-  Three elementwise maxima of the four window slices rather than a reduction: XLA fuses them
-  (and their derivative) with neighbouring elementwise work. Derivative at ties as `lax.max`:
-  split evenly between two tied operands (so 2- and 4-way ties split evenly).
+  Elementwise maxima and selects of the four window slices rather than a reduction or a
+  gather: XLA fuses them (and their derivative) with neighbouring elementwise work. The value
+  is the maximum either way; `ties` decides where the derivative of a tied window goes:
+  'first': all of it to the first maximal element in row-major window order (torch's
+  `max_pool2d`; the same as a stop-gradient argmax and `take_along_axis`, whose scatter
+  derivative is ~8x slower on CPU); 'split': as `lax.max`, evenly between tied operands.
+  A NaN in a window gives NaN (its derivative then split as `lax.max`).
   """
-  return jnp.maximum(jnp.maximum(windows[:, :, 0:1, :, 0:1], windows[:, :, 0:1, :, 1:2]),
-                     jnp.maximum(windows[:, :, 1:2, :, 0:1], windows[:, :, 1:2, :, 1:2]))
+  a, b = windows[:, :, 0:1, :, 0:1], windows[:, :, 0:1, :, 1:2]
+  c, d = windows[:, :, 1:2, :, 0:1], windows[:, :, 1:2, :, 1:2]
+  m = jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
+  if ties == 'split':
+    return m
+  if ties != 'first':
+    raise ValueError(f'unknown pool_ties {ties!r}; known: {POOL_TIES}')
+  return jnp.where(a == m, a, jnp.where(b == m, b, jnp.where(c == m, c, jnp.where(d == m, d, m))))
 
 
-def pool2d(u: jax.Array, kind: str | None) -> jax.Array:
-  """2x2 stride-2 max or average pooling of `(B, H, W, C)` (odd edges dropped); `None`: identity."""
+def pool2d(u: jax.Array, kind: str | None, ties: str = 'first') -> jax.Array:
+  """2x2 stride-2 max or average pooling of `(B, H, W, C)` (odd edges dropped); `None`: identity.
+
+  ties: where max pooling's derivative goes in a tied window ('first' or 'split', see
+  `_window_max`); the values do not depend on it.
+  """
   if kind is None:
     return u
   b, h, w, c = u.shape
@@ -119,7 +133,7 @@ def pool2d(u: jax.Array, kind: str | None) -> jax.Array:
     if jnp.iscomplexobj(u):
       raise ValueError('max pooling has no complex extension: holomorphic EP needs average '
                        "pooling ('A' in the layout)")
-    return _window_max(windows)[:, :, 0, :, 0]
+    return _window_max(windows, ties)[:, :, 0, :, 0]
   if kind == 'avg':
     return jnp.mean(windows, axis=(2, 4))
   raise ValueError(f'unknown pool {kind!r}')
@@ -147,14 +161,14 @@ def conv2d_transpose(g: jax.Array, w: jax.Array, padding: str = 'SAME') -> jax.A
   return conv2d(g, flip_kernel(w), transpose_padding(w, padding))
 
 
-def pool2d_transpose(g: jax.Array, u, kind: str | None) -> jax.Array:
-  """The adjoint of `pool2d(·, kind)` at `u` applied to `g`: `∂/∂u <g, P(u)>`, shaped like `u`.
+def pool2d_transpose(g: jax.Array, u, kind: str | None, ties: str = 'first') -> jax.Array:
+  """The adjoint of `pool2d(·, kind, ties)` at `u` applied to `g`: `∂/∂u <g, P(u)>`, like `u`.
 
   Exactly the vector-Jacobian product of `pool2d` (so the explicit forces equal `jax.grad` of
   Φ): average pooling spreads `g/4` over each window; max pooling routes `g` to the window's
-  maximum of `u` (ties split as `pool2d`'s derivative does); the odd edge rows/columns that
-  pooling drops get zero. Only max pooling reads the values of `u`: for the others `u` may be
-  just its shape `(B, H, W, C)`.
+  maximum of `u` (a tie to its first maximum or split evenly, per `ties`); the odd edge
+  rows/columns that pooling drops get zero. Only max pooling reads the values of `u`: for the
+  others `u` may be just its shape `(B, H, W, C)`.
   """
   if kind is None:
     return g
@@ -162,7 +176,7 @@ def pool2d_transpose(g: jax.Array, u, kind: str | None) -> jax.Array:
     if kind == 'max':
       raise ValueError('max unpooling needs the values of the pooled input, not its shape')
     u = jnp.zeros(u, g.dtype)
-  _, vjp = jax.vjp(lambda v: pool2d(v, kind), u)
+  _, vjp = jax.vjp(lambda v: pool2d(v, kind, ties), u)
   return vjp(g)[0]
 
 
@@ -171,9 +185,10 @@ def conv_pre(p: dict, s_prev: jax.Array, padding: str) -> jax.Array:
   return conv2d(s_prev, p['w'], padding) + p['b'].astype(s_prev.dtype)
 
 
-def conv_drive(p: dict, s_prev: jax.Array, pool: str | None, padding: str) -> jax.Array:
+def conv_drive(p: dict, s_prev: jax.Array, pool: str | None, padding: str,
+               ties: str = 'first') -> jax.Array:
   """`P(W ⋆ s_prev + b)`: what a convolutional layer receives from below, `(B, H', W', C)`."""
-  return pool2d(conv_pre(p, s_prev, padding), pool)
+  return pool2d(conv_pre(p, s_prev, padding), pool, ties)
 
 
 def dense_drive(p: dict, s_prev: jax.Array) -> jax.Array:
@@ -182,18 +197,20 @@ def dense_drive(p: dict, s_prev: jax.Array) -> jax.Array:
   return flat @ p['w'].astype(flat.dtype) + p['b'].astype(flat.dtype)
 
 
+def layer_drive(spec: NetworkSpec, l: int, p: dict, s_prev: jax.Array) -> jax.Array:
+  """drive_l(s_{l-1}) of layer l (0-based) with parameters `p`: `conv_drive` with the layer's
+  pool and padding and the spec's tie rule for a conv layer, `dense_drive` otherwise."""
+  if l < spec.num_conv:
+    return conv_drive(p, s_prev, spec.conv[l].pool, spec.paddings[l], spec.pool_ties)
+  return dense_drive(p, s_prev)
+
+
 def layer_drives(spec: NetworkSpec, params: dict, x: jax.Array,
                  states: tuple) -> tuple[jax.Array, ...]:
   """Bottom-up drive of every layer given the states below it (the feed-forward half of Φ)."""
   dtype = states[0].dtype
   below = (x.astype(dtype),) + tuple(states[:-1])
-  drives = []
-  for l, p in enumerate(params['layers']):
-    if l < spec.num_conv:
-      drives.append(conv_drive(p, below[l], spec.conv[l].pool, spec.padding))
-    else:
-      drives.append(dense_drive(p, below[l]))
-  return tuple(drives)
+  return tuple(layer_drive(spec, l, p, below[l]) for l, p in enumerate(params['layers']))
 
 
 def compute_dtype(dtype) -> jnp.dtype:

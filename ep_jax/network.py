@@ -1,8 +1,9 @@
 """Static network specification of a convolutional CRNN, layout parsing and initialisation.
 
-A network is a stack of convolutional layers (3x3 conv, 'SAME' padding, optional 2x2 max or
-average pooling after it), then dense layers, then the output. Everything here is static and
-hashable, so a `NetworkSpec` can be passed to `jax.jit` as a static argument.
+A network is a stack of convolutional layers (a stride-1 convolution, 3x3 'SAME' unless a
+layer or the spec says otherwise, optional 2x2 max or average pooling after it), then dense
+layers, then the output. Everything here is static and hashable, so a `NetworkSpec` can be
+passed to `jax.jit` as a static argument.
 
 States are a tuple with one array per dynamical layer, NHWC for convolutional layers
 (`(B, H_l, W_l, C_l)`, after pooling) and `(B, n_l)` for dense layers. With the default softmax
@@ -18,12 +19,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 
 POOLS = {'M': 'max', 'A': 'avg'}
+# Where max pooling's derivative goes in a tied window: all to the first maximum in row-major
+# window order (torch's max_pool2d, the reference's), or split evenly between the tied ones.
+POOL_TIES = ('first', 'split')
+
+PADDINGS = ('SAME', 'VALID')
 
 PRESET_LAYOUTS = {
     # The Laborieux et al. (2021) reference CRNN: 128-256-512-512, a max pool after each.
@@ -32,13 +39,20 @@ PRESET_LAYOUTS = {
     'vgg13': '64,64,M,128,128,M,256,256,M,512,512,M,512,512,M',
     'vgg16': '64,64,M,128,128,M,256,256,256,M,512,512,512,M,512,512,512,M',
 }
+# Per-layer paddings that are part of a preset (`make_spec` uses them unless `paddings` is
+# given). vgg5 is the reference's `--paddings 1 1 1 0` with 3x3 kernels: on 32x32 inputs
+# 32 -> 16 -> 8 -> 4, the VALID 3x3 gives 2x2, its pool 1x1x512.
+PRESET_PADDINGS = {'vgg5': ('SAME', 'SAME', 'SAME', 'VALID')}
 
 
 @dataclasses.dataclass(frozen=True)
 class ConvLayer:
-  """A convolutional layer: `channels` 3x3 filters, then `pool` in {None, 'max', 'avg'}."""
+  """A convolutional layer: `channels` filters of `kernel_size` (odd) with `padding` ('SAME' or
+  'VALID'), then `pool` in {None, 'max', 'avg'}. `None` geometry: the spec-wide value."""
   channels: int
   pool: Optional[str] = None
+  kernel_size: Optional[int] = None
+  padding: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,8 +67,10 @@ class NetworkSpec:
     readout: 'softmax' (linear readout outside the system, cross-entropy) or 'mse' (an
       output layer of `num_classes` neurons inside the system, squared error).
     activation: name of the activation in `ep_jax.activations`.
-    kernel_size: convolution kernel size (odd).
-    padding: 'SAME' or 'VALID'.
+    kernel_size: convolution kernel size (odd) of the layers that do not set their own.
+    padding: 'SAME' or 'VALID', for the layers that do not set their own.
+    pool_ties: where max pooling's derivative goes in a tied window, one of `POOL_TIES`
+      ('first': the first maximum, as torch; 'split': evenly). Values do not depend on it.
   """
   input_shape: tuple[int, int, int]
   conv: tuple[ConvLayer, ...]
@@ -64,6 +80,7 @@ class NetworkSpec:
   activation: str = 'hard_sigmoid'
   kernel_size: int = 3
   padding: str = 'SAME'
+  pool_ties: str = 'first'
 
   @property
   def num_layers(self) -> int:
@@ -75,16 +92,34 @@ class NetworkSpec:
     return len(self.conv)
 
   @property
+  def kernel_sizes(self) -> tuple[int, ...]:
+    """Kernel size of each conv layer (its own, else the spec's)."""
+    return tuple(layer.kernel_size or self.kernel_size for layer in self.conv)
+
+  @property
+  def paddings(self) -> tuple[str, ...]:
+    """Padding of each conv layer (its own, else the spec's)."""
+    return tuple(layer.padding or self.padding for layer in self.conv)
+
+  @property
+  def conv_shapes(self) -> tuple[tuple[int, int, int], ...]:
+    """Per-example shape `(H, W, C)` of each conv layer's `W_l ⋆ s_{l-1}`, before pooling."""
+    shapes = []
+    h, w, _ = self.input_shape
+    for layer, k, padding in zip(self.conv, self.kernel_sizes, self.paddings):
+      if padding == 'VALID':
+        h, w = h - k + 1, w - k + 1
+      shapes.append((h, w, layer.channels))
+      if layer.pool is not None:
+        h, w = h // 2, w // 2
+    return tuple(shapes)
+
+  @property
   def state_shapes(self) -> tuple[tuple[int, ...], ...]:
     """Per-example state shape of each dynamical layer."""
     shapes = []
-    h, w, _ = self.input_shape
-    for layer in self.conv:
-      if self.padding == 'VALID':
-        h, w = h - self.kernel_size + 1, w - self.kernel_size + 1
-      if layer.pool is not None:
-        h, w = h // 2, w // 2
-      shapes.append((h, w, layer.channels))
+    for layer, (h, w, c) in zip(self.conv, self.conv_shapes):
+      shapes.append((h // 2, w // 2, c) if layer.pool is not None else (h, w, c))
     for width in self.dense:
       shapes.append((width,))
     if self.readout == 'mse':
@@ -101,7 +136,8 @@ class NetworkSpec:
 
   @property
   def layout(self) -> str:
-    """The layout string this spec was built from (round-trips through `parse_layout`)."""
+    """The layout string of the conv widths and pools (round-trips through `parse_layout`;
+    the per-layer geometry is in `kernel_sizes` / `paddings`)."""
     tokens = []
     for layer in self.conv:
       tokens.append(str(layer.channels))
@@ -150,15 +186,43 @@ def parse_layout(layout: str) -> tuple[ConvLayer, ...]:
   return tuple(layers)
 
 
+def _check_kernel_size(k, what: str) -> int:
+  if not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 1 or k % 2 == 0:
+    raise ValueError(f'{what} must be a positive odd integer, got {k!r}')
+  return int(k)
+
+
+def _check_padding(padding, what: str) -> str:
+  if padding not in PADDINGS:
+    raise ValueError(f'{what} must be one of {PADDINGS}, got {padding!r}')
+  return padding
+
+
+def _per_layer(values: Sequence, num_conv: int, what: str) -> tuple:
+  values = tuple(values)
+  if values and len(values) != num_conv:
+    raise ValueError(f'{what} has {len(values)} entries {values} but the layout has '
+                     f'{num_conv} conv layers: give one per conv layer, or none')
+  return values
+
+
 def make_spec(layout: str | Sequence[ConvLayer], *, input_shape: Sequence[int],
               num_classes: int, dense: Sequence[int] = (), readout: str = 'softmax',
               activation: str = 'hard_sigmoid', kernel_size: int = 3,
-              padding: str = 'SAME') -> NetworkSpec:
+              padding: str = 'SAME', pool_ties: str = 'first',
+              kernel_sizes: Sequence[int] = (),
+              paddings: Sequence[str] = ()) -> NetworkSpec:
   """Builds and validates a `NetworkSpec` from a layout string or preset name.
 
+  Each conv layer's kernel size and padding is, by precedence: `kernel_sizes[l]` /
+  `paddings[l]` (one entry per conv layer, or empty), the preset's (`PRESET_PADDINGS`: vgg5's
+  last convolution is VALID) or the `ConvLayer`'s own, then `kernel_size` / `padding`. The
+  spec's conv layers carry the resolved values.
+
   Raises:
-    ValueError: malformed layout, unknown readout/activation/padding, or an input too small
-      for the network's pools.
+    ValueError: malformed layout, unknown readout/activation/padding/pool_ties, a kernel size
+      that is not a positive odd integer, per-layer tuples of the wrong length, or an input
+      too small for the network's convolutions and pools.
   """
   from ep_jax import activations  # local: avoids an import cycle at package import
 
@@ -170,29 +234,38 @@ def make_spec(layout: str | Sequence[ConvLayer], *, input_shape: Sequence[int],
     raise ValueError(f'num_classes must be >= 2, got {num_classes}')
   if readout not in ('softmax', 'mse'):
     raise ValueError(f"readout must be 'softmax' or 'mse', got {readout!r}")
-  if padding not in ('SAME', 'VALID'):
-    raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
-  if kernel_size < 1 or kernel_size % 2 == 0:
-    raise ValueError(f'kernel_size must be a positive odd integer, got {kernel_size}')
+  padding = _check_padding(padding, 'padding')
+  kernel_size = _check_kernel_size(kernel_size, 'kernel_size')
+  if pool_ties not in POOL_TIES:
+    raise ValueError(f'pool_ties must be one of {POOL_TIES}, got {pool_ties!r}')
   activations.get(activation)  # validates the name
   if any(int(w) <= 0 for w in dense):
     raise ValueError(f'dense widths must be positive, got {tuple(dense)}')
   if not conv and not dense and readout == 'softmax':
     raise ValueError('the network needs at least one hidden layer')
+  kernel_sizes = _per_layer(kernel_sizes, len(conv), 'kernel_sizes')
+  paddings = _per_layer(paddings, len(conv), 'paddings')
+  if not paddings and isinstance(layout, str):
+    paddings = PRESET_PADDINGS.get(layout.strip().lower(), ())
+  conv = tuple(dataclasses.replace(
+      layer,
+      kernel_size=_check_kernel_size(
+          kernel_sizes[i] if kernel_sizes else layer.kernel_size or kernel_size,
+          f'kernel_sizes[{i}]' if kernel_sizes else f'kernel size of conv layer {i + 1}'),
+      padding=_check_padding(
+          paddings[i] if paddings else layer.padding or padding,
+          f'paddings[{i}]' if paddings else f'padding of conv layer {i + 1}'))
+      for i, layer in enumerate(conv))
   spec = NetworkSpec(input_shape=input_shape, conv=conv, dense=tuple(int(w) for w in dense),
                      num_classes=int(num_classes), readout=readout, activation=activation,
-                     kernel_size=int(kernel_size), padding=padding)
-  # Walk the spatial sizes to catch inputs too small for the pools.
-  h, w, _ = input_shape
-  for index, layer in enumerate(conv):
-    if padding == 'VALID':
-      h, w = h - kernel_size + 1, w - kernel_size + 1
-    if layer.pool is not None:
-      h, w = h // 2, w // 2
-    if h < 1 or w < 1:
+                     kernel_size=kernel_size, padding=padding, pool_ties=pool_ties)
+  # Walk the spatial sizes to catch inputs too small for the convolutions and pools.
+  for index, (conv_shape, shape) in enumerate(zip(spec.conv_shapes, spec.state_shapes)):
+    if min(conv_shape[:2] + shape[:2]) < 1:
       raise ValueError(
-          f'input {input_shape} is too small for layout {spec.layout!r}: the feature map '
-          f'vanishes after conv layer {index + 1}; use fewer pools or a larger input')
+          f'input {input_shape} is too small for layout {spec.layout!r} with kernel sizes '
+          f'{spec.kernel_sizes} and paddings {spec.paddings}: the feature map vanishes at '
+          f'conv layer {index + 1}; use fewer pools or VALID convolutions, or a larger input')
   return spec
 
 
@@ -206,8 +279,7 @@ def init_params(spec: NetworkSpec, key: jax.Array, *, dtype=jnp.float32,
   layers = []
   keys = jax.random.split(key, spec.num_layers + 1)
   in_channels = spec.input_shape[-1]
-  k = spec.kernel_size
-  for i, layer in enumerate(spec.conv):
+  for i, (layer, k) in enumerate(zip(spec.conv, spec.kernel_sizes)):
     wkey, bkey = jax.random.split(keys[i])
     bound = scale / math.sqrt(in_channels * k * k)
     layers.append({'w': _uniform(wkey, (k, k, in_channels, layer.channels), bound, dtype),

@@ -68,10 +68,7 @@ def force_autodiff(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple,
 
 def bottom_drive(spec: NetworkSpec, params: dict, x: jax.Array, dtype) -> jax.Array:
   """The drive of layer 1 from the input, `P(W_1 ⋆ x + b_1)`: constant during a relaxation."""
-  x = x.astype(dtype)
-  if spec.num_conv:
-    return energy.conv_drive(params['layers'][0], x, spec.conv[0].pool, spec.padding)
-  return energy.dense_drive(params['layers'][0], x)
+  return energy.layer_drive(spec, 0, params['layers'][0], x.astype(dtype))
 
 
 def _prepare(spec, params, x, dtype, compute_dtype=None):
@@ -88,7 +85,8 @@ class _Forces:
   drive: `P_l(W_l ⋆ s_{l-1} + b_l)` (conv) or `W_l s_{l-1} + b_l` (dense).
   feedback: `W_{l+1}^T ⋆ P_{l+1}^T(s_{l+1})` for a conv layer above (transposed convolution of
   the unpooled upper state; max unpooling routes to the argmax of the window of the pre-pool
-  input `W_{l+1} ⋆ s_l + b_{l+1}`), `W_{l+1}^T s_{l+1}` reshaped for a dense layer above.
+  input `W_{l+1} ⋆ s_l + b_{l+1}`, a tie as `spec.pool_ties` says), `W_{l+1}^T s_{l+1}`
+  reshaped for a dense layer above.
 
   The convolution `W_l ⋆ s_{l-1}` of each conv layer is computed once and shared between its
   drive and the feedback it sends down (a trace-time cache, invalidated when the layer below
@@ -116,14 +114,11 @@ class _Forces:
     """`W_l ⋆ s_{l-1}` (without the bias) for conv layer l >= 1 (0-based), cached."""
     if l not in self._conv:
       self._conv[l] = energy.conv2d_loop(self.states[l - 1], self.params['layers'][l]['w'],
-                                         self.spec.padding, self.compute_dtype)
+                                         self.spec.paddings[l], self.compute_dtype)
     return self._conv[l]
 
   def _conv_shape(self, l):
-    b, h, w, _ = self.states[l - 1].shape
-    if self.spec.padding == 'VALID':
-      h, w = h - self.spec.kernel_size + 1, w - self.spec.kernel_size + 1
-    return (b, h, w, self.spec.conv[l].channels)
+    return (self.states[l - 1].shape[0],) + self.spec.conv_shapes[l]
 
   def _drive(self, l):
     spec, params, states = self.spec, self.params, self.states
@@ -134,7 +129,7 @@ class _Forces:
       flat = below.reshape(below.shape[0], -1)
       return energy.matmul(flat, p['w'], self.compute_dtype) + p['b'].astype(flat.dtype)
     b = params['layers'][l]['b'].astype(states[l].dtype)
-    return energy.pool2d(self.conv(l), spec.conv[l].pool) + b
+    return energy.pool2d(self.conv(l), spec.conv[l].pool, spec.pool_ties) + b
 
   def _feedback(self, l):
     """What layer l receives from layer l+1."""
@@ -146,9 +141,9 @@ class _Forces:
     # Max unpooling routes by the argmax of each window of `W ⋆ s_l` (adding the bias does
     # not move it); the other pools need only the shape.
     u = self.conv(l + 1) if pool == 'max' else self._conv_shape(l + 1)
-    g = energy.pool2d_transpose(up, u, pool)
+    g = energy.pool2d_transpose(up, u, pool, spec.pool_ties)
     return energy.conv2d_loop(g, self.kernels_t[l + 1],
-                              energy.transpose_padding(p_up['w'], spec.padding),
+                              energy.transpose_padding(p_up['w'], spec.paddings[l + 1]),
                               self.compute_dtype)
 
   def __call__(self, layers):

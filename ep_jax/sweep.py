@@ -473,8 +473,7 @@ def train_vmapped_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
   for epoch in range(start_epoch, num_epochs):
     epoch_start = time.time()
     iters = [data_lib.train_batches(tr, info, batch_size=batch_size, epoch=epoch, seed=s,
-                                    augment=d.augment, crop_padding=d.crop_padding,
-                                    flip=d.flip, prefetch=d.prefetch)
+                                    prefetch=d.prefetch, **train_lib.augmentation(config))
              for (tr, _, _), s in zip(splits, seeds)]
     per_step = []
     for batches in zip(*iters):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -49,11 +49,7 @@ def forward(spec: NetworkSpec, params: dict, x: jax.Array) -> tuple[tuple, jax.A
   a = x
   acts = []
   for l, p in enumerate(params['layers']):
-    if l < spec.num_conv:
-      u = energy.conv_drive(p, a, spec.conv[l].pool, spec.padding)
-    else:
-      u = energy.dense_drive(p, a)
-    a = sigma(u)
+    a = sigma(energy.layer_drive(spec, l, p, a))
     acts.append(a)
   acts = tuple(acts)
   return acts, energy.logits(spec, params, acts)
@@ -63,17 +59,6 @@ def loss_fn(spec: NetworkSpec, params: dict, x: jax.Array, labels: jax.Array) ->
   """Mean output loss of the feed-forward pass (cross-entropy for a softmax readout)."""
   acts, _ = forward(spec, params, x)
   return jnp.mean(energy.example_losses(spec, params, acts, labels))
-
-
-def make_optimizer(learning_rate: float, *, total_steps: int, momentum: float = 0.9,
-                   weight_decay: float = 0.0, eta_min: float = 0.0
-                   ) -> optax.GradientTransformation:
-  """SGD with momentum and weight decay, cosine-annealed learning rate to `eta_min`."""
-  lr = optim.learning_rate_schedule(learning_rate, schedule='cosine', total_steps=total_steps,
-                                    eta_min=eta_min)
-  parts = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
-  parts.append(optax.sgd(lr, momentum=momentum or None))
-  return optax.chain(*parts)
 
 
 def make_train_step(spec: NetworkSpec, tx: optax.GradientTransformation) -> Callable:
@@ -124,12 +109,15 @@ def evaluate(spec: NetworkSpec, params: dict, split: data.Split, info: data.Data
 
 def train(spec: NetworkSpec, train_split: data.Split, test_split: data.Split,
           info: data.DatasetInfo, *, epochs: int, learning_rate: float, batch_size: int,
-          seed: int = 0, momentum: float = 0.9, weight_decay: float = 0.0,
+          seed: int = 0, momentum: float = 0.9, weight_decay: float | Sequence[float] = 0.0,
           eta_min: float = 0.0, init_scale: float = 1.0, augment: bool = False,
-          crop_padding: int = 4, flip: bool = True, eval_batch_size: int = 256,
+          crop_padding: int = 4, flip: bool = True, crop_mode: str = 'constant',
+          eval_batch_size: int = 256,
           log: Optional[Callable[[str], None]] = print) -> tuple[dict, list[dict]]:
   """Trains the feed-forward twin by backprop; returns `(params, history)`.
 
+  Optimiser: `optim.make_optimizer` with the one `learning_rate` cosine-annealed per step to
+  `eta_min` over all epochs, `weight_decay` one value or one per synapse group.
   history: one dict per epoch with `epoch`, `train_loss`, `train_accuracy`, `test_loss`,
   `test_accuracy` and `seconds` (wall time since the start, compilation included).
   """
@@ -137,8 +125,9 @@ def train(spec: NetworkSpec, train_split: data.Split, test_split: data.Split,
     raise ValueError(f'teacher epochs must be >= 1, got {epochs}')
   steps_per_epoch = data.num_train_batches(train_split, batch_size)
   params = network.init_params(spec, jax.random.PRNGKey(seed), scale=init_scale)
-  tx = make_optimizer(learning_rate, total_steps=epochs * steps_per_epoch, momentum=momentum,
-                      weight_decay=weight_decay, eta_min=eta_min)
+  tx = optim.make_optimizer(spec, params, learning_rates=learning_rate, momentum=momentum,
+                            weight_decay=weight_decay, schedule='cosine',
+                            total_steps=epochs * steps_per_epoch, eta_min=eta_min)
   opt_state = tx.init(params)
   step = jax.jit(make_train_step(spec, tx), donate_argnums=(0, 1))
   eval_step = jax.jit(make_eval_step(spec))
@@ -147,7 +136,7 @@ def train(spec: NetworkSpec, train_split: data.Split, test_split: data.Split,
     sums = np.zeros(2)
     for batch in data.train_batches(train_split, info, batch_size=batch_size, epoch=epoch,
                                     seed=seed, augment=augment, crop_padding=crop_padding,
-                                    flip=flip):
+                                    flip=flip, crop_mode=crop_mode):
       params, opt_state, metrics = step(params, opt_state, batch)
       sums += np.array([float(metrics['loss']), float(metrics['accuracy'])])
     test = evaluate(spec, params, test_split, info, batch_size=eval_batch_size,
@@ -171,7 +160,8 @@ def spec_to_dict(spec: NetworkSpec) -> dict:
   return {'layout': spec.layout, 'input_shape': list(spec.input_shape),
           'dense': list(spec.dense), 'num_classes': spec.num_classes, 'readout': spec.readout,
           'activation': spec.activation, 'kernel_size': spec.kernel_size,
-          'padding': spec.padding}
+          'padding': spec.padding, 'pool_ties': spec.pool_ties,
+          'kernel_sizes': list(spec.kernel_sizes), 'paddings': list(spec.paddings)}
 
 
 def spec_from_dict(fields: dict) -> NetworkSpec:
@@ -179,7 +169,10 @@ def spec_from_dict(fields: dict) -> NetworkSpec:
   return network.make_spec(layout, input_shape=fields['input_shape'],
                            num_classes=fields['num_classes'], dense=tuple(fields['dense']),
                            readout=fields['readout'], activation=fields['activation'],
-                           kernel_size=fields['kernel_size'], padding=fields['padding'])
+                           kernel_size=fields['kernel_size'], padding=fields['padding'],
+                           pool_ties=fields.get('pool_ties', 'first'),
+                           kernel_sizes=tuple(fields.get('kernel_sizes', ())),
+                           paddings=tuple(fields.get('paddings', ())))
 
 
 def save_teacher(workdir: str, spec: NetworkSpec, params: dict, info: dict) -> int:

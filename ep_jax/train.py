@@ -88,11 +88,20 @@ def _check_writable(workdir: str) -> None:
     raise PermissionError(f'workdir {workdir!r} is not writable: {e}') from e
 
 
-def build_spec(config: ml_collections.ConfigDict, info: data_lib.DatasetInfo) -> network.NetworkSpec:
+def build_spec(config: ml_collections.ConfigDict, info: data_lib.DatasetInfo,
+               readout: str = '') -> network.NetworkSpec:
+  """The network of `config.model` for `info`'s data (`readout` overrides the model's).
+
+  Here and in `load_data` / `augmentation` / `build_run`, fields newer than some saved runs
+  are read with their defaults, so an older run's `config.json` still builds.
+  """
   m = config.model
   return network.make_spec(m.layout, input_shape=info.input_shape, num_classes=info.num_classes,
-                           dense=tuple(m.dense), readout=m.readout, activation=m.activation,
-                           kernel_size=m.kernel_size, padding=m.padding)
+                           dense=tuple(m.dense), readout=readout or m.readout,
+                           activation=m.activation, kernel_size=m.kernel_size,
+                           padding=m.padding, pool_ties=m.get('pool_ties', 'first'),
+                           kernel_sizes=tuple(m.get('kernel_sizes', ())),
+                           paddings=tuple(m.get('paddings', ())))
 
 
 def build_ep_config(config: ml_collections.ConfigDict) -> EPConfig:
@@ -117,15 +126,17 @@ VALIDATION_SEED = 12345
 def load_data(config: ml_collections.ConfigDict):
   """`(train, evaluation, info)` per `config.data`.
 
-  With `data.validation = N > 0` the last N examples of a fixed near-stratified split of the
-  training set (`VALIDATION_SEED`) replace the test split for every evaluation, and training
-  uses the rest: hyperparameters are then chosen without reading the test split.
+  `info` normalises with `data.mean` / `data.std` where they are set (else the dataset's own
+  statistics). With `data.validation = N > 0` N examples of a fixed near-stratified split of
+  the training set (`VALIDATION_SEED`) replace the test split for every evaluation, and
+  training uses the rest: hyperparameters are then chosen without reading the test split.
   """
   d = config.data
   train, test, info = data_lib.load_dataset(
       d.dataset, data_dir=d.data_dir or None, train_files=tuple(d.train_files),
       test_files=tuple(d.test_files), train_subset=d.train_subset, test_subset=d.test_subset,
       seed=config.seed)
+  info = data_lib.with_statistics(info, tuple(d.get('mean', ())), tuple(d.get('std', ())))
   n = int(d.get('validation', 0))
   if n == 0:
     return train, test, info
@@ -135,6 +146,13 @@ def load_data(config: ml_collections.ConfigDict):
   keep, held = data_lib.stratified_split(train.labels, n, VALIDATION_SEED)
   info = dataclasses.replace(info, num_train=len(keep), num_test=n)
   return train.take(np.sort(keep)), train.take(np.sort(held)), info
+
+
+def augmentation(config: ml_collections.ConfigDict) -> dict:
+  """The augmentation keyword arguments of `data.train_batches` from `config.data`."""
+  d = config.data
+  return dict(augment=d.augment, crop_padding=d.crop_padding, flip=d.flip,
+              crop_mode=d.get('crop_mode', 'constant'))
 
 
 def signals_enabled(config: ml_collections.ConfigDict) -> bool:
@@ -229,9 +247,10 @@ def build_run(config: ml_collections.ConfigDict, spec: network.NetworkSpec,
     if setup.trainable:
       params = dict(params, signals=setup.trainable)
   o = config.optim
-  lr_kwargs = dict(schedule=o.schedule, total_steps=steps_per_epoch * num_epochs,
-                   eta_min=o.eta_min, restart_period=int(o.restart_epochs) * steps_per_epoch,
-                   restart_mult=o.restart_mult)
+  lr_kwargs = optim.schedule_kwargs(
+      schedule=o.schedule, steps_per_epoch=steps_per_epoch, epochs=num_epochs,
+      eta_min=o.eta_min, restart_epochs=o.restart_epochs, restart_mult=o.restart_mult,
+      decay_epochs=o.get('decay_epochs', 0), schedule_step=o.get('schedule_step', 'step'))
   rates = o.learning_rates if isinstance(o.learning_rates, (int, float)) else tuple(
       o.learning_rates)
   tx = optim.make_optimizer(spec, params, learning_rates=rates, momentum=o.momentum,
@@ -397,8 +416,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     per_step = []
     batches = data_lib.train_batches(
         train_split, info, batch_size=local_batch, epoch=epoch, seed=config.seed,
-        augment=config.data.augment, crop_padding=config.data.crop_padding,
-        flip=config.data.flip, prefetch=config.data.prefetch)
+        prefetch=config.data.prefetch, **augmentation(config))
     for batch in batches:
       state, metrics = train_step(state, to_global(batch, batch_sharding))
       per_step.append(metrics)

@@ -102,8 +102,10 @@ def run(config, workdir: str, *, betas, batch_size: int = 8,
   if init_scale is None:  # the config's init (model.init), as training starts
     params = train_lib.init_model_params(
         config, spec, init_key, train_lib.calibration_batch(config, train_split, info))
+    init_desc = f"model.init={config.model.get('init', 'pytorch')}, scale {config.model.init_scale}"
   else:
     params = network.init_params(spec, init_key, scale=float(init_scale))
+    init_desc = f'scale {float(init_scale)}'
   trained_heads = None
   if restore is not None:
     if network_mode == 'smooth':
@@ -118,7 +120,7 @@ def run(config, workdir: str, *, betas, batch_size: int = 8,
                if network_mode == 'smooth' else '')),
           'data': f'{info.name}: first {batch_size} training examples',
           'parameters': (source if restore is not None
-                         else f'initialisation (seed {config.seed}, scale {scale})'),
+                         else f'initialisation (seed {config.seed}, {init_desc})'),
           'precision': f'float64, relaxations to residual {tol:g} (at most {max_steps} steps)',
           'betas': ', '.join(f'{float(b):g}' for b in betas),
           'holomorphic K': holo_points}

@@ -26,10 +26,7 @@ from experiments import cli
 
 def build_spec(config, info: data.DatasetInfo) -> network.NetworkSpec:
   """The teacher's spec: the CRNN's `config.model` layers with a softmax readout."""
-  return network.make_spec(config.model.layout, input_shape=info.input_shape,
-                           num_classes=info.num_classes, dense=tuple(config.model.dense),
-                           readout='softmax', activation=config.model.activation,
-                           kernel_size=config.model.kernel_size, padding=config.model.padding)
+  return train_lib.build_spec(config, info, readout='softmax')
 
 
 def init_scale(config) -> float:
@@ -43,7 +40,7 @@ def run(config, workdir: str, print_fn: Callable[[str], None] = print) -> dict:
   `print_fn` receives every progress line (the ablation prefixes them with the run name).
   """
   start = time.time()
-  d, t = config.data, config.teacher
+  t = config.teacher
   train_split, test_split, info = train_lib.load_data(config)
   spec = build_spec(config, info)
   print_fn(f'teacher: dataset={info.name} train={info.num_train} test={info.num_test} '
@@ -53,8 +50,8 @@ def run(config, workdir: str, print_fn: Callable[[str], None] = print) -> dict:
       spec, train_split, test_split, info, epochs=t.epochs, learning_rate=t.learning_rate,
       batch_size=t.batch_size, seed=config.seed, momentum=config.optim.momentum,
       weight_decay=config.optim.weight_decay, eta_min=config.optim.eta_min,
-      init_scale=init_scale(config), augment=d.augment, crop_padding=d.crop_padding,
-      flip=d.flip, eval_batch_size=config.train.eval_batch_size, log=print_fn)
+      init_scale=init_scale(config), eval_batch_size=config.train.eval_batch_size,
+      log=print_fn, **train_lib.augmentation(config))
   final = history[-1]
   meta = {'test_accuracy': float(final['test_accuracy']), 'test_loss': float(final['test_loss']),
           'train_accuracy': float(final['train_accuracy']), 'epochs': int(t.epochs),

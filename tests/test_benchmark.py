@@ -53,23 +53,28 @@ def test_cli_prints_one_json_line():
     assert key in out, key
 
 
-@pytest.mark.parametrize('layout,dense,readout,padding,shape', [
-    ('5,M,7,M', (6,), 'softmax', 'SAME', (8, 8, 2)),
-    ('5,A,7,6,M', (), 'mse', 'SAME', (8, 8, 2)),
-    ('5,M,7,A', (6, 4), 'softmax', 'VALID', (11, 11, 2)),
-    ('4,4,M', (), 'softmax', 'SAME', (7, 9, 2)),
+@pytest.mark.parametrize('layout,dense,readout,geometry,shape', [
+    ('5,M,7,M', (6,), 'softmax', {}, (8, 8, 2)),
+    ('5,A,7,6,M', (), 'mse', {}, (8, 8, 2)),
+    ('5,M,7,A', (6, 4), 'softmax', {'padding': 'VALID'}, (11, 11, 2)),
+    ('4,4,M', (), 'softmax', {}, (7, 9, 2)),
+    # Per-layer geometry, the reference's last-VALID pattern and mixed kernel sizes.
+    ('4,M,5,M,6,M', (), 'softmax', {'paddings': ('SAME', 'SAME', 'VALID')}, (16, 16, 2)),
+    ('4,M,5,6,M', (3,), 'softmax',
+     {'kernel_sizes': (5, 3, 3), 'paddings': ('VALID', 'SAME', 'VALID')}, (12, 12, 2)),
 ])
-def test_explicit_force_equals_autodiff(x64, layout, dense, readout, padding, shape):
+@pytest.mark.parametrize('ties', network.POOL_TIES)
+def test_explicit_force_equals_autodiff(x64, layout, dense, readout, geometry, shape, ties):
   spec = network.make_spec(layout, input_shape=shape, num_classes=4, dense=dense,
-                           readout=readout, padding=padding)
+                           readout=readout, pool_ties=ties, **geometry)
   params = network.init_params(spec, jax.random.PRNGKey(0), dtype=jnp.float64)
   x = jax.random.uniform(jax.random.PRNGKey(1), (3,) + shape, jnp.float64)
   targets = {'label': jnp.array([0, 1, 3])}
   cost = energy.output_cost(spec)
   random_states = tuple(jax.random.uniform(jax.random.PRNGKey(5 + i), (3,) + s, jnp.float64)
                         for i, s in enumerate(spec.state_shapes))
-  # Zero and spatially uniform states make max-pool windows tie: the routing must split the
-  # same way as the derivative of the max.
+  # Zero and spatially uniform states make max-pool windows tie: the unpooling must route a
+  # tie as the derivative of the max does (to the first maximum, or split, per `ties`).
   uniform = tuple(jnp.full((3,) + s, 0.5, jnp.float64) for s in spec.state_shapes)
   zeros = network.init_states(spec, 3, jnp.float64)
   for states in (random_states, uniform, zeros):

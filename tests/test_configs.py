@@ -2,12 +2,13 @@
 
 import glob
 import importlib
+import math
 import os
 
 import ml_collections
 import pytest
 
-from ep_jax import network, train
+from ep_jax import data, network, optim, train
 from ep_jax.data import DatasetInfo
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'ep_jax', 'configs')
@@ -48,3 +49,36 @@ def test_overrides_are_type_checked():
   locked = ml_collections.config_dict.FrozenConfigDict(config)
   with pytest.raises(AttributeError):
     locked.ep.nonexistent = 1
+
+
+@pytest.mark.parametrize('name', ['cifar10_vgg5', 'cifar10_npz_vgg5'])
+def test_cifar10_vgg5_is_the_reference_recipe(name):
+  """Laborieux et al. (2021): vgg5 with paddings 1,1,1,0, 3·std inputs, edge-padded crops,
+  symmetric EP β = 1, T1/T2 = 250/25 fixed, per-layer rates and 3e-4 decay, cosine per epoch
+  over 100 of 120 epochs."""
+  config = importlib.import_module(f'ep_jax.configs.{name}').get_config()
+  info = data.DatasetInfo('cifar10', (32, 32, 3), 10, 50000, 10000, (0.5,) * 3, (0.25,) * 3)
+  spec = train.build_spec(config, info)
+  assert spec.paddings == ('SAME', 'SAME', 'SAME', 'VALID') and spec.kernel_sizes == (3,) * 4
+  assert spec.state_shapes == ((16, 16, 128), (8, 8, 256), (4, 4, 512), (1, 1, 512))
+  assert all(layer.pool == 'max' for layer in spec.conv) and spec.pool_ties == 'first'
+  assert (spec.readout, spec.activation, config.model.init_scale) == ('softmax',
+                                                                       'hard_sigmoid', 1.0)
+  normalised = data.with_statistics(info, config.data.mean, config.data.std)
+  assert normalised.mean == (0.4914, 0.4822, 0.4465)
+  assert normalised.std == pytest.approx((0.6069, 0.5982, 0.6030))
+  d = config.data
+  assert (d.augment, d.crop_padding, d.crop_mode, d.flip) == (True, 4, 'edge', True)
+  ep = train.build_ep_config(config)
+  assert (ep.estimator, ep.beta, ep.free_steps, ep.nudged_steps, ep.tol, ep.mode) == (
+      'symmetric', 1.0, 250, 25, 0.0, 'sync')
+  o = config.optim
+  assert tuple(o.learning_rates) == (0.25, 0.15, 0.1, 0.08, 0.05)
+  assert (o.momentum, o.weight_decay, config.train.batch_size, config.train.epochs) == (
+      0.9, 3e-4, 128, 120)
+  run = train.build_run(config, spec, steps_per_epoch=3)
+  epoch1 = 1e-5 + (0.25 - 1e-5) * (1 + math.cos(math.pi / 100)) / 2
+  for epoch, expected in ((0, 0.25), (1, epoch1), (100, 1e-5), (119, 1e-5)):
+    rates = optim.current_learning_rates(spec, learning_rates=run.rates, step=3 * epoch + 2,
+                                         **run.lr_kwargs)
+    assert rates[0] == pytest.approx(expected, rel=1e-4)

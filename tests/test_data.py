@@ -293,19 +293,70 @@ def test_augment_flip_only():
     np.testing.assert_array_equal(data.augment(x, np.random.default_rng(0), crop_padding=0, flip=False), x)
 
 
+def _crop_offsets(out, images, p, mode):
+    """The (dy, dx) offset of each crop in ``out`` as a window of ``images`` padded by ``p``
+    with numpy's ``mode``; fails if a crop is no such window."""
+    padded = np.pad(images, ((0, 0), (p, p), (p, p), (0, 0)), mode=mode)
+    h, w = images.shape[1:3]
+    offsets = []
+    for i in range(len(out)):
+        hits = [(dy, dx) for dy in range(2 * p + 1) for dx in range(2 * p + 1)
+                if np.array_equal(out[i], padded[i, dy:dy + h, dx:dx + w])]
+        assert hits, i
+        offsets.append(hits[0])
+    return offsets
+
+
 def test_augment_crop_is_shifted_window_with_zero_padding():
     x = np.arange(1, 1 + 2 * 6 * 7 * 1, dtype=np.uint8).reshape(2, 6, 7, 1)
     p = 2
     out = data.augment(np.repeat(x, 50, 0), np.random.default_rng(0), crop_padding=p, flip=False)
     assert out.shape == (100, 6, 7, 1)
-    padded = np.pad(np.repeat(x, 50, 0), ((0, 0), (p, p), (p, p), (0, 0)))
-    offsets = set()
-    for i in range(100):
-        hits = [(dy, dx) for dy in range(2 * p + 1) for dx in range(2 * p + 1)
-                if np.array_equal(out[i], padded[i, dy:dy + 6, dx:dx + 7])]
-        assert hits, i
-        offsets.add(hits[0])
-    assert len(offsets) > 10  # offsets actually vary
+    assert len(set(_crop_offsets(out, np.repeat(x, 50, 0), p, "constant"))) > 10  # they vary
+
+
+def test_augment_edge_crop_repeats_the_border():
+    """crop_mode='edge' (torch's RandomCrop(padding_mode='edge')): every crop is a window of
+    the edge-padded image, so no zero appears in images without zeros; 'constant' pads zeros."""
+    x = np.arange(1, 1 + 2 * 6 * 7 * 2, dtype=np.uint8).reshape(2, 6, 7, 2)
+    p = 3
+    many = np.repeat(x, 50, 0)
+    out = data.augment(many, np.random.default_rng(0), crop_padding=p, flip=False, crop_mode="edge")
+    offsets = set(_crop_offsets(out, many, p, "edge"))
+    assert len(offsets) > 10 and (0, 0) in offsets  # corner crops happen too
+    assert out.min() >= 1
+    zeros = data.augment(many, np.random.default_rng(0), crop_padding=p, flip=False)
+    assert zeros.min() == 0
+    # Same draws, only the padding differs: the two agree wherever the crop is inside the image.
+    same = np.all(out == zeros, axis=(1, 2, 3))
+    assert same.sum() >= 1 and not same.all()
+    with pytest.raises(ValueError, match="crop_mode must be one of"):
+        data.augment(x, np.random.default_rng(0), crop_mode="reflect101")
+    split, info = _toy(n=16)
+    with pytest.raises(ValueError, match="crop_mode must be one of"):
+        data.train_batches(split, info, batch_size=8, epoch=0, seed=0, augment=True, crop_mode="zero")
+
+
+def test_with_statistics_overrides_the_normalisation():
+    split, info = _toy(n=8)
+    std3 = (3 * 0.2023, 3 * 0.1994, 3 * 0.2010)
+    mean = (0.4914, 0.4822, 0.4465)
+    ref = data.with_statistics(info, mean, std3)
+    assert ref.mean == mean and ref.std == std3
+    assert ref.input_shape == info.input_shape and ref.name == info.name
+    np.testing.assert_allclose(data.normalize(split.images, ref),
+                               (split.images / 255.0 - np.array(mean)) / np.array(std3), rtol=1e-5, atol=1e-6)
+    assert data.with_statistics(info) == info  # empty: the dataset's own
+    only_std = data.with_statistics(info, std=(1.0, 1.0, 1.0))
+    assert only_std.mean == info.mean and only_std.std == (1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match=r"mean has 1 values .* 3 channels"):
+        data.with_statistics(info, mean=(0.5,))
+    with pytest.raises(ValueError, match=r"std has 2 values .* 3 channels"):
+        data.with_statistics(info, std=(0.5, 0.5))
+    with pytest.raises(ValueError, match="std must be > 0"):
+        data.with_statistics(info, std=(0.5, 0.0, 0.5))
+    with pytest.raises(ValueError, match="std must be > 0"):
+        data.with_statistics(info, std=(0.5, float("nan"), 0.5))
 
 
 # ---- batching ------------------------------------------------------------------------

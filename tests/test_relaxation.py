@@ -1,3 +1,4 @@
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -150,3 +151,64 @@ def test_async_loops_carrying_convolutions_equal_fresh_steps(layout, dense, carr
   for out in (loop, scan):
     for a, b in zip(out.states, expected):
       np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def _pool_grad(u, ties):
+  """`∂/∂u Σ pool2d(u, 'max', ties)` and the pooled values."""
+  value, vjp = jax.vjp(lambda v: energy.pool2d(v, 'max', ties), u)
+  return value, vjp(jnp.ones_like(value))[0]
+
+
+def test_max_pool_tie_goes_to_the_first_maximum():
+  """torch's max_pool2d rule: a tied window's derivative goes to its first maximum in row-major
+  order; 'split' shares it evenly. The pooled values are the maxima either way."""
+  # Two 2x2 windows: all four tied; then (0, 1) and (1, 1) tied above the others.
+  u = jnp.array([[1., 1., 0., 2.],
+                 [1., 1., 1., 2.]])[None, :, :, None]
+  first_value, first = _pool_grad(u, 'first')
+  split_value, split = _pool_grad(u, 'split')
+  expected_value = jnp.array([[1., 2.]])[None, :, :, None]
+  chex.assert_trees_all_equal(first_value, split_value, expected_value)
+  chex.assert_trees_all_equal(first[0, :, :, 0], jnp.array([[1., 0., 0., 1.],
+                                                            [0., 0., 0., 0.]]))
+  chex.assert_trees_all_equal(split[0, :, :, 0], jnp.array([[.25, .25, 0., .5],
+                                                            [.25, .25, 0., .5]]))
+  # The adjoint used by the relaxation's feedback routes the same way.
+  g = jnp.array([[3., 5.]])[None, :, :, None]
+  chex.assert_trees_all_equal(energy.pool2d_transpose(g, u, 'max', 'first')[0, :, :, 0],
+                              jnp.array([[3., 0., 0., 5.], [0., 0., 0., 0.]]))
+  # A window's only maximum takes the whole derivative under both rules; NaN propagates.
+  v = jnp.array([[0., 1.], [2., 3.]])[None, :, :, None]
+  for ties in network.POOL_TIES:
+    chex.assert_trees_all_equal(_pool_grad(v, ties)[1][0, :, :, 0],
+                                jnp.array([[0., 0.], [0., 1.]]))
+    assert bool(jnp.isnan(energy.pool2d(v.at[0, 0, 1, 0].set(jnp.nan), 'max', ties)).all())
+  with pytest.raises(ValueError, match='pool_ties'):
+    energy.pool2d(u, 'max', 'last')
+  with pytest.raises(ValueError, match='pool_ties'):
+    network.make_spec('4,M', input_shape=(8, 8, 1), num_classes=3, pool_ties='even')
+
+
+def test_tie_rule_reaches_the_parameter_gradient(x64):
+  """EP's ∂Φ/∂W_2 where W_2 ⋆ s_1 is spatially constant (W_2 = 0: every window tied) is
+  `Σ s_1-patches ⊗ P^T(s_2)` with the unpooling of the spec's tie rule: s_2 on each window's
+  top-left position ('first'), or a quarter on each ('split')."""
+  s1 = jax.random.uniform(jax.random.PRNGKey(2), (2, 4, 4, 3), jnp.float64)
+  s2 = jax.random.uniform(jax.random.PRNGKey(3), (2, 2, 2, 2), jnp.float64)
+  x = jax.random.uniform(jax.random.PRNGKey(1), (2, 4, 4, 1), jnp.float64)
+  unpooled = {'first': jnp.zeros((2, 4, 4, 2), jnp.float64).at[:, ::2, ::2].set(s2),
+              'split': jnp.repeat(jnp.repeat(s2, 2, 1), 2, 2) / 4}
+  grads = {}
+  for ties in network.POOL_TIES:
+    spec = network.make_spec('3,2,M', input_shape=(4, 4, 1), num_classes=2, pool_ties=ties)
+    params = network.init_params(spec, jax.random.PRNGKey(0), dtype=jnp.float64)
+    w2 = jnp.zeros_like(params['layers'][1]['w'])
+
+    def phi(w):
+      layers = (params['layers'][0], {'w': w, 'b': params['layers'][1]['b']})
+      return energy.primitive(spec, {**params, 'layers': layers}, x, (s1, s2))
+
+    grads[ties] = jax.grad(phi)(w2)
+    expected = jax.grad(lambda w: jnp.sum(unpooled[ties] * energy.conv2d(s1, w)))(w2)
+    chex.assert_trees_all_close(grads[ties], expected, atol=1e-12)
+  assert float(jnp.abs(grads['first'] - grads['split']).max()) > 1e-3

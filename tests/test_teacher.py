@@ -121,3 +121,13 @@ def test_train_teacher_uses_its_own_init_scale(tmp_path):
   assert metas[3.0]['init_scale'] == 3.0
   # A 3x larger initialisation changes what one epoch of training produces.
   assert metas[3.0]['history'][0]['train_loss'] != metas[0.0]['history'][0]['train_loss']
+
+
+def test_spec_dict_roundtrip_keeps_the_geometry():
+  """What `teacher.json` stores rebuilds the same spec (layout, pools, per-layer kernel sizes
+  and paddings, tie rule), also for a preset with its own paddings."""
+  spec = network.make_spec('4,M,6,A', input_shape=(9, 9, 2), num_classes=3, dense=(5,),
+                           pool_ties='split', kernel_sizes=(5, 3), paddings=('VALID', 'SAME'))
+  assert teacher.spec_from_dict(json.loads(json.dumps(teacher.spec_to_dict(spec)))) == spec
+  spec = network.make_spec('vgg5', input_shape=(32, 32, 3), num_classes=10)
+  assert teacher.spec_from_dict(json.loads(json.dumps(teacher.spec_to_dict(spec)))) == spec

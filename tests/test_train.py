@@ -159,3 +159,16 @@ def test_corrupt_checkpoint_is_reported_not_overwritten(tmp_path):
   after = {p: open(p, 'rb').read() for p in snapshot}
   assert after == snapshot
   assert os.listdir(tmp_path / 'checkpoints') == ['0']
+
+
+def test_data_statistics_and_crop_mode_come_from_the_config():
+  """`data.mean` / `data.std` replace the dataset's statistics in what `load_data` returns (the
+  EP, sweep and teacher paths all load through it); `data.crop_mode` reaches the batches."""
+  _, _, own = train.load_data(tiny_config())
+  _, _, unit = train.load_data(tiny_config(data__mean=(0.0,), data__std=(1.0,)))
+  assert own.mean != (0.0,) and (unit.mean, unit.std) == ((0.0,), (1.0,))
+  _, _, scaled = train.load_data(tiny_config(data__std=(0.9,)))
+  assert scaled.mean == own.mean and scaled.std == (0.9,)
+  with pytest.raises(ValueError, match=r"std has 3 values .* 1 channels"):
+    train.load_data(tiny_config(data__std=(0.3, 0.3, 0.3)))
+  assert train.augmentation(tiny_config(data__crop_mode='edge'))['crop_mode'] == 'edge'

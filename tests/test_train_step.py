@@ -1,3 +1,5 @@
+import math
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -106,3 +108,73 @@ def test_weight_decay_matches_torch_convention():
   updates, _ = tx.update(zeros, tx.init(params), params)
   chex.assert_trees_all_close(updates, jax.tree_util.tree_map(lambda p: -0.05 * p, params),
                               rtol=1e-6)
+
+
+def _torch_cosine_per_epoch(base, epoch, t_max=100, eta_min=1e-5):
+  """The reference's rate in epoch `epoch` (0-based): `CosineAnnealingLR(T_max, eta_min)`,
+  `scheduler.step()` after each epoch while `epoch < T_max`, so it holds at eta_min after."""
+  return eta_min + (base - eta_min) * (1 + math.cos(math.pi * min(epoch, t_max) / t_max)) / 2
+
+
+def test_cosine_stepped_per_epoch_over_decay_epochs_then_held():
+  """The reference's schedule: constant within an epoch, annealed over 100 of 120 epochs, then
+  1e-5; with schedule_step='step' the same horizon is annealed step by step."""
+  spe = 3
+  kwargs = optim.schedule_kwargs(schedule='cosine', steps_per_epoch=spe, epochs=120,
+                                 eta_min=1e-5, decay_epochs=100, schedule_step='epoch')
+  lr = optim.learning_rate_schedule(0.25, **kwargs)
+  for epoch in (0, 1, 2, 37, 50, 99, 100, 101, 110, 119):
+    for step in (epoch * spe, epoch * spe + spe - 1):
+      assert float(lr(step)) == pytest.approx(_torch_cosine_per_epoch(0.25, epoch), rel=1e-5,
+                                              abs=1e-7)  # float32 rates
+  assert float(lr(spe * 50)) == pytest.approx(0.5 * (0.25 + 1e-5), rel=1e-5)
+  assert float(lr(spe * 100)) == pytest.approx(1e-5, rel=1e-4)
+  assert float(lr(spe * 120 - 1)) == pytest.approx(1e-5, rel=1e-4)
+  per_step = optim.learning_rate_schedule(0.25, **optim.schedule_kwargs(
+      schedule='cosine', steps_per_epoch=spe, epochs=120, eta_min=1e-5, decay_epochs=100))
+  assert float(per_step(1)) < float(per_step(0))  # changes inside the first epoch
+  assert float(per_step(150)) == pytest.approx(0.5 * (0.25 + 1e-5), rel=1e-5)
+  assert float(per_step(310)) == pytest.approx(1e-5, rel=1e-4)
+  # decay_epochs=0: over all epochs, as before.
+  whole = optim.schedule_kwargs(schedule='cosine', steps_per_epoch=spe, epochs=120)
+  assert whole['decay_steps'] == 0 and whole['total_steps'] == 360
+  # The optimiser applies it: SGD without momentum on unit gradients moves by -lr.
+  spec = network.make_spec('4', input_shape=(4, 4, 1), num_classes=2)
+  params = network.init_params(spec, jax.random.PRNGKey(0))
+  tx = optim.make_optimizer(spec, params, learning_rates=(0.25, 0.05), momentum=0.0, **kwargs)
+  state, ones = tx.init(params), jax.tree_util.tree_map(jnp.ones_like, params)
+  for step in range(2 * spe + 1):
+    updates, state = tx.update(ones, state, params)
+  assert float(updates['layers'][0]['b'][0]) == pytest.approx(
+      -_torch_cosine_per_epoch(0.25, 2), rel=1e-5)
+  assert float(updates['readout']['b'][0]) == pytest.approx(
+      -_torch_cosine_per_epoch(0.05, 2), rel=1e-5)
+  assert optim.current_learning_rates(spec, learning_rates=(0.25, 0.05), step=spe * 110,
+                                      **kwargs) == pytest.approx([1e-5, 1e-5], rel=1e-4)
+  with pytest.raises(ValueError, match='schedule_step must be one of'):
+    optim.schedule_kwargs(schedule='cosine', steps_per_epoch=3, epochs=2, schedule_step='batch')
+  with pytest.raises(ValueError, match='decay_epochs must be an integer >= 0'):
+    optim.schedule_kwargs(schedule='cosine', steps_per_epoch=3, epochs=2, decay_epochs=-1)
+
+
+def test_weight_decay_per_synapse_group():
+  """`weight_decay` takes one value or one per synapse group, like `learning_rates`."""
+  spec = network.make_spec('8,M,8,M', input_shape=(8, 8, 1), num_classes=4)
+  params = network.init_params(spec, jax.random.PRNGKey(0))
+  zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+  tx = optim.make_optimizer(spec, params, learning_rates=0.5, momentum=0.9,
+                            weight_decay=(0.1, 0.0, 0.3), schedule='constant')
+  updates, _ = tx.update(zeros, tx.init(params), params)
+  for p, u, decay in zip(params['layers'] + (params['readout'],),
+                         updates['layers'] + (updates['readout'],), (0.1, 0.0, 0.3)):
+    chex.assert_trees_all_close(u, jax.tree_util.tree_map(lambda w: -0.5 * decay * w, p),
+                                rtol=1e-6)
+  one = optim.make_optimizer(spec, params, learning_rates=0.5, weight_decay=(0.2,),
+                             schedule='constant')
+  updates, _ = one.update(zeros, one.init(params), params)
+  chex.assert_trees_all_close(updates, jax.tree_util.tree_map(lambda w: -0.1 * w, params),
+                              rtol=1e-6)
+  with pytest.raises(ValueError, match=r'weight_decay has 2 entries .* 3 parameter groups'):
+    optim.make_optimizer(spec, params, learning_rates=0.5, weight_decay=(0.1, 0.2))
+  with pytest.raises(ValueError, match='weight_decay must be >= 0'):
+    optim.make_optimizer(spec, params, learning_rates=0.5, weight_decay=(0.1, -0.2, 0.1))

@@ -1,4 +1,7 @@
-"""The reference recipe on the offline CIFAR-10 shards (train 0-3, evaluate on shard 4).
+"""The reference recipe (`cifar10_vgg5`) on the offline CIFAR-10 shards: train on shards 0-3
+(40,000 images), evaluate on shard 4 (10,000 images of the training set, not the official test
+set). The shards hold JPEG-decoded CIFAR-10 images, so pixels differ slightly from the original
+PNG data; the normalisation is the reference's fixed statistics, not the shards' own.
 
 Pass the folder: --config.data.dataset=npz:/path/to/cifar10 (default ../shared/data/cifar10).
 """

@@ -23,7 +23,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.validation = 0
   config.data.augment = False  # random crop (pad crop_padding) + horizontal flip
   config.data.crop_padding = 4
+  config.data.crop_mode = 'constant'  # padding before the crop: constant (zeros) | edge
   config.data.flip = True
+  # Normalisation (x - mean) / std per channel, [0, 1] units; () = the dataset's statistics.
+  config.data.mean = ()
+  config.data.std = ()
   config.data.prefetch = 2
 
   config.model = ml_collections.ConfigDict()
@@ -32,7 +36,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.readout = 'softmax'  # softmax (outside the system) | mse (output layer inside)
   config.model.activation = 'hard_sigmoid'
   config.model.kernel_size = 3
-  config.model.padding = 'SAME'
+  config.model.padding = 'SAME'  # SAME | VALID
+  # Per conv layer, one entry each; () = a preset's own paddings (vgg5: SAME,SAME,SAME,VALID),
+  # else model.kernel_size / model.padding for every layer.
+  config.model.kernel_sizes = ()
+  config.model.paddings = ()
+  # Max pooling's derivative at a tie: 'first' (all to the window's first maximum, as torch)
+  # or 'split' (evenly between the tied elements).
+  config.model.pool_ties = 'first'
   config.model.init_scale = 1.0
   # Weight init (ep_jax.initialization): pytorch (U(±init_scale/√fan_in)) | he (init_scale·√6/a,
   # a the activation's slope) | gains (init_gains, one per dynamical layer) | data (gains
@@ -65,9 +76,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim = ml_collections.ConfigDict()
   config.optim.learning_rates = (0.2, 0.1, 0.05)  # one per synapse group, or a single float
   config.optim.momentum = 0.9
-  config.optim.weight_decay = 3e-4
+  # One value, or one per synapse group as learning_rates (a float or a tuple may be set).
+  config.optim.weight_decay = ml_collections.FieldReference(3e-4, field_type=object)
   config.optim.schedule = 'cosine'  # constant | cosine | sgdr
   config.optim.eta_min = 1e-5
+  config.optim.decay_epochs = 0  # epochs the cosine anneals over, then held at eta_min; 0 = all
+  config.optim.schedule_step = 'step'  # the rate changes every step | once per epoch
   config.optim.restart_epochs = 0  # sgdr: first period in epochs
   config.optim.restart_mult = 2.0
   config.optim.signal_learning_rate = 0.05  # learned LES heads
