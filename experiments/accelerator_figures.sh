@@ -16,20 +16,22 @@
 #
 # GPU_BENCH_ARGS and TRAIN_ARGS (extra --config.* flags) override the defaults, for smoke
 # tests on a CPU. Needs jax, optax, flax, chex, orbax-checkpoint, absl-py, ml_collections and
-# numpy (no tensorflow or tfds). Each part has its own time limit, so the script ends within
-# about BENCH_TIMEOUT_S (default 240) + TRAIN_BUDGET_S + 60 s.
+# numpy (no tensorflow or tfds). Every step has its own time limit (the device query 120 s,
+# the speed part BENCH_TIMEOUT_S, default 240, training TRAIN_BUDGET_S + 60), so the script
+# ends within about BENCH_TIMEOUT_S + TRAIN_BUDGET_S + 200 s whatever hangs.
 set -uo pipefail
 OUT="$(realpath -m "${1:-accelerator_out}")"
 DATA="$(realpath "${2:?DATA_DIR with the CIFAR-10 .npz shards}")"
 BUDGET="${3:-300}"
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export XLA_PYTHON_CLIENT_PREALLOCATE="${XLA_PYTHON_CLIENT_PREALLOCATE:-false}"
 mkdir -p "$OUT"
 {
   date -u +%FT%TZ
   git rev-parse --short HEAD 2>/dev/null || true
-  python -c "import jax, jaxlib; print('jax', jax.__version__, 'jaxlib', jaxlib.__version__, jax.devices())"
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || true
+  timeout 30 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || true
+  timeout 120 python -c "import jax, jaxlib; print('jax', jax.__version__, 'jaxlib', jaxlib.__version__, jax.devices())"
 } 2>&1 | tee "$OUT/env.txt"
 
 # 1. Speed.
@@ -38,7 +40,7 @@ timeout "${BENCH_TIMEOUT_S:-240}" bash experiments/gpu_benchmark.sh "$OUT/bench"
   | grep -v -i warn | tee "$OUT/bench.log"
 
 # 2. Training, sized by the measured speed.
-EPOCHS=$(python - "$OUT/bench/gpu_benchmark.jsonl" "$BUDGET" <<'EOF'
+EPOCHS=$(timeout 60 python - "$OUT/bench/gpu_benchmark.jsonl" "$BUDGET" <<'EOF'
 import json, sys
 speed = None
 try:
@@ -65,7 +67,7 @@ timeout "$((BUDGET + 60))" python -m experiments.train --config=ep_jax/configs/c
 cp "$WORK/metrics.jsonl" "$OUT/train_metrics.jsonl" 2>/dev/null || true
 
 # 3. Summary.
-python - "$OUT" <<'EOF' | tee "$OUT/summary.json"
+timeout 60 python - "$OUT" <<'EOF' | tee "$OUT/summary.json"
 import json, os, sys
 out = sys.argv[1]
 summary = {'bench': [], 'train': []}

@@ -141,3 +141,34 @@ def test_gpu_benchmark_script_runs_with_tiny_args(tmp_path):
   for l in lines:
     assert l['s_per_cifar10_epoch'] == pytest.approx(50000 / l['examples_per_s'], rel=1e-3)
   assert 'grad_cosine_vs_fp32' in lines[2]
+
+
+def test_accelerator_figures_script_runs_with_tiny_args(tmp_path):
+  """The prepared accelerator run: speed part, training sized by it, summary."""
+  import numpy as np
+  data_dir = tmp_path / 'data'
+  data_dir.mkdir()
+  rng = np.random.default_rng(0)
+  for name, n in (('cifar10_train_0', 64), ('cifar10_train_1', 64),
+                  ('cifar10_heldout4_2000', 32)):
+    np.savez(data_dir / f'{name}.npz', image=rng.integers(0, 256, (n, 32, 32, 3), np.uint8),
+             label=np.arange(n) % 10)
+  out = tmp_path / 'out'
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu',
+             GPU_BENCH_ARGS='--layout=4,M --input_shape=32,32,3 --batch_size=8 --t1=3 --t2=2 '
+                            '--steps=1',
+             TRAIN_ARGS='--config.ep.free_steps=2 --config.ep.nudged_steps=2 '
+                        '--config.model.layout=4,M,4,M --config.train.batch_size=32 '
+                        '--config.train.eval_batch_size=32 --config.optim.learning_rates=0.1 '
+                        '--config.optim.weight_decay=3e-4')
+  subprocess.run(['bash', os.path.join(ROOT, 'experiments', 'accelerator_figures.sh'), str(out),
+                  str(data_dir), '70'], env=env, capture_output=True, text=True, timeout=600,
+                 check=True)
+  summary = json.load(open(out / 'summary.json'))
+  assert [(b['dtype'], b['tol']) for b in summary['bench']] == [
+      ('float32', 0.0), ('float32', 1e-4), ('bfloat16', 0.0), ('bfloat16', 1e-4)]
+  assert len(summary['train']) >= 1 and summary['train'][0]['epoch'] == 1
+  assert summary['train'][0]['examples_per_s'] > 0
+  # 128 training images in batches of 32, evaluated on the 32 held-out ones.
+  record = json.loads(open(out / 'train_metrics.jsonl').readline())
+  assert record['step'] == 4
