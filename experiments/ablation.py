@@ -11,6 +11,9 @@ The config defines the shared network, data and EP / signal settings. Into `--wo
   ep_kd/       EP + KD              (signals.kd.enabled, teacher_workdir = teacher/)
   ep_les_kd/   EP + LES + KD
   ablation.md  final and best test accuracy, epochs, wall time, per-layer activity at the end
+  ablation.json  {"runs": {"bp", "ep", "ep_les", "ep_kd", "ep_les_kd": {final_test_accuracy,
+               best_test_accuracy, epochs_done, status (finished | stopped | unfinished),
+               wall_s}}}
   *.png        overlays of the runs' per-layer diagnostics (`experiments.plots`)
 
 Running the same command again skips finished runs (a teacher with `teacher.json` for the
@@ -46,6 +49,9 @@ VARIANTS = {
 }
 RUNS = (TEACHER,) + tuple(VARIANTS)
 REPORT = 'ablation.md'
+SUMMARY = 'ablation.json'
+# ablation.json names the teacher by what it is for the comparison: the BP baseline.
+SUMMARY_NAMES = {TEACHER: 'bp'}
 
 
 def variant_config(config, name: str, workdir: str):
@@ -248,6 +254,7 @@ def write_report(config, workdir: str, print_fn: Callable[[str], None] = print) 
       '|---|---|---|---|---|---|---|---|---|---|',
   ]
   descriptions = dict({n: v[2] for n, v in VARIANTS.items()}, teacher='BP teacher (feed-forward twin)')
+  runs_json = {}
   for name in tuple(VARIANTS) + (TEACHER,):
     sm = summaries[name]
     if sm is None:
@@ -258,6 +265,10 @@ def write_report(config, workdir: str, print_fn: Callable[[str], None] = print) 
       status = f"**stopped** after epoch {sm['epochs']}"
     elif name != TEACHER and (sm['epochs'] or 0) < int(config.train.epochs):
       status = 'unfinished'
+    runs_json[SUMMARY_NAMES.get(name, name)] = {
+        'final_test_accuracy': sm['final_test_accuracy'],
+        'best_test_accuracy': sm['best_test_accuracy'], 'epochs_done': sm['epochs'],
+        'status': status.split()[0].strip('*'), 'wall_s': sm['wall_time_s']}
     lines.append(
         f"| {name} | {descriptions[name]} | {_fmt(sm['final_test_accuracy'])} | "
         f"{_fmt(sm['best_test_accuracy'])} ({sm['best_epoch']}) | {sm['epochs']} | "
@@ -293,6 +304,10 @@ def write_report(config, workdir: str, print_fn: Callable[[str], None] = print) 
   with open(path + '.tmp', 'w', encoding='utf-8') as f:
     f.write('\n'.join(lines))
   os.replace(path + '.tmp', path)
+  summary_path = os.path.join(workdir, SUMMARY)
+  with open(summary_path + '.tmp', 'w', encoding='utf-8') as f:
+    json.dump({'runs': runs_json}, f, indent=2, sort_keys=True)
+  os.replace(summary_path + '.tmp', summary_path)
   print_fn(f'wrote {path} and {len(pngs)} plots')
   return path
 

@@ -111,8 +111,14 @@ def test_ablation_configs_are_deep():
   for mod in (ablation_deep, ablation_digits):
     config = mod.get_config()
     assert len(network.parse_layout(config.model.layout)) >= 8
-    assert len(config.optim.learning_rates) == len(network.parse_layout(config.model.layout)) + 1
+    rates = config.optim.learning_rates
+    assert isinstance(rates, float) or len(rates) == len(
+        network.parse_layout(config.model.layout)) + 1
     assert not config.signals.les.enabled and not config.signals.kd.enabled
+    # The deep-CRNN recipe.
+    assert config.model.init == 'data' and config.model.readout_init_scale == 0.0
+    assert config.ep.mode == 'async'
+    assert config.signals.kd.normalize == 'unit' and config.signals.les.normalize == 'unit'
 
 
 def test_ablation_end_to_end_and_resume(tmp_path):
@@ -144,6 +150,15 @@ def test_ablation_end_to_end_and_resume(tmp_path):
   assert 'not run' not in report and '### Mean |s_l| at the free fixed point, last epoch' in report
   assert os.path.isfile(os.path.join(workdir, 'layer_mean_abs_state.png'))
   assert os.path.isfile(os.path.join(workdir, 'accuracy.png'))
+  summary = json.load(open(os.path.join(workdir, 'ablation.json')))['runs']
+  assert sorted(summary) == ['bp', 'ep', 'ep_kd', 'ep_les', 'ep_les_kd']
+  for name, run in summary.items():
+    assert run['status'] == 'finished' and run['epochs_done'] == 1, (name, run)
+    assert run['wall_s'] > 0
+  bp_history = json.load(open(os.path.join(workdir, 'teacher', 'teacher.json')))['history']
+  assert summary['bp']['final_test_accuracy'] == bp_history[-1]['test_accuracy']
+  ep_records = [json.loads(l) for l in open(os.path.join(workdir, 'ep', 'metrics.jsonl'))]
+  assert summary['ep']['final_test_accuracy'] == ep_records[-1]['test_accuracy']
   # Running again trains nothing and rewrites the report.
   lines.clear()
   ablation.run_all(config, workdir, print_fn=lines.append)
@@ -175,6 +190,9 @@ def test_ablation_reports_a_stopped_run_and_goes_on(tmp_path, monkeypatch):
   report = open(path).read()
   assert '**stopped** after epoch 1' in report and 'did not converge at epoch 2: boom' in report
   assert '| ep | standard EP | 0.6000 |' in report and report.count('| finished |') == 1
+  summary = json.load(open(os.path.join(workdir, 'ablation.json')))['runs']
+  assert summary['ep_les']['status'] == 'stopped' and summary['ep_les']['epochs_done'] == 1
+  assert summary['ep']['status'] == 'finished' and summary['ep']['best_test_accuracy'] == 0.6
   trained.clear()
   ablation.run_all(config, workdir, runs=('ep', 'ep_les'), print_fn=lines.append)
   assert trained == []  # neither the finished nor the stopped run is retried

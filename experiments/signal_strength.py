@@ -1,0 +1,121 @@
+r"""How far each learning signal moves each layer: the per-unit nudge of the nudged phase.
+
+  python -m experiments.signal_strength --config=ep_jax/configs/ablation_digits.py \
+      --teacher_workdir=DIR [--kappas=0.1,1] [--batch_size=64] [--out=FILE.json]
+
+Builds the config's network at its initialisation (`model.init`, seed `config.seed`), relaxes
+the free phase of `--batch_size` training examples to a residual of 1e-5 (`ep.mode`), then
+one nudged phase at +β (`ep.beta`) for each signal setting: the output cost alone, LES with
+`les.normalize` 'mean' and 'unit', KD with `kd.normalize` 'layer' and 'unit' (layer-wise only,
+the teacher from `--teacher_workdir`), each at every κ of `--kappas`. For each layer it prints
+the per-unit root-mean-square nudge `sqrt(mean (s^β_l - s^0_l)²)` (a markdown table, one row
+per setting) and writes all figures to `--out` as JSON. A signal teaches a layer only as far as
+it moves that layer's units, so the table shows which settings nudge every layer comparably.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from ep_jax import data, energy, network, relaxation, signals
+from ep_jax import train as train_lib
+from experiments import cli
+
+
+def settings(kappas, with_kd: bool) -> list[tuple[str, dict]]:
+  """`(name, overrides of config.signals)` of every setting measured."""
+  out = [('output only', {})]
+  for k in kappas:
+    out.append((f'LES mean κ={k:g}', {'les.enabled': True, 'les.normalize': 'mean',
+                                      'kappa.init': k}))
+    out.append((f'LES unit κ={k:g}', {'les.enabled': True, 'les.normalize': 'unit',
+                                      'kappa.init': k}))
+    if with_kd:
+      out.append((f'KD layer κ={k:g}', {'kd.enabled': True, 'kd.normalize': 'layer',
+                                        'kd.output': False, 'kappa.init': k}))
+      out.append((f'KD unit κ={k:g}', {'kd.enabled': True, 'kd.normalize': 'unit',
+                                       'kd.output': False, 'kappa.init': k}))
+  return out
+
+
+def measure(config, teacher_workdir: str, kappas, batch_size: int = 64) -> dict:
+  """`{'layers': names, 'rows': [{'setting', 'rms_nudge': [...]}], ...}` (see module doc)."""
+  train_split, _, info = train_lib.load_data(config)
+  spec = train_lib.build_spec(config, info)
+  key = jax.random.split(jax.random.PRNGKey(config.seed), 3)[0]
+  params = train_lib.init_model_params(config, spec, key,
+                                       train_lib.calibration_batch(config, train_split, info))
+  x = jnp.asarray(data.normalize(train_split.images[:batch_size], info))
+  batch = {'image': x, 'label': jnp.asarray(train_split.labels[:batch_size])}
+  e = config.ep
+  free = relaxation.relax(spec, params, x, network.init_states(spec, batch_size),
+                          max_steps=2000, tol=1e-5, mode=e.mode)
+  rows = []
+  for name, overrides in settings(kappas, bool(teacher_workdir)):
+    c = copy.deepcopy(config.signals)
+    c.les.enabled = c.kd.enabled = False
+    c.kappa.schedule = 'constant'
+    for field, value in overrides.items():
+      group, attr = field.split('.')
+      c[group][attr] = value
+    c.kd.teacher_workdir = teacher_workdir
+    setup = signals.build_signals(c, spec, num_epochs=1, rng=jax.random.PRNGKey(1))
+    p = dict(params, signals=setup.trainable) if setup.trainable else params
+    if setup.nudging is None:
+      targets, cost_fn = {'label': batch['label']}, energy.output_cost(spec)
+    else:
+      targets = setup.nudging.targets(setup.frozen, p, batch, jnp.asarray(0))
+      cost_fn = setup.nudging.cost
+    nudged = relaxation.relax(spec, p, x, free.states, targets=targets, beta=float(e.beta),
+                              cost_fn=cost_fn, max_steps=2000, tol=1e-5, mode=e.mode)
+    rms = [float(jnp.sqrt(jnp.mean((b - a) ** 2))) for a, b in zip(free.states, nudged.states)]
+    rows.append({'setting': name, 'rms_nudge': rms, 'nudged_residual': float(nudged.residual)})
+  return {'layers': list(spec.layer_names), 'beta': float(e.beta), 'batch_size': batch_size,
+          'free_residual': float(free.residual), 'free_steps': int(free.steps),
+          'mean_abs_state': [float(jnp.mean(jnp.abs(s))) for s in free.states], 'rows': rows}
+
+
+def table(result: dict) -> str:
+  names = result['layers']
+  lines = ['| setting | ' + ' | '.join(names) + ' | last / first |',
+           '|---|' + '---|' * (len(names) + 1)]
+  for row in result['rows']:
+    r = row['rms_nudge']
+    ratio = r[-1] / r[0] if r[0] > 0 else float('inf')
+    lines.append(f"| {row['setting']} | " + ' | '.join(f'{v:.1e}' for v in r) +
+                 f' | {ratio:.3g} |')
+  return '\n'.join(lines)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  cli.quiet_logging()
+  kappas = [float(k) for k in _KAPPAS.value]
+  if any(k <= 0 for k in kappas):
+    raise app.UsageError(f'--kappas must be positive, got {kappas}')
+  result = measure(_CONFIG.value, _TEACHER.value, kappas, _BATCH.value)
+  print(f"free phase: {result['free_steps']} steps, residual {result['free_residual']:.1e}; "
+        'mean |s_l| ' + ' '.join(f'{a:.3f}' for a in result['mean_abs_state']))
+  print(f"per-unit RMS nudge sqrt(mean (s^β - s^0)²) at β = {result['beta']}:")
+  print(table(result))
+  if _OUT.value:
+    with open(_OUT.value, 'w', encoding='utf-8') as f:
+      json.dump(result, f, indent=1)
+
+
+if __name__ == '__main__':
+  _CONFIG = config_flags.DEFINE_config_file('config', 'ep_jax/configs/ablation_digits.py',
+                                            lock_config=False)
+  _TEACHER = flags.DEFINE_string('teacher_workdir', '', 'A BP teacher (KD rows need one).')
+  _KAPPAS = flags.DEFINE_list('kappas', ['0.1', '1'], 'κ values of the signal rows.')
+  _BATCH = flags.DEFINE_integer('batch_size', 64, 'Training examples measured.')
+  _OUT = flags.DEFINE_string('out', '', 'Write the figures to this JSON file.')
+  app.run(main)
