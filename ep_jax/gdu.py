@@ -132,8 +132,8 @@ def compare(estimate, reference, spec: NetworkSpec) -> dict[str, dict]:
 
 def reference_gradients(spec: NetworkSpec, params: dict, x: jax.Array, targets: dict, *,
                         cost_fn: Optional[CostFn] = None, max_steps: int = 20_000,
-                        tol: float = 1e-12, bptt_steps: Optional[int] = None
-                        ) -> tuple[dict, dict, dict]:
+                        tol: float = 1e-12, bptt_steps: Optional[int] = None,
+                        mode: str = 'sync') -> tuple[dict, dict, dict]:
   """Implicit and BPTT gradients of `mean ℒ` on one batch.
 
   Args:
@@ -141,20 +141,23 @@ def reference_gradients(spec: NetworkSpec, params: dict, x: jax.Array, targets: 
     max_steps, tol: the free phase relaxes to residual `tol` (at most `max_steps` steps);
       the adjoint of the implicit gradient uses the same limits.
     bptt_steps: unrolled steps of BPTT (default: the free phase's step count).
+    mode: the relaxation's update schedule ('sync' or 'async'; a network trained with async
+      updates may oscillate under sync ones, so analyse it with the schedule it was trained
+      with).
   Returns:
     `(implicit_grads, bptt_grads, info)`, info with the free phase's and the adjoint's steps
     and residuals, the BPTT step count, and BPTT against implicit per group.
   """
   batch = x.shape[0]
   dtype = jax.tree_util.tree_leaves(params)[0].dtype
-  free = jax.jit(functools.partial(relax, spec, max_steps=max_steps, tol=tol))(
+  free = jax.jit(functools.partial(relax, spec, max_steps=max_steps, tol=tol, mode=mode))(
       params, x, init_states(spec, batch, dtype))
   implicit = jax.jit(functools.partial(reference_grads.implicit_gradient, spec,
                                        cost_fn=cost_fn, max_steps=max_steps, tol=tol))(
       params, x, targets, free.states)
   steps = int(bptt_steps) if bptt_steps else max(1, int(free.steps))
   bptt = jax.jit(functools.partial(reference_grads.bptt_gradient, spec, steps=steps,
-                                   cost_fn=cost_fn))(params, x, targets)
+                                   cost_fn=cost_fn, mode=mode))(params, x, targets)
   info = {'free_steps': int(free.steps), 'free_residual': float(free.residual),
           'implicit_steps': int(implicit.steps), 'implicit_residual': float(implicit.residual),
           'bptt_steps': steps, 'tol': float(tol), 'max_steps': int(max_steps),
@@ -171,7 +174,7 @@ def gdu_sweep(spec: NetworkSpec, params: dict, x, targets: dict, *,
               betas: Sequence[float] = DEFAULT_BETAS,
               estimator_names: Sequence[str] = DEFAULT_ESTIMATORS,
               holo_points: int = 4, max_steps: int = 20_000, tol: float = 1e-12,
-              bptt_steps: Optional[int] = None, x64: bool = True,
+              bptt_steps: Optional[int] = None, x64: bool = True, mode: str = 'sync',
               log: Optional[Callable[[str], None]] = None) -> dict:
   """EP estimates against the implicit and BPTT gradients, per estimator, β and group.
 
@@ -187,6 +190,7 @@ def gdu_sweep(spec: NetworkSpec, params: dict, x, targets: dict, *,
       of exact fixed points.
     bptt_steps: see `reference_gradients`.
     x64: run in float64 (params, inputs and floating targets are cast).
+    mode: the update schedule of every relaxation (see `reference_gradients`).
     log: optional progress printer.
   Returns:
     A JSON-able dict: `groups`, `betas`, `references` (see `reference_gradients`'s info) and
@@ -209,7 +213,7 @@ def gdu_sweep(spec: NetworkSpec, params: dict, x, targets: dict, *,
     start = time.time()
     implicit, bptt, info = reference_gradients(spec, params, x, targets, cost_fn=cost_fn,
                                                max_steps=max_steps, tol=tol,
-                                               bptt_steps=bptt_steps)
+                                               bptt_steps=bptt_steps, mode=mode)
     info['seconds'] = time.time() - start
     log(f"  references: free {info['free_steps']} steps (residual "
         f"{info['free_residual']:.1e}), adjoint {info['implicit_steps']} steps (residual "
@@ -229,7 +233,7 @@ def gdu_sweep(spec: NetworkSpec, params: dict, x, targets: dict, *,
       estimate = jax.jit(functools.partial(
           estimators.ep_gradient, spec, estimator=name, free_steps=max_steps,
           nudged_steps=max_steps, tol=tol, holo_points=holo_points, cost_fn=cost_fn,
-          rng=jax.random.PRNGKey(0)))
+          rng=jax.random.PRNGKey(0), mode=mode))
       for beta in betas:
         t0 = time.time()
         result = estimate(params, x, targets, beta=jnp.asarray(beta, dtype))

@@ -242,7 +242,8 @@ def write_report(config, workdir: str, print_fn: Callable[[str], None] = print) 
       f'- **KD**: layers {tuple(s.kd.layers) or "all hidden"}, output={s.kd.output} '
       f'(α={s.kd.alpha}, τ={s.kd.temperature}); teacher: {config.teacher.epochs} epochs, lr '
       f'{config.teacher.learning_rate}, init scale '
-      f'{train_teacher_lib.init_scale(config)} (EP: {m.init_scale})',
+      f'{train_teacher_lib.init_scale(config)} (EP: init {m.get("init", "pytorch")}, scale '
+      f'{m.init_scale}, readout scale {m.get("readout_init_scale", 1.0)})',
       f'- **κ**: {s.kappa.schedule}, init {s.kappa.init}, min {s.kappa.min}, gamma '
       f'{s.kappa.gamma}, per_layer {tuple(s.kappa.per_layer) or "-"}',
       '',

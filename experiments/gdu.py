@@ -127,7 +127,8 @@ def run(config, workdir: str, *, betas, batch_size: int = 8,
   print_fn(f'gdu: {meta["network"]}; {meta["data"]}; betas {meta["betas"]}')
   common = dict(betas=[float(b) for b in betas], estimator_names=tuple(estimator_names),
                 holo_points=holo_points, max_steps=max_steps, tol=tol,
-                bptt_steps=bptt_steps or None, log=print_fn)
+                bptt_steps=bptt_steps or None, log=print_fn,
+                mode=config.ep.get('mode', 'sync'))
   batch = {'image': x, 'label': labels}
   runs = {}
   print_fn('run no_signals')
