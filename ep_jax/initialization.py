@@ -12,16 +12,16 @@ the weights and bias of dynamical layer l by a gain `g_l` (the readout keeps gai
 `a` is the activation's slope in its linear range (`SLOPES`). He-style gains suit a
 feed-forward pass; a CRNN's layer is driven from below *and* from above, so the same gains
 saturate its fixed point (METHOD.md §4b). The data-dependent mode judges an init where the
-CRNN lives, at its free fixed point: bottom-up, layer by layer, it searches the gain that puts
-the layer's mean activity `mean |s_l|` at the free fixed point inside a target range, with the
-layers above at their current gains, and it keeps only gains whose relaxation converges.
+CRNN lives, at its free fixed point: it moves every layer's gain until the layer's mean
+activity `mean |s_l|` at the free fixed point of a training batch lies inside a target range,
+keeping only gains whose relaxation converges (`calibrate_gains`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Optional, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -112,9 +112,6 @@ class Calibration:
   residual: float
   steps: int
   evaluations: int
-
-  def as_dict(self) -> dict:
-    return dataclasses.asdict(self)
 
 
 def calibrate_gains(spec: NetworkSpec, params: dict, x: jax.Array, *,
