@@ -14,6 +14,7 @@ kept as it was.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -193,52 +194,74 @@ class RunSetup(NamedTuple):
 
 
 def init_model_params(config: ml_collections.ConfigDict, spec: network.NetworkSpec,
-                      key: jax.Array, calibration_images=None, print_fn=None) -> dict:
+                      key: jax.Array) -> dict:
   """The CRNN's initial parameters per `config.model.init` (ep_jax.initialization).
 
-  calibration_images: normalised training images `(B, H, W, C)` for `init='data'`, whose
-  chosen gains and activities are printed with `print_fn`.
+  `init='data'` is resolved beforehand by `calibrated_config` into the gains it chooses.
   """
   m = config.model
   mode = m.get('init', 'pytorch')
-  params = initialization.init_params(spec, key, mode=mode, scale=m.init_scale,
-                                      gains=tuple(m.get('init_gains', ())),
+  if mode == 'data':
+    raise ValueError("model.init='data' is calibrated on training data: pass the config "
+                     'through train.calibrated_config first')
+  return initialization.init_params(spec, key, mode=mode, scale=m.init_scale,
+                                    gains=tuple(m.get('init_gains', ())),
+                                    readout_scale=float(m.get('readout_init_scale', 1.0)))
+
+
+def init_key(config: ml_collections.ConfigDict) -> jax.Array:
+  """The parameter-init key of `config.seed` (`build_run` splits the seed the same way)."""
+  return jax.random.split(jax.random.PRNGKey(config.seed), 3)[0]
+
+
+def calibrated_config(config: ml_collections.ConfigDict, train_split, info,
+                      print_fn=None) -> ml_collections.ConfigDict:
+  """`config` itself, or for `model.init='data'` a copy with `init='gains'` and the gains
+  calibrated (`initialization.calibrate_gains`) on `model.init_batch` training images of
+  `train_split`, so that they are computed once and recorded in the config a run saves. The
+  chosen gains and activities are printed with `print_fn`.
+  """
+  m = config.model
+  if m.get('init', 'pytorch') != 'data':
+    return config
+  spec = build_spec(config, info)
+  params = initialization.init_params(spec, init_key(config), mode='data', scale=m.init_scale,
                                       readout_scale=float(m.get('readout_init_scale', 1.0)))
-  if mode != 'data':
-    return params
-  if calibration_images is None:
-    raise ValueError("model.init='data' needs calibration images (a training batch)")
-  params, cal = initialization.calibrate_gains(
-      spec, params, jnp.asarray(calibration_images), target=tuple(m.init_target),
-      mode=config.ep.mode, max_steps=max(int(config.ep.free_steps), 400),
-      damping=float(config.ep.get('damping', 1.0)))
+  n = min(int(m.init_batch), len(train_split))
+  order = data_lib.epoch_permutation(len(train_split), config.seed, 0)[:n]
+  x = jnp.asarray(data_lib.normalize(train_split.images[order], info))
+  _, cal = initialization.calibrate_gains(
+      spec, params, x, target=tuple(m.init_target), mode=config.ep.mode,
+      max_steps=max(int(config.ep.free_steps), 400), damping=float(config.ep.get('damping', 1.0)))
   if print_fn is not None:
     print_fn('init=data: gains ' + ' '.join(f'{g:.3g}' for g in cal.gains) + ' | mean |s| '
              + ' '.join(f'{a:.3f}' for a in cal.activity) + f' | residual {cal.residual:.1e} '
              f'in {cal.steps} steps ({cal.evaluations} relaxations)')
-  return params
+  resolved = copy.deepcopy(config)
+  resolved.model.init = 'gains'
+  resolved.model.init_gains = tuple(float(m.init_scale) * g for g in cal.gains)
+  return resolved
 
 
-def calibration_batch(config: ml_collections.ConfigDict, train_split, info):
-  """The `model.init_batch` training images `init='data'` calibrates on (None otherwise)."""
-  if config.model.get('init', 'pytorch') != 'data':
-    return None
-  n = min(int(config.model.init_batch), len(train_split))
-  order = data_lib.epoch_permutation(len(train_split), config.seed, 0)[:n]
-  return data_lib.normalize(train_split.images[order], info)
+def template_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy whose init needs no data: for parameters that a checkpoint then replaces."""
+  template = copy.deepcopy(config)
+  if template.model.get('init', 'pytorch') == 'data':
+    template.model.init = 'pytorch'
+  return template
 
 
 def build_run(config: ml_collections.ConfigDict, spec: network.NetworkSpec,
-              steps_per_epoch: int, calibration_images=None, print_fn=None) -> RunSetup:
+              steps_per_epoch: int) -> RunSetup:
   """Parameters, learning signals, optimiser and train state of a run with `config.seed`.
 
   `PRNGKey(seed)` splits into init / state / signal keys, so the same seed always gives the
-  same initial state (`ep_jax.sweep`'s vmapped seeds rely on it). `calibration_images`:
-  see `init_model_params`.
+  same initial state (`ep_jax.sweep`'s vmapped seeds rely on it). `model.init='data'` must
+  be resolved first (`calibrated_config`, or `template_config` when a checkpoint follows).
   """
   num_epochs = int(config.train.epochs)
   init_key, state_key, signal_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)
-  params = init_model_params(config, spec, init_key, calibration_images, print_fn)
+  params = init_model_params(config, spec, init_key)
   nudging, frozen = None, {}
   if signals_enabled(config):
     from ep_jax import signals  # pylint: disable=g-import-not-at-top
@@ -349,6 +372,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     _check_writable(workdir)
 
   train_split, test_split, info = load_data(config)
+  checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'),
+                              max_to_keep=config.train.checkpoints_to_keep)
+  latest = checkpointer.latest_step()
+  # The data init is calibrated once, on the whole training set (before any host sharding),
+  # and not again when a checkpoint supplies the parameters.
+  run_config = (template_config(config) if latest is not None else
+                calibrated_config(config, train_split, info, print_fn if is_primary else None))
   if jax.process_count() > 1:  # each host reads its own strided shard
     train_split = data_lib.split_for_process(train_split, jax.process_index(),
                                              jax.process_count())
@@ -365,9 +395,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   steps_per_epoch = data_lib.num_train_batches(train_split, local_batch)
   num_epochs = int(config.train.epochs)
   total_steps = steps_per_epoch * num_epochs
-  run = build_run(config, spec, steps_per_epoch,
-                  calibration_images=calibration_batch(config, train_split, info),
-                  print_fn=print_fn if is_primary else None)
+  run = build_run(run_config, spec, steps_per_epoch)
   state, tx, nudging = run.state, run.tx, run.nudging
   rates, lr_kwargs = run.rates, run.lr_kwargs
 
@@ -384,10 +412,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   writer = MetricsWriter(workdir, is_primary=is_primary)
   writer.write_config(config.to_dict())
-  checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'),
-                              max_to_keep=config.train.checkpoints_to_keep)
   start_epoch = 0
-  latest = checkpointer.latest_step()
   if latest is None and writer.history:
     writer.truncate_after(0)  # records of a run killed before its first checkpoint
   if latest is not None:

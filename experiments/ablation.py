@@ -110,11 +110,19 @@ def run_all(config, workdir: str, runs: Sequence[str] = RUNS,
     else:
       print_fn(f'[{TEACHER}] training the BP teacher into {teacher_dir}')
       train_teacher(config, teacher_dir, print_fn=print_fn)
+  todo = [n for n in VARIANTS if n in runs and
+          not ep_done(os.path.join(workdir, n), variant_config(config, n, workdir))]
+  ep_config = config
+  if todo and config.model.get('init', 'pytorch') == 'data':
+    # One calibration for every run: they share the network, the data and the seed.
+    train_split, _, info = train_lib.load_data(config)
+    ep_config = train_lib.calibrated_config(config, train_split, info,
+                                            print_fn=lambda line: print_fn('[init] ' + line))
   for name in VARIANTS:
     if name not in runs:
       continue
     run_dir = os.path.join(workdir, name)
-    c = variant_config(config, name, workdir)
+    c = variant_config(ep_config, name, workdir)
     if ep_done(run_dir, c):
       print_fn(f'[{name}] done, skipping ({run_dir})')
       continue

@@ -99,9 +99,11 @@ def run(config, workdir: str, *, betas, batch_size: int = 8,
   spec = gdu.smooth_twin(config_spec) if network_mode == 'smooth' else config_spec
   root = jax.random.PRNGKey(config.seed)
   init_key, _, signal_key = jax.random.split(root, 3)
-  if init_scale is None:  # the config's init (model.init), as training starts
+  if restore is not None:
+    params = None  # the checkpoint's, below
+  elif init_scale is None:  # the config's init (model.init), as training starts
     params = train_lib.init_model_params(
-        config, spec, init_key, train_lib.calibration_batch(config, train_split, info))
+        train_lib.calibrated_config(config, train_split, info), spec, init_key)
     init_desc = f"model.init={config.model.get('init', 'pytorch')}, scale {config.model.init_scale}"
   else:
     params = network.init_params(spec, init_key, scale=float(init_scale))
@@ -176,9 +178,7 @@ def load_run_params(run_dir: str, step=None, flag: str = '--params_from'):
     config = ml_collections.ConfigDict(json.load(f))
 
   def restore(spec):
-    template = copy.deepcopy(config)
-    template.model.init = 'pytorch'  # the shapes only: the checkpoint has the values
-    target = train_lib.build_run(template, spec, 1).state
+    target = train_lib.build_run(train_lib.template_config(config), spec, 1).state
     with Checkpointer(os.path.join(run_dir, 'checkpoints')) as ckpt:
       chosen = ckpt.latest_step() if step is None else int(step)
       if chosen is None:

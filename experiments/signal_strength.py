@@ -48,9 +48,8 @@ def measure(config, teacher_workdir: str, kappas, batch_size: int = 64) -> dict:
   """`{'layers': names, 'rows': [{'setting', 'rms_nudge': [...]}], ...}` (see module doc)."""
   train_split, _, info = train_lib.load_data(config)
   spec = train_lib.build_spec(config, info)
-  key = jax.random.split(jax.random.PRNGKey(config.seed), 3)[0]
-  params = train_lib.init_model_params(config, spec, key,
-                                       train_lib.calibration_batch(config, train_split, info))
+  params = train_lib.init_model_params(train_lib.calibrated_config(config, train_split, info),
+                                       spec, train_lib.init_key(config))
   x = jnp.asarray(data.normalize(train_split.images[:batch_size], info))
   batch = {'image': x, 'label': jnp.asarray(train_split.labels[:batch_size])}
   e = config.ep

@@ -86,3 +86,39 @@ def test_data_init_rejects_a_bad_target():
   params = network.init_params(spec, jax.random.PRNGKey(0))
   with pytest.raises(ValueError, match='target'):
     initialization.calibrate_gains(spec, params, jnp.zeros((2, 8, 8, 1)), target=(0.3, 0.1))
+
+
+def test_data_init_is_calibrated_once_and_not_again_on_resume(tmp_path):
+  """`train.calibrated_config` turns init='data' into the gains it chooses (the same
+  parameters as calibrating in place); a run resumed from a checkpoint does not calibrate."""
+  from ep_jax import train as train_lib
+  from ep_jax.configs import default
+  config = default.get_config()
+  config.model.layout = '4,M,4'
+  config.model.init = 'data'
+  config.data.train_subset = 64
+  config.data.test_subset = 32
+  config.train.epochs = 1
+  train_split, _, info = train_lib.load_data(config)
+  resolved = train_lib.calibrated_config(config, train_split, info)
+  assert resolved.model.init == 'gains' and len(resolved.model.init_gains) == 2
+  assert config.model.init == 'data'  # the caller's config is left as it was
+  spec = train_lib.build_spec(config, info)
+  params = train_lib.init_model_params(resolved, spec, train_lib.init_key(config))
+  with pytest.raises(ValueError, match='calibrated_config'):
+    train_lib.init_model_params(config, spec, train_lib.init_key(config))
+  order = data.epoch_permutation(len(train_split), config.seed, 0)[:128]
+  x = jnp.asarray(data.normalize(train_split.images[order], info))
+  start = initialization.init_params(spec, train_lib.init_key(config), mode='data')
+  in_place, _ = initialization.calibrate_gains(spec, start, x, mode=config.ep.mode,
+                                               max_steps=400)
+  for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(in_place)):
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+  lines = []
+  train_lib.train_and_evaluate(config, str(tmp_path), print_fn=lines.append)
+  assert sum(l.startswith('init=data:') for l in lines) == 1
+  config.train.epochs = 2
+  lines.clear()
+  train_lib.train_and_evaluate(config, str(tmp_path), print_fn=lines.append)
+  assert any('resumed from' in l for l in lines)
+  assert not any(l.startswith('init=data:') for l in lines)
