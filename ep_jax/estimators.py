@@ -8,6 +8,11 @@ the free fixed point `s^0`), the EP theorem says `-f'(0) = ∂_θ ℒ(s^0)`. The
   symmetric    -(f(β) - f(-β)) / (2β)                 bias O(β²)
   holomorphic  -(1/K) Σ_k Re[f(β_k) / β_k],  β_k = |β| e^{2πik/K}   bias O(|β|^K)
 
+and, as the baseline EP is measured against, 'bptt': not EP but the exact gradient of
+`mean ℒ(s_T)` by backpropagation through the T1 unrolled free-phase updates (no nudged phase;
+β unused). Training the same CRNN with it separates what EP's estimate costs from what the
+recurrent network itself can learn.
+
 `∂_θΦ` is local: the update of layer l's weights is a contrast of `s_l` and `s_{l-1}` between
 phases (for a conv layer, `s_{l-1} ⋆ P^T(s_l)` with P's argmax routing; for a dense layer
 `s_{l-1} s_l^T`). We obtain it with `jax.grad` of Φ w.r.t. the parameters at fixed states, which
@@ -30,7 +35,7 @@ from ep_jax.network import NetworkSpec, init_states
 from ep_jax import relaxation
 from ep_jax.relaxation import MODES, RelaxResult, relax
 
-ESTIMATORS = ('one_sided', 'random_sign', 'symmetric', 'holomorphic')
+ESTIMATORS = ('one_sided', 'random_sign', 'symmetric', 'holomorphic', 'bptt')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +93,13 @@ class EPOutput(NamedTuple):
   nudged: tuple
 
 
+def describe(ep: EPConfig) -> str:
+  """One line for logs: 'symmetric EP beta=0.5 T1=60 T2=20' or 'BPTT through T1=60 steps'."""
+  if ep.estimator == 'bptt':
+    return f'BPTT through T1={ep.free_steps} steps'
+  return f'{ep.estimator} EP beta={ep.beta} T1={ep.free_steps} T2={ep.nudged_steps}'
+
+
 def validate(estimator: str, beta, mode: str = 'sync', holo_points: int = 4) -> None:
   """Raises ValueError for an unknown estimator or mode, or a concrete β <= 0."""
   if estimator not in ESTIMATORS:
@@ -129,7 +141,9 @@ def ep_gradient(spec: NetworkSpec, params: dict, x: jax.Array, targets: dict, *,
     spec: the network. params: its parameters (plus any trainable signal heads that `cost_fn`
       uses). x: inputs `(B, H, W, C)`. targets: a pytree the cost reads, at least `'label'`.
     beta: |β| > 0, a Python float or a (traced) scalar, so `vmap` over β works.
-    estimator: 'one_sided', 'random_sign', 'symmetric' or 'holomorphic'.
+    estimator: 'one_sided', 'random_sign', 'symmetric', 'holomorphic', or 'bptt' (exact
+      gradient through exactly `free_steps` unrolled free steps, static; tol, β, T2 unused;
+      `nudged` is then empty).
     free_steps, nudged_steps: T1, T2 (step limits; may be traced). tol: residual tolerance.
     mode: 'sync' or 'async'. holo_points: K for the holomorphic estimator.
     cost_fn: the nudging cost ℒ (default: the output loss). rng: needed by 'random_sign'.
@@ -143,6 +157,9 @@ def ep_gradient(spec: NetworkSpec, params: dict, x: jax.Array, targets: dict, *,
   cost_fn = output_cost(spec) if cost_fn is None else cost_fn
   batch = x.shape[0]
   dtype = state_dtype or jax.tree_util.tree_leaves(params)[0].dtype
+  if estimator == 'bptt':
+    return _bptt(spec, params, x, targets, cost_fn, free_steps, mode, dtype, compute_dtype,
+                 damping)
   free = relax(spec, params, x, init_states(spec, batch, dtype), max_steps=free_steps, tol=tol,
                mode=mode, compute_dtype=compute_dtype, damping=damping)
   s0 = jax.tree_util.tree_map(jax.lax.stop_gradient, free.states)
@@ -185,3 +202,19 @@ def ep_gradient(spec: NetworkSpec, params: dict, x: jax.Array, targets: dict, *,
   z = logits(spec, params, s0)
   losses = example_losses(spec, params, s0, targets['label'])
   return EPOutput(grads, z, losses, free, nudged)
+
+
+def _bptt(spec, params, x, targets, cost_fn, steps, mode, dtype, compute_dtype, damping):
+  """`∂_θ mean ℒ(s_T)` through `steps` unrolled free-phase updates from zero states."""
+  batch = x.shape[0]
+
+  def loss(p):
+    free = relaxation.relax_fixed(spec, p, x, init_states(spec, batch, dtype), steps=steps,
+                                  mode=mode, compute_dtype=compute_dtype, damping=damping)
+    return cost_fn(p, free.states, targets) / batch, free
+
+  grads, free = jax.grad(loss, has_aux=True)(params)
+  free = free._replace(states=jax.tree_util.tree_map(jax.lax.stop_gradient, free.states))
+  z = logits(spec, params, free.states)
+  losses = example_losses(spec, params, free.states, targets['label'])
+  return EPOutput(grads, z, losses, free, ())

@@ -22,6 +22,9 @@ SCHEDULES = ('constant', 'cosine', 'sgdr')
 SCHEDULE_STEPS = ('step', 'epoch')
 
 
+OPTIMIZERS = ('sgd', 'adam')
+
+
 def learning_rate_schedule(base_lr: float, *, schedule: str, total_steps: int,
                            eta_min: float = 0.0, restart_period: int = 0,
                            restart_mult: float = 1.0, decay_steps: int = 0,
@@ -121,7 +124,7 @@ def make_optimizer(spec: NetworkSpec, params: dict, *, learning_rates: float | S
                    schedule: str = 'cosine', total_steps: int = 1, eta_min: float = 0.0,
                    restart_period: int = 0, restart_mult: float = 1.0, decay_steps: int = 0,
                    step_every: int = 1, extra_learning_rates: dict | None = None,
-                   nesterov: bool = False) -> optax.GradientTransformation:
+                   nesterov: bool = False, optimizer: str = 'sgd') -> optax.GradientTransformation:
   """Builds the optax transform for `params`.
 
   Args:
@@ -134,7 +137,13 @@ def make_optimizer(spec: NetworkSpec, params: dict, *, learning_rates: float | S
       the shared schedule shape, see `learning_rate_schedule`.
     extra_learning_rates: rates for other top-level groups (e.g. {'signals': 0.01}); groups
       without one use the last synapse rate.
+    optimizer: 'sgd' (heavy-ball `momentum`, optionally Nesterov: the reference's) or 'adam'
+      (`optax.adam`, β1 = 0.9, β2 = 0.999: per-parameter step sizes, insensitive to the
+      orders-of-magnitude differences between layers' gradients; `momentum` unused). Weight
+      decay is added to the gradient before either (L2, torch's convention).
   """
+  if optimizer not in OPTIMIZERS:
+    raise ValueError(f'unknown optimizer {optimizer!r}; known: {OPTIMIZERS}')
   groups = synapse_names(spec)
   rates = per_group(learning_rates, spec, 'learning_rates')
   decays = per_group(weight_decay, spec, 'weight_decay')
@@ -149,7 +158,10 @@ def make_optimizer(spec: NetworkSpec, params: dict, *, learning_rates: float | S
                                 restart_mult=restart_mult, decay_steps=decay_steps,
                                 step_every=step_every)
     parts = [optax.add_decayed_weights(decay)] if decay else []
-    parts.append(optax.sgd(lr, momentum=momentum or None, nesterov=nesterov))
+    if optimizer == 'adam':
+      parts.append(optax.adam(lr))
+    else:
+      parts.append(optax.sgd(lr, momentum=momentum or None, nesterov=nesterov))
     return optax.chain(*parts)
 
   return optax.multi_transform({g: group_transform(r, decays[g]) for g, r in rates.items()},

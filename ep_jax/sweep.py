@@ -42,7 +42,7 @@ import ml_collections
 import numpy as np
 
 from ep_jax import data as data_lib
-from ep_jax import optim
+from ep_jax import estimators, optim
 from ep_jax import train as train_lib
 from ep_jax.checkpointing import Checkpointer
 from ep_jax.metrics_io import MetricsWriter, ProgressReporter, read_metrics
@@ -462,7 +462,7 @@ def train_vmapped_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
   diverged = {s for s, d in zip(seeds, seed_dirs) if is_diverged(d)}
 
   print_fn(f'ep_jax vmapped seeds {seeds}: {info.name}, layout {spec.layout!r}; '
-           f'{ep.estimator} EP beta={ep.beta} T1={ep.free_steps} T2={ep.nudged_steps}; one '
+           f'{estimators.describe(ep)}; one '
            f'device ({device}); workdir {workdir}')
   progress = ProgressReporter(total_steps, every_seconds=config.train.log_every_seconds,
                               print_fn=print_fn)

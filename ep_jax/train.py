@@ -28,7 +28,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ep_jax import data as data_lib
-from ep_jax import initialization, network, optim
+from ep_jax import estimators, initialization, network, optim
 from ep_jax.checkpointing import Checkpointer
 from ep_jax.estimators import EPConfig
 from ep_jax.metrics_io import MetricsWriter, ProgressReporter
@@ -279,7 +279,7 @@ def build_run(config: ml_collections.ConfigDict, spec: network.NetworkSpec,
   tx = optim.make_optimizer(spec, params, learning_rates=rates, momentum=o.momentum,
                             weight_decay=o.weight_decay,
                             extra_learning_rates={'signals': o.signal_learning_rate},
-                            **lr_kwargs)
+                            optimizer=o.get('optimizer', 'sgd'), **lr_kwargs)
   state = create_train_state(params, tx, state_key, frozen)
   return RunSetup(state, tx, nudging, rates, lr_kwargs)
 
@@ -425,8 +425,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if is_primary:
     print_fn(f'ep_jax: {info.name} {info.input_shape} -> {info.num_classes} classes, '
              f'{info.num_train} train / {info.num_test} test; layout {spec.layout!r} '
-             f'dense {spec.dense}; {ep.estimator} EP beta={ep.beta} T1={ep.free_steps} '
-             f'T2={ep.nudged_steps} tol={ep.tol}; {mesh.devices.size} device(s); '
+             f'dense {spec.dense}; {estimators.describe(ep)} '
+             f'tol={ep.tol}; {mesh.devices.size} device(s); '
              f'workdir {workdir}')
   progress = ProgressReporter(total_steps, every_seconds=config.train.log_every_seconds,
                               print_fn=print_fn if is_primary else (lambda _: None))

@@ -98,12 +98,15 @@ def make_train_step(spec: NetworkSpec, ep: EPConfig, tx: optax.GradientTransform
         'free_steps': out.free.steps.astype(jnp.float32),
         'free_residual': out.free.residual,
         'layer_free_residual': out.free.layer_residuals,
-        'nudged_steps': jnp.mean(jnp.stack([r.steps for r in out.nudged]).astype(jnp.float32)),
+        'nudged_steps': (jnp.mean(jnp.stack([r.steps for r in out.nudged]).astype(jnp.float32))
+                         if out.nudged else jnp.zeros((), jnp.float32)),
         'grad_norm': grad_norm,
         'finite': jnp.isfinite(grad_norm) & jnp.isfinite(out.free.residual),
     }
+    # BPTT has no nudged phase: its nudge norms are zero.
+    nudged = out.nudged[0].states if out.nudged else out.free.states
     metrics.update(layer_diagnostics(spec, state.params, out.free.states,
-                                     tuple(jnp.real(s) for s in out.nudged[0].states)))
+                                     tuple(jnp.real(s) for s in nudged)))
     if nudging is not None:
       metrics.update(nudging.metrics(state.params, out.free.states, targets))
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)

@@ -49,6 +49,25 @@ def test_bptt_matches_implicit(x64):
   assert relative_error(bptt, implicit) < 1e-6
 
 
+@pytest.mark.parametrize('mode', ['sync', 'async'])
+def test_bptt_estimator_is_the_unrolled_gradient(x64, mode):
+  """'bptt' trains with the exact gradient through T1 unrolled steps: the reference's value,
+  and after enough steps the implicit gradient at the fixed point."""
+  spec, params, x, targets, _ = _problem('hard_sigmoid', '5,M,7,M')
+  out = estimators.ep_gradient(spec, params, x, targets, beta=0.5, estimator='bptt',
+                               free_steps=200, nudged_steps=1, mode=mode)
+  ref = reference_grads.bptt_gradient(spec, params, x, targets, steps=200, mode=mode)
+  assert relative_error(out.grads, ref) < 1e-12
+  # The implicit gradient at the fixed point this mode reaches (async may pick another one).
+  implicit = reference_grads.implicit_gradient(spec, params, x, targets, out.free.states).grads
+  assert relative_error(out.grads, implicit) < 1e-6
+  assert out.nudged == () and int(out.free.steps) == 200
+  # Truncated unrolls differ from the fixed-point gradient: the estimator really uses T1.
+  short = estimators.ep_gradient(spec, params, x, targets, beta=0.5, estimator='bptt',
+                                 free_steps=3, nudged_steps=1, mode=mode)
+  assert relative_error(short.grads, implicit) > 1e-3
+
+
 def test_bias_orders_with_smooth_dynamics(x64):
   """Halving β halves the one-sided error, quarters the symmetric one; holomorphic is best."""
   spec, params, x, targets, implicit = _problem('smooth_sigmoid', '5,A,7,A')

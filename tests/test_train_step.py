@@ -4,6 +4,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from ep_jax import network, optim, train_step
@@ -44,7 +45,7 @@ def test_train_step_traced_once_finite_and_reduces_loss():
   assert metrics['layer_mean_abs_state'].shape == (spec.num_layers,)
 
 
-@pytest.mark.parametrize('estimator', ['one_sided', 'random_sign'])
+@pytest.mark.parametrize('estimator', ['one_sided', 'random_sign', 'bptt'])
 def test_other_estimators_train(estimator):
   spec, ep, tx, state, batch = _setup(estimator)
   step_fn = jax.jit(train_step.make_train_step(spec, ep, tx))
@@ -178,3 +179,19 @@ def test_weight_decay_per_synapse_group():
     optim.make_optimizer(spec, params, learning_rates=0.5, weight_decay=(0.1, 0.2))
   with pytest.raises(ValueError, match='weight_decay must be >= 0'):
     optim.make_optimizer(spec, params, learning_rates=0.5, weight_decay=(0.1, -0.2, 0.1))
+
+
+def test_adam_optimizer_matches_optax_adam_and_rejects_unknown():
+  spec, _, _, state, _ = _setup()
+  params = state.params
+  grads = jax.tree_util.tree_map(lambda p: jnp.full_like(p, 0.3) * jnp.sign(p + 0.1), params)
+  tx = optim.make_optimizer(spec, params, learning_rates=0.01, weight_decay=0.0,
+                            schedule='constant', total_steps=10, optimizer='adam')
+  ref = optax.adam(0.01)
+  opt, ref_opt = tx.init(params), ref.init(params)
+  for _ in range(3):
+    updates, opt = tx.update(grads, opt, params)
+    ref_updates, ref_opt = ref.update(grads, ref_opt, params)
+  chex.assert_trees_all_close(updates, ref_updates, rtol=1e-6)
+  with pytest.raises(ValueError, match='unknown optimizer'):
+    optim.make_optimizer(spec, params, learning_rates=0.01, optimizer='lamb')

@@ -56,7 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.readout_init_scale = 1.0  # times PyTorch's default readout init; 0 = zeros
 
   config.ep = ml_collections.ConfigDict()
-  config.ep.estimator = 'symmetric'  # one_sided | random_sign | symmetric | holomorphic
+  config.ep.estimator = 'symmetric'  # one_sided | random_sign | symmetric | holomorphic | bptt
   config.ep.beta = 0.5
   config.ep.free_steps = 30  # T1 (the limit when tol > 0)
   config.ep.nudged_steps = 10  # T2
@@ -75,6 +75,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.optim = ml_collections.ConfigDict()
   config.optim.learning_rates = (0.2, 0.1, 0.05)  # one per synapse group, or a single float
+  config.optim.optimizer = 'sgd'  # sgd (heavy-ball momentum) | adam
   config.optim.momentum = 0.9
   # One value, or one per synapse group as learning_rates (a float or a tuple may be set).
   config.optim.weight_decay = ml_collections.FieldReference(3e-4, field_type=object)
