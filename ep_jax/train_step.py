@@ -57,7 +57,13 @@ class Nudging(Protocol):
 
 
 def layer_diagnostics(spec: NetworkSpec, params: dict, free: tuple, nudged: tuple) -> dict:
-  """Per-layer activity diagnostics from the free and first nudged phase states."""
+  """Per-layer activity diagnostics from the free and first nudged phase states.
+
+  `layer_input_dependence`: mean over units of the standard deviation of `s_l` across the
+  batch, divided by mean |s_l|: 0 when the layer's fixed point is the same for every input
+  (a layer can be active yet carry nothing about the input), about 1 for sparse
+  input-driven codes.
+  """
   params_by_layer = params['layers']
   mean_abs_state = jnp.stack([jnp.mean(jnp.abs(s)) for s in free])
   mean_abs_param = jnp.stack([jnp.mean(jnp.abs(p['w'])) for p in params_by_layer])
@@ -65,8 +71,17 @@ def layer_diagnostics(spec: NetworkSpec, params: dict, free: tuple, nudged: tupl
       jnp.mean(jnp.sqrt(jnp.sum(jnp.abs(b - a).reshape(a.shape[0], -1) ** 2, axis=-1)))
       for a, b in zip(free, nudged)])
   saturated = jnp.stack([jnp.mean((s <= 0.0) | (s >= 1.0)) for s in free])
+  input_dependence = jnp.stack([input_dependence_of(s) for s in free])
   return {'layer_mean_abs_state': mean_abs_state, 'layer_mean_abs_param': mean_abs_param,
-          'layer_nudge_norm': nudge_norm, 'layer_saturated_frac': saturated}
+          'layer_nudge_norm': nudge_norm, 'layer_saturated_frac': saturated,
+          'layer_input_dependence': input_dependence}
+
+
+def input_dependence_of(s: jax.Array) -> jax.Array:
+  """`mean_units std_batch(s) / mean |s|` of a state `(B, ...)` (0 for an all-zero state)."""
+  scale = jnp.mean(jnp.abs(s))
+  return jnp.where(scale > 0, jnp.mean(jnp.std(s, axis=0)) / jnp.where(scale > 0, scale, 1.0),
+                   0.0)
 
 
 def make_train_step(spec: NetworkSpec, ep: EPConfig, tx: optax.GradientTransformation, *,

@@ -300,6 +300,8 @@ def write_report(config, workdir: str, print_fn: Callable[[str], None] = print) 
        '.3e'),
       ('Fraction of saturated units (at 0 or 1), last epoch', 'layer_saturated_frac', 'last',
        '.3f'),
+      ('Input dependence (std of s_l across inputs / mean |s_l|), last epoch',
+       'layer_input_dependence', 'last', '.3f'),
       ('Mean |θ_l|, last epoch', 'layer_mean_abs_param', 'last', '.4f'),
   )
   lines += ['## Per-layer activity (epoch means of the training steps)', '']

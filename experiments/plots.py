@@ -10,6 +10,7 @@ into `--out` (default: the first workdir), one PNG per diagnostic:
   layer_mean_abs_param.png   mean |θ_l|                               (one subplot per layer)
   layer_nudge_norm.png       ‖s^β − s^0‖ per example, first nudged phase (one subplot per layer)
   layer_saturated_frac.png   fraction of units at 0 or 1             (one subplot per layer)
+  layer_input_dependence.png std of s_l across inputs / mean |s_l|   (one subplot per layer)
   free_steps_mean.png        free-phase steps used
   free_residual_mean.png     final free-phase residual
   accuracy.png               train and test accuracy
@@ -34,13 +35,14 @@ from ep_jax.metrics_io import read_metrics
 
 LAYER_KEYS = ('layer_mean_abs_state', 'layer_mean_abs_param', 'layer_nudge_norm',
               'layer_saturated_frac')
-OPTIONAL_LAYER_KEYS = ('kappa', 'les_loss', 'kd_loss')
+OPTIONAL_LAYER_KEYS = ('layer_input_dependence', 'kappa', 'les_loss', 'kd_loss')
 SCALAR_KEYS = ('free_steps_mean', 'free_residual_mean')
 TITLES = {
     'layer_mean_abs_state': 'mean |s| (free fixed point)',
     'layer_mean_abs_param': 'mean |θ|',
     'layer_nudge_norm': '‖s^β − s^0‖ (first nudged phase)',
     'layer_saturated_frac': 'fraction saturated (at 0 or 1)',
+    'layer_input_dependence': 'std across inputs / mean |s|',
     'free_steps_mean': 'free-phase steps',
     'free_residual_mean': 'free-phase final residual',
     'kappa': 'κ',

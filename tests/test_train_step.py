@@ -195,3 +195,19 @@ def test_adam_optimizer_matches_optax_adam_and_rejects_unknown():
   chex.assert_trees_all_close(updates, ref_updates, rtol=1e-6)
   with pytest.raises(ValueError, match='unknown optimizer'):
     optim.make_optimizer(spec, params, learning_rates=0.01, optimizer='lamb')
+
+
+def test_layer_input_dependence_values():
+  """0 for a state that is the same for every input (active but input-blind), the known
+  ratio for a two-example state, and logged per layer by the train step."""
+  constant = jnp.broadcast_to(jnp.array([0.2, 0.6]), (5, 2))
+  assert float(train_step.input_dependence_of(constant)) == 0.0
+  assert float(train_step.input_dependence_of(jnp.zeros((3, 4)))) == 0.0
+  # Units [0, 1] and [0, 0.5] over two inputs: stds 0.5 and 0.25, mean |s| 0.375.
+  two = jnp.array([[0.0, 0.0], [1.0, 0.5]])
+  np.testing.assert_allclose(float(train_step.input_dependence_of(two)), 1.0, rtol=1e-6)
+  spec, ep, tx, state, batch = _setup()
+  _, metrics = jax.jit(train_step.make_train_step(spec, ep, tx))(state, batch)
+  dependence = np.asarray(metrics['layer_input_dependence'])
+  assert dependence.shape == (spec.num_layers,)
+  assert np.all(dependence > 0.05), dependence  # the quadrant images drive every layer
