@@ -188,10 +188,18 @@ def check_dataset_name(name: str) -> None:
         return
     if key not in _TFDS_DATASETS:
         raise ValueError(f"unknown dataset {name!r} (known datasets: {', '.join(KNOWN_DATASETS)})")
-    import importlib.util  # pylint: disable=g-import-not-at-top
-
-    if importlib.util.find_spec("tensorflow_datasets") is None:
+    if not _tfds_installed():
         raise ImportError(_tfds_missing(key))
+
+
+def _tfds_installed() -> bool:
+    """Whether tensorflow_datasets can be imported (found without importing it)."""
+    import importlib.util  # pylint: disable=g-import-not-at-top
+    import sys  # pylint: disable=g-import-not-at-top
+
+    if "tensorflow_datasets" in sys.modules:
+        return sys.modules["tensorflow_datasets"] is not None
+    return importlib.util.find_spec("tensorflow_datasets") is not None
 
 
 def known_input_shape(name: str) -> tuple[int, int, int] | None:
