@@ -74,9 +74,14 @@ _STATE = "state"
 _EXTRA = "extra"
 _METRICS = "metrics"  # orbax's reserved item name for per-step metrics.
 
+# Nothing is deleted: the advice keeps every checkpoint (a step moved aside can be put back).
 _ADVICE = (
-    "Use a new workdir, or delete this step directory (after inspecting it) "
-    "to fall back to an earlier checkpoint."
+    "Nothing was deleted. Use a new workdir, or move this step directory out of the "
+    "checkpoint folder (after inspecting it) to fall back to an earlier checkpoint."
+)
+_INCOMPATIBLE_ADVICE = (
+    "Nothing was deleted. Resume with the config the checkpoint was written with, or use a "
+    "new workdir."
 )
 
 
@@ -111,9 +116,12 @@ def _metrics_to_floats(metrics: Mapping[str, Any] | None) -> dict[str, float]:
 
 
 def _describe(exc: BaseException) -> str:
-    msg = str(exc).strip()
-    if len(msg) > 2000:
-        msg = msg[:2000] + " ...[truncated]"
+    """The exception's type and the first line of its message (at most 200 characters; the
+    whole error stays on the exception chain)."""
+    lines = str(exc).strip().splitlines()
+    msg = lines[0] if lines else ""
+    if len(msg) > 200:
+        msg = msg[:200] + " ..."
     return f"{type(exc).__name__}: {msg}"
 
 
@@ -331,9 +339,11 @@ class Checkpointer:
             state = restored[_STATE]
             extra = restored[_EXTRA]
         except Exception as e:  # noqa: BLE001
+            kind = _classify(e)
+            advice = _INCOMPATIBLE_ADVICE if kind.startswith("it is incompatible") else _ADVICE
             raise CheckpointError(
-                f"Failed to restore checkpoint at {path}: {_classify(e)}. "
-                f"Underlying error: {_describe(e)}. {_ADVICE}"
+                f"Failed to restore checkpoint at {path}: {kind}. "
+                f"Underlying error: {_describe(e)}. {advice}"
             ) from e
         if state is None or not isinstance(extra, dict):
             raise CheckpointError(

@@ -171,8 +171,48 @@ class Split:
 # --------------------------------------------------------------------------------------
 
 
+TFDS_EXTRA_HINT = "pip install -e .[tfds]"
+
+
 def _err(msg: str) -> ValueError:
-    return ValueError(f"{msg} (known datasets: {', '.join(KNOWN_DATASETS)})")
+    return ValueError(msg)
+
+
+def check_dataset_name(name: str) -> None:
+    """Raises ValueError for a name that is not a known dataset or ``npz:PATH`` (the message
+    lists the known ones), and ImportError for a tfds dataset without tensorflow-datasets."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"dataset name must be a non-empty string, got {name!r}")
+    key = name.strip().lower().replace("-", "_")
+    if key.startswith("npz:") or key in _EMBEDDED_LOADERS:
+        return
+    if key not in _TFDS_DATASETS:
+        raise ValueError(f"unknown dataset {name!r} (known datasets: {', '.join(KNOWN_DATASETS)})")
+    if not _tfds_installed():
+        raise ImportError(_tfds_missing(key))
+
+
+def _tfds_installed() -> bool:
+    """Whether tensorflow_datasets can be imported (found without importing it)."""
+    import importlib.util  # pylint: disable=g-import-not-at-top
+    import sys  # pylint: disable=g-import-not-at-top
+
+    if "tensorflow_datasets" in sys.modules:
+        return sys.modules["tensorflow_datasets"] is not None
+    return importlib.util.find_spec("tensorflow_datasets") is not None
+
+
+def known_input_shape(name: str) -> tuple[int, int, int] | None:
+    """The (H, W, C) of a named dataset without loading it; None for ``npz:PATH``."""
+    key = str(name).strip().lower().replace("-", "_")
+    if key in _TFDS_DATASETS:
+        return tuple(_TFDS_DATASETS[key]["shape"])
+    return _EMBEDDED_SHAPES.get(key)
+
+
+def _tfds_missing(name: str) -> str:
+    return (f"dataset {name!r} needs tensorflow-datasets: {TFDS_EXTRA_HINT} (the tfds extra); "
+            "'digits', 'mnist5k' and 'npz:PATH' work without it")
 
 
 def load_dataset(
@@ -222,7 +262,8 @@ def load_dataset(
 
     Raises:
       ValueError: unknown dataset, missing/mismatched files or arrays, bad
-        arguments. The message names the problem and lists known datasets.
+        arguments. The message names the problem (an unknown name: and lists the
+        known datasets).
     """
     if not isinstance(name, str) or not name.strip():
         raise _err(f"dataset name must be a non-empty string, got {name!r}")
@@ -251,6 +292,7 @@ def load_dataset(
             train, test = _load_tfds(key, data_dir, meta["shape"])
             num_classes, mean, std = meta["num_classes"], meta["mean"], meta["std"]
         else:
+            check_dataset_name(name)  # raises: unknown name
             raise _err(f"unknown dataset {name!r}")
         info_name = key
 
@@ -389,6 +431,7 @@ def _load_mnist5k() -> tuple[Split, Split]:
 
 # Datasets that ship with a package (no download): name -> loader of (train, test), 10 classes.
 _EMBEDDED_LOADERS = {"digits": _load_digits, "mnist5k": _load_mnist5k}
+_EMBEDDED_SHAPES = {"digits": (8, 8, 1), "mnist5k": (28, 28, 1)}
 
 
 # ---- tfds ----------------------------------------------------------------------------
@@ -405,10 +448,7 @@ def _load_tfds(name: str, data_dir, shape) -> tuple[Split, Split]:
     try:
         import tensorflow_datasets as tfds  # lazy: optional dependency
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            f"dataset {name!r} needs tensorflow-datasets (pip install "
-            "'tensorflow-datasets>=4.9'); 'digits' and 'npz:PATH' work without it"
-        ) from e
+        raise ImportError(_tfds_missing(name)) from e
     try:
         sources = tfds.data_source(
             name,
@@ -422,7 +462,7 @@ def _load_tfds(name: str, data_dir, shape) -> tuple[Split, Split]:
             raise ImportError(
                 f"tensorflow_datasets needs tensorflow to download and prepare {name!r} "
                 "the first time (tfds 4.9 builds image datasets with tf.io / tf.image). "
-                "Install tensorflow (or tensorflow-cpu) once, or prepare the dataset "
+                f"Install it with {TFDS_EXTRA_HINT}, or prepare the dataset "
                 "elsewhere with tfds.data_source(..., builder_kwargs={'file_format': "
                 "'array_record'}) and pass its data_dir; reading a prepared array_record "
                 "dataset needs no tensorflow. Alternatively use an 'npz:PATH' dataset."
@@ -430,7 +470,7 @@ def _load_tfds(name: str, data_dir, shape) -> tuple[Split, Split]:
         if missing == "importlib_resources":
             raise ImportError(
                 "tensorflow_datasets 4.9 needs the 'importlib_resources' package to prepare "
-                "datasets (pip install importlib_resources)"
+                f"datasets: {TFDS_EXTRA_HINT}"
             ) from e
         raise
     train, test = (_read_source(src, name, split, shape) for src, split in zip(sources, ("train", "test")))

@@ -397,6 +397,9 @@ class ProgressReporter:
         )
 
     def update(self, step, examples, loss, accuracy, epoch, *, force: bool = False) -> str | None:
+        # Waits for the values (device arrays) before reading the clock: the time is that of
+        # a finished step, not of a dispatched one.
+        loss, accuracy = float(loss), float(accuracy)
         now = self.clock()
         if self._t0 is None:
             line = self.format_line(step, examples, loss, accuracy, epoch, now)

@@ -454,8 +454,8 @@ def train_vmapped_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
     state = jax.device_put(state, device)
     if [int(s) for s in extra.get('seeds', [])] != seeds:
       raise ValueError(f'{ckpt_dir} holds seeds {extra.get("seeds")}, not {seeds}')
-    start_epoch = int(extra['epoch']) + 1
-    print_fn(f'resumed from {ckpt_dir}/{latest} (epoch {extra["epoch"]})')
+    start_epoch = train_lib.epochs_done(extra)
+    print_fn(f'resumed from {ckpt_dir}/{latest} after epoch {start_epoch}/{num_epochs}')
   for w in writers:
     if w.history:
       w.truncate_after(start_epoch)  # records count epochs from 1
@@ -529,7 +529,7 @@ def train_vmapped_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
       w.write(record)
       last[i] = record
       accuracies.append(record['test_accuracy'])
-    checkpointer.save(epoch, state, extra={'epoch': epoch, 'seeds': seeds},
+    checkpointer.save(epoch + 1, state, extra={'epochs_done': epoch + 1, 'seeds': seeds},
                       metrics={'test_accuracy': float(np.mean(accuracies)) if accuracies
                                else 0.0})
     print_fn(f'epoch {epoch + 1}/{num_epochs}: test acc per seed '

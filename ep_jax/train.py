@@ -3,9 +3,11 @@
 Per epoch: shuffled (optionally augmented) training batches on a background thread, one
 jitted EP train step per batch over a `Mesh` of all devices (batch sharded on 'data',
 state replicated and donated), a full evaluation of the test split (padded last batch, masked),
-then one record in `metrics.jsonl`, TensorBoard and `curves.png`, and an orbax checkpoint.
-Running again with the same workdir resumes from the latest checkpoint (parameters, optimiser
-state, RNG, and the data order, which is a function of (seed, epoch)).
+then one record in `metrics.jsonl`, TensorBoard and `curves.png`, and an orbax checkpoint
+named by the number of epochs it completes (`checkpoints/1` after the first epoch). Running
+again with the same workdir and config resumes from the latest checkpoint (parameters,
+optimiser state, RNG, and the data order, which is a function of (seed, epoch)); another
+config is refused (`check_resume`), and nothing is written before the restore succeeds.
 
 A non-finite loss, gradient or relaxation stops training with `NonFiniteError` naming the
 epoch, the step and the first layer whose states went non-finite; the last good checkpoint is
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import os
 import time
@@ -34,6 +37,7 @@ from ep_jax.estimators import EPConfig
 from ep_jax.metrics_io import MetricsWriter, ProgressReporter
 from ep_jax.train_step import TrainState, create_train_state, make_eval_step, make_train_step
 
+CHECKPOINT_DIR = 'checkpoints'
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float64': jnp.float64}
 
 
@@ -79,14 +83,138 @@ def check_convergence(config: ml_collections.ConfigDict, spec: network.NetworkSp
 
 
 def _check_writable(workdir: str) -> None:
+  """Raises PermissionError unless `workdir` can be created or written; creates nothing."""
+  path = workdir
+  while not os.path.exists(path):
+    parent = os.path.dirname(path)
+    if parent == path:
+      break
+    path = parent
+  if not os.path.isdir(path) or not os.access(path, os.W_OK | os.X_OK):
+    reason = 'not a directory' if not os.path.isdir(path) else 'no write permission'
+    raise PermissionError(f'workdir {workdir!r} is not writable: {path!r}: {reason}')
+
+
+def _remove_empty_dirs(workdir: str) -> None:
+  """Removes `workdir` and the folders under it if they hold no file (bottom up)."""
+  for root, _, _ in sorted(os.walk(workdir), key=lambda w: -len(w[0])):
+    try:
+      os.rmdir(root)
+    except OSError:
+      pass
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Checks what can be checked without data, so a bad config fails in well under a second.
+
+  Raises:
+    ValueError / FileNotFoundError naming the field: epochs or batch sizes below 1, an
+    unknown dataset, a malformed layout, a learning-rate or weight-decay count that does not
+    match the layers, unknown EP options, a batch size the devices do not divide, a missing
+    distillation teacher.
+  """
+  t, o = config.train, config.optim
+  for field in ('epochs', 'batch_size', 'eval_batch_size'):
+    if int(t[field]) < 1:
+      raise ValueError(f'train.{field} must be >= 1, got {t[field]}')
+  data_lib.check_dataset_name(config.data.dataset)
+  shape = data_lib.known_input_shape(config.data.dataset)
+  if shape is not None:  # the spec of an npz dataset needs its files
+    spec = build_spec(config, data_lib.DatasetInfo(
+        name=config.data.dataset, input_shape=shape, num_classes=2, num_train=1, num_test=1,
+        mean=(0.0,) * shape[-1], std=(1.0,) * shape[-1]))
+    optim.per_group(o.learning_rates if isinstance(o.learning_rates, (int, float))
+                    else tuple(o.learning_rates), spec, 'optim.learning_rates')
+    optim.per_group(o.weight_decay if isinstance(o.weight_decay, (int, float))
+                    else tuple(o.weight_decay), spec, 'optim.weight_decay')
+  else:
+    network.parse_layout(config.model.layout)
+  build_ep_config(config)
+  state_dtype(config)
+  if not config.train.multihost:
+    make_mesh(t.batch_size, t.eval_batch_size, t.num_devices)
+  kd = config.signals.kd
+  if kd.enabled:
+    from ep_jax import teacher  # pylint: disable=g-import-not-at-top
+    if not kd.teacher_workdir:
+      raise ValueError('signals.kd.enabled needs signals.kd.teacher_workdir (a workdir of '
+                       'experiments.train_teacher)')
+    if not os.path.isfile(os.path.join(kd.teacher_workdir, teacher.TEACHER_JSON)):
+      raise FileNotFoundError(
+          f'signals.kd.teacher_workdir: no teacher in {kd.teacher_workdir!r} '
+          f'({teacher.TEACHER_JSON} not found); train one with `python -m '
+          f'experiments.train_teacher --config=... --workdir={kd.teacher_workdir}`')
+
+
+# Fields a resumed run may change: they do not change what is computed.
+RESUME_FREE_FIELDS = ('train.log_every_seconds', 'train.checkpoints_to_keep',
+                      'train.eval_batch_size', 'train.num_devices', 'train.multihost',
+                      'train.coordinator_address', 'train.num_processes', 'train.process_id',
+                      'data.data_dir', 'data.prefetch')
+
+
+def _flatten(tree: Any, prefix: str = '') -> dict:
+  if isinstance(tree, dict):
+    out = {}
+    for key, value in tree.items():
+      out.update(_flatten(value, f'{prefix}{key}.'))
+    return out
+  return {prefix[:-1]: tree}
+
+
+def config_differences(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
+  """`(field, saved value, current value)` for every field set in both that differs, except
+  `RESUME_FREE_FIELDS` (fields newer than the saved run are not compared)."""
+  old = _flatten(json.loads(json.dumps(saved)))
+  new = _flatten(json.loads(json.dumps(current, default=str)))
+  return [(k, old[k], new[k]) for k in sorted(old.keys() & new.keys())
+          if old[k] != new[k] and k not in RESUME_FREE_FIELDS]
+
+
+def has_checkpoints(workdir: str) -> bool:
+  """True if `workdir/checkpoints` holds a committed checkpoint step (reads only)."""
+  directory = os.path.join(workdir, CHECKPOINT_DIR)
+  return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
+
+
+def check_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses to resume the run in `workdir` with a config that differs from its
+  `config.json` in a field that changes what is computed (ValueError naming the fields).
+
+  `train.epochs` is one of them: the learning-rate schedule spans the run's epochs, so a run
+  is not extended; a longer run is a new run in another workdir.
+  """
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.isfile(path):
+    return
   try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, '.write_probe')
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
-  except OSError as e:
-    raise PermissionError(f'workdir {workdir!r} is not writable: {e}') from e
+    with open(path, 'r', encoding='utf-8') as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f'cannot read {path} to resume its run: {e}') from e
+  diffs = config_differences(saved, config.to_dict())
+  if not diffs:
+    return
+  listed = ', '.join(f'{k} ({old!r} -> {new!r})' for k, old, new in diffs[:8])
+  more = f' and {len(diffs) - 8} more' if len(diffs) > 8 else ''
+  epochs = ('; train.epochs sets the learning-rate schedule, so a run is not extended: train '
+            'longer in a new run' if any(k == 'train.epochs' for k, _, _ in diffs) else '')
+  raise ValueError(
+      f'{workdir} holds a run with another config: {listed}{more}{epochs}. Its checkpoints '
+      f'are kept. To resume it, run with its own config (the same flags, or '
+      f'--config={path}); for the new config use another --workdir.')
+
+
+def epochs_done(extra: dict) -> int:
+  """The number of epochs a training checkpoint completes, from its `extra` dict (older
+  checkpoints store the 0-based index of the last epoch as `epoch`)."""
+  if 'epochs_done' in extra:
+    return int(extra['epochs_done'])
+  return int(extra['epoch']) + 1
+
+
+class Interrupted(KeyboardInterrupt):
+  """Ctrl-C during training; the message says how to resume."""
 
 
 def build_spec(config: ml_collections.ConfigDict, info: data_lib.DatasetInfo,
@@ -363,18 +491,61 @@ def initialize_distributed(config: ml_collections.ConfigDict) -> None:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        print_fn=print) -> dict:
-  """Trains per `config`, writes everything to `workdir`, returns the last epoch record."""
+  """Trains per `config`, writes everything to `workdir`, returns the last epoch record.
+
+  The config is checked (`check_config`) and, for a workdir with checkpoints, compared with
+  the run's saved config (`check_resume`) before any data is loaded; nothing is written to
+  the workdir until the checkpoint is restored. A workdir this call created is removed again
+  if it is still empty when the call fails. Ctrl-C raises `Interrupted`, whose message says
+  from which epoch the same command resumes.
+  """
+  check_config(config)
+  workdir = os.path.abspath(workdir)
+  created = not os.path.exists(workdir)
+  _check_writable(workdir)
+  resuming = has_checkpoints(workdir)
+  if resuming:
+    check_resume(config, workdir)
   if config.train.multihost:
     initialize_distributed(config)
-  is_primary = jax.process_index() == 0
-  workdir = os.path.abspath(workdir)
-  if is_primary:
-    _check_writable(workdir)
+  try:
+    return _train_and_evaluate(config, workdir, print_fn, resuming)
+  except BaseException:
+    if created and jax.process_index() == 0:
+      _remove_empty_dirs(workdir)
+    raise
 
+
+class _Position:
+  """Where a run is, for the Ctrl-C message: the epoch in progress, the epochs checkpointed."""
+  epoch: int | None = None
+  done: int = 0
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, print_fn,
+                        resuming: bool) -> dict:
+  position = _Position()
+  try:
+    return _train_loop(config, workdir, print_fn, resuming, position)
+  except KeyboardInterrupt:
+    if position.done >= 1:
+      advice = f'run the same command to resume from epoch {position.done + 1}'
+    else:
+      advice = 'no epoch was completed; run the same command to start again'
+    where = ('before training started' if position.epoch is None else
+             f'at epoch {position.epoch}/{int(config.train.epochs)}')
+    raise Interrupted(f'interrupted {where}; {advice}') from None
+
+
+def _train_loop(config: ml_collections.ConfigDict, workdir: str, print_fn, resuming: bool,
+                position: _Position) -> dict:
+  is_primary = jax.process_index() == 0
+  checkpoint_dir = os.path.join(workdir, CHECKPOINT_DIR)
+  num_epochs = int(config.train.epochs)
   train_split, test_split, info = load_data(config)
-  checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'),
-                              max_to_keep=config.train.checkpoints_to_keep)
-  latest = checkpointer.latest_step()
+  checkpointer = (Checkpointer(checkpoint_dir, max_to_keep=config.train.checkpoints_to_keep)
+                  if resuming else None)
+  latest = checkpointer.latest_step() if checkpointer is not None else None
   # The data init is calibrated once, on the whole training set (before any host sharding),
   # and not again when a checkpoint supplies the parameters.
   run_config = (template_config(config) if latest is not None else
@@ -393,7 +564,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   local_batch = batch_size // jax.process_count()
   local_eval_batch = eval_batch_size // jax.process_count()
   steps_per_epoch = data_lib.num_train_batches(train_split, local_batch)
-  num_epochs = int(config.train.epochs)
   total_steps = steps_per_epoch * num_epochs
   run = build_run(run_config, spec, steps_per_epoch)
   state, tx, nudging = run.state, run.tx, run.nudging
@@ -402,6 +572,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P('data'))
   state = jax.device_put(state, replicated)
+  start_epoch = 0
+  if latest is not None:  # restored before anything in the workdir is written
+    state, extra = checkpointer.restore(state, step=latest)
+    state = jax.device_put(state, replicated)
+    start_epoch = position.done = epochs_done(extra)
+    if is_primary:
+      print_fn(f'resumed from {checkpointer.directory}/{latest} after epoch {start_epoch}'
+               f'/{num_epochs}' + (' (the run is complete)' if start_epoch >= num_epochs
+                                   else ''))
   train_step = jax.jit(
       make_train_step(spec, ep, tx, nudging=nudging, steps_per_epoch=steps_per_epoch,
                       state_dtype=dtype),
@@ -412,15 +591,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   writer = MetricsWriter(workdir, is_primary=is_primary)
   writer.write_config(config.to_dict())
-  start_epoch = 0
-  if latest is None and writer.history:
-    writer.truncate_after(0)  # records of a run killed before its first checkpoint
-  if latest is not None:
-    state, extra = checkpointer.restore(state, step=latest)
-    state = jax.device_put(state, replicated)
-    start_epoch = int(extra['epoch']) + 1
-    writer.truncate_after(start_epoch)  # records count epochs from 1
-    print_fn(f'resumed from {checkpointer.directory}/{latest} (epoch {extra["epoch"]})')
+  if checkpointer is None:
+    checkpointer = Checkpointer(checkpoint_dir, max_to_keep=config.train.checkpoints_to_keep)
+  if latest is not None or writer.history:  # records count epochs from 1, as checkpoints
+    writer.truncate_after(start_epoch)  # drops the records of epochs after the checkpoint
 
   if is_primary:
     print_fn(f'ep_jax: {info.name} {info.input_shape} -> {info.num_classes} classes, '
@@ -442,12 +616,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     batches = data_lib.train_batches(
         train_split, info, batch_size=local_batch, epoch=epoch, seed=config.seed,
         prefetch=config.data.prefetch, **augmentation(config))
+
+    def report(i: int, metrics: dict) -> None:
+      # Times the step once its results are there: one step stays queued behind it.
+      jax.block_until_ready(metrics)
+      progress.update(epoch * steps_per_epoch + i + 1, examples_done - (len(per_step) - 1 - i)
+                      * batch_size, metrics['loss'], metrics['accuracy'], epoch + 1)
+
+    position.epoch = epoch + 1
     for batch in batches:
+      if epoch == start_epoch and not per_step and is_primary:
+        print_fn(f'epoch {epoch + 1}: compiling the train step (the first step takes a while)')
       state, metrics = train_step(state, to_global(batch, batch_sharding))
       per_step.append(metrics)
       examples_done += batch_size
-      progress.update(epoch * steps_per_epoch + len(per_step), examples_done, metrics['loss'],
-                      metrics['accuracy'], epoch + 1)
+      if len(per_step) > 1:
+        report(len(per_step) - 2, per_step[-2])
+    if per_step:
+      report(len(per_step) - 1, per_step[-1])
     train = mean_over_steps(per_step)  # waits for the last step
     train_time = time.time() - epoch_start
     if not (np.all(np.asarray(jax.device_get([m['finite'] for m in per_step])))
@@ -459,8 +645,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           f'first layer with non-finite states: '
           f'{_first_bad_layer(spec.layer_names, jax.device_get(per_step[bad]))}; layers with '
           f'non-finite parameters: {_bad_param_groups(spec, state.params)}; the last good '
-          f'checkpoint is kept in {checkpointer.directory} (steps {checkpointer.all_steps()}); '
-          'lower the learning rates or beta')
+          f'checkpoint is kept in {checkpointer.directory} (after epochs '
+          f'{checkpointer.all_steps()}); lower the learning rates or beta')
     check_convergence(config, spec, train, epoch=epoch + 1, checkpoints=checkpointer.directory,
                       steps=checkpointer.all_steps())
 
@@ -476,8 +662,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                           lrs=rates_now, epoch_time=time.time() - epoch_start,
                           train_time=train_time, examples=len(per_step) * batch_size)
     writer.write(record)
-    checkpointer.save(epoch, state, extra={'epoch': epoch, 'seed': config.seed},
+    # Checkpoints are named by the number of epochs they complete (1-based, as the records).
+    checkpointer.save(epoch + 1, state, extra={'epochs_done': epoch + 1, 'seed': config.seed},
                       metrics={'test_accuracy': record['test_accuracy']})
+    position.done = epoch + 1
     if is_primary:
       print_fn(f'epoch {epoch + 1}/{num_epochs}: train loss {record["train_loss"]:.4f} '
                f'acc {record["train_accuracy"]:.4f} | test loss {record["test_loss"]:.4f} '

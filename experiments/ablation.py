@@ -38,6 +38,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from ep_jax.metrics_io import read_metrics
+from experiments import cli
 
 TEACHER = 'teacher'
 # name -> (LES on, KD on, description)
@@ -334,16 +335,21 @@ def main(argv):
   if not flags.FLAGS.workdir:
     raise app.UsageError('--workdir is required')
   start = time.time()
-  run_all(_CONFIG.value, flags.FLAGS.workdir, runs=tuple(flags.FLAGS.runs),
+  run_all(cli.config_value(_CONFIG), flags.FLAGS.workdir, runs=tuple(flags.FLAGS.runs),
           print_fn=lambda line: print(line, flush=True))
   print(f'ablation finished in {time.time() - start:.0f} s', flush=True)
 
 
-if __name__ == '__main__':
+def define_flags() -> None:
+  """Defines this script's flags (only when run as a script)."""
+  global _CONFIG
   _CONFIG = config_flags.DEFINE_config_file(
       'config', os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                              'ep_jax', 'configs', 'ablation_deep.py'),
       'Experiment config file.', lock_config=True)
   flags.DEFINE_string('workdir', None, 'Output folder (one sub-folder per run).')
   flags.DEFINE_list('runs', list(RUNS), f'Runs to do, from {RUNS}.')
-  app.run(main)
+
+
+if __name__ == '__main__':
+  cli.run(main, define_flags)

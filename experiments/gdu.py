@@ -39,6 +39,8 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from experiments import cli
+
 _CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                            'ep_jax', 'configs')
 def signals_config_for_gdu(config) -> tuple[object, str]:
@@ -184,8 +186,8 @@ def load_run_params(run_dir: str, step=None, flag: str = '--params_from'):
       if chosen is None:
         raise FileNotFoundError(f'{flag}: no checkpoint in {run_dir}/checkpoints')
       state, extra = ckpt.restore(target, step=chosen)
-    return dict(state.params), (f'checkpoint {chosen} (end of epoch {int(extra["epoch"]) + 1})'
-                                f' of {run_dir}')
+    done = train_lib.epochs_done(extra)
+    return dict(state.params), f'checkpoint {chosen} (end of epoch {done}) of {run_dir}'
 
   return config, restore
 
@@ -203,7 +205,7 @@ def main(argv):
     betas = [float(b) for b in _BETAS.value]
   except ValueError as e:
     raise app.UsageError(f'--betas must be numbers: {e}') from None
-  run(_CONFIG.value, workdir, betas=betas, batch_size=_BATCH.value,
+  run(cli.config_value(_CONFIG), workdir, betas=betas, batch_size=_BATCH.value,
       estimator_names=tuple(_ESTIMATORS.value), network_mode=_NETWORK.value,
       with_signals=_SIGNALS.value, tol=_TOL.value, max_steps=_MAX_STEPS.value,
       bptt_steps=_BPTT_STEPS.value, holo_points=_HOLO.value, init_scale=_INIT_SCALE.value,
@@ -242,5 +244,4 @@ def define_flags() -> None:
 
 
 if __name__ == '__main__':
-  define_flags()
-  app.run(main)
+  cli.run(main, define_flags)

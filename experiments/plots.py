@@ -32,6 +32,7 @@ import numpy as np
 from absl import app, flags
 
 from ep_jax.metrics_io import read_metrics
+from experiments import cli
 
 LAYER_KEYS = ('layer_mean_abs_state', 'layer_mean_abs_param', 'layer_nudge_norm',
               'layer_saturated_frac')
@@ -304,5 +305,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  define_flags()
-  app.run(main)
+  cli.run(main, define_flags)

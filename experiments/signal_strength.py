@@ -99,7 +99,7 @@ def main(argv):
   kappas = [float(k) for k in _KAPPAS.value]
   if any(k <= 0 for k in kappas):
     raise app.UsageError(f'--kappas must be positive, got {kappas}')
-  result = measure(_CONFIG.value, _TEACHER.value, kappas, _BATCH.value)
+  result = measure(cli.config_value(_CONFIG), _TEACHER.value, kappas, _BATCH.value)
   print(f"free phase: {result['free_steps']} steps, residual {result['free_residual']:.1e}; "
         'mean |s_l| ' + ' '.join(f'{a:.3f}' for a in result['mean_abs_state']))
   print(f"per-unit RMS nudge sqrt(mean (s^β - s^0)²) at β = {result['beta']}:")
@@ -109,11 +109,16 @@ def main(argv):
       json.dump(result, f, indent=1)
 
 
-if __name__ == '__main__':
+def define_flags() -> None:
+  """Defines this script's flags (only when run as a script)."""
+  global _CONFIG, _TEACHER, _KAPPAS, _BATCH, _OUT
   _CONFIG = config_flags.DEFINE_config_file('config', 'ep_jax/configs/ablation_digits.py',
                                             lock_config=False)
   _TEACHER = flags.DEFINE_string('teacher_workdir', '', 'A BP teacher (KD rows need one).')
   _KAPPAS = flags.DEFINE_list('kappas', ['0.1', '1'], 'κ values of the signal rows.')
   _BATCH = flags.DEFINE_integer('batch_size', 64, 'Training examples measured.')
   _OUT = flags.DEFINE_string('out', '', 'Write the figures to this JSON file.')
-  app.run(main)
+
+
+if __name__ == '__main__':
+  cli.run(main, define_flags)

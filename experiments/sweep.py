@@ -29,6 +29,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from experiments import cli
+
 _CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                            'ep_jax', 'configs')
 
@@ -39,7 +41,7 @@ def main(argv):
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
   from ep_jax import sweep  # pylint: disable=g-import-not-at-top  (after flag parsing)
-  config = _CONFIG.value
+  config = cli.config_value(_CONFIG)
   try:
     plan = sweep.make_sweep(config, _GRID.value, _SEEDS.value, _WORKDIR.value)
   except sweep.GridError as e:
@@ -91,5 +93,4 @@ def define_flags() -> None:
 
 
 if __name__ == '__main__':
-  define_flags()
-  app.run(main)
+  cli.run(main, define_flags)

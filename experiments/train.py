@@ -4,7 +4,10 @@ r"""Trains a CRNN with Equilibrium Propagation.
       [--workdir=DIR]
 
 With no flags: the quick-start config (embedded 8x8 digits, no download), written to a fresh
-folder under runs/. Running again with the same --workdir resumes from its last checkpoint.
+folder under runs/. Running again with the same --workdir resumes from its last checkpoint
+(with the same config: a changed field is refused, naming it). Errors end the command with a
+short `error: ...` on stderr and a non-zero status (1; 2 for bad flags; 130 for Ctrl-C);
+EP_JAX_TRACEBACK=1 or --verbosity=1 shows the traceback.
 """
 
 import datetime
@@ -30,9 +33,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   cli.quiet_logging()
+  config = cli.config_value(_CONFIG)
   from ep_jax import train  # after flag parsing: keeps --help fast
   workdir = _WORKDIR.value or default_workdir(flags.FLAGS['config'].config_filename)
-  train.train_and_evaluate(_CONFIG.value, workdir)
+  train.train_and_evaluate(config, workdir)
 
 
 def define_flags() -> None:
@@ -46,5 +50,4 @@ def define_flags() -> None:
 
 
 if __name__ == '__main__':
-  define_flags()
-  app.run(main)
+  cli.run(main, define_flags)

@@ -13,6 +13,7 @@ Its test accuracy is the BP baseline; the last line printed is `final test_accur
 from __future__ import annotations
 
 import functools
+import os
 import time
 from typing import Callable
 
@@ -41,6 +42,8 @@ def run(config, workdir: str, print_fn: Callable[[str], None] = print) -> dict:
   """
   start = time.time()
   t = config.teacher
+  if int(t.epochs) < 1:
+    raise ValueError(f'teacher.epochs must be >= 1, got {t.epochs}')
   train_split, test_split, info = train_lib.load_data(config)
   spec = build_spec(config, info)
   print_fn(f'teacher: dataset={info.name} train={info.num_train} test={info.num_test} '
@@ -70,11 +73,17 @@ def main(argv):
   if not _WORKDIR.value:
     raise app.UsageError('--workdir is required')
   cli.quiet_logging()
-  run(_CONFIG.value, _WORKDIR.value, print_fn=functools.partial(print, flush=True))
+  run(cli.config_value(_CONFIG), _WORKDIR.value, print_fn=functools.partial(print, flush=True))
+
+
+def define_flags() -> None:
+  """Defines this script's flags (only when run as a script)."""
+  global _CONFIG, _WORKDIR
+  _CONFIG = config_flags.DEFINE_config_file(
+      'config', os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             'ep_jax', 'configs', 'default.py'), lock_config=True)
+  _WORKDIR = flags.DEFINE_string('workdir', None, 'Where the teacher is saved.')
 
 
 if __name__ == '__main__':
-  _CONFIG = config_flags.DEFINE_config_file('config', 'ep_jax/configs/default.py',
-                                            lock_config=True)
-  _WORKDIR = flags.DEFINE_string('workdir', None, 'Where the teacher is saved.')
-  app.run(main)
+  cli.run(main, define_flags)

@@ -190,7 +190,8 @@ def test_corrupt_array_data_raises_and_others_intact(tmp_path):
         ckpt.restore(state)  # latest == 3
     msg = str(ei.value)
     assert str(tmp_path / "3") in msg
-    assert "corrupt" in msg and "new workdir" in msg and "delete" in msg
+    assert "corrupt" in msg and "new workdir" in msg and "move this step directory" in msg
+    assert "Nothing was deleted" in msg
     # nothing was deleted or modified, earlier steps still restore
     assert ckpt.all_steps() == [1, 2, 3]
     assert os.path.isdir(tmp_path / "3")
@@ -256,6 +257,8 @@ def test_incompatible_target_raises(tmp_path, make_target):
         ckpt.restore(make_target())
     msg = str(ei.value)
     assert str(tmp_path / "7") in msg and "incompatible" in msg and "new workdir" in msg
+    assert "delete" not in msg.replace("Nothing was deleted", "")
+    assert "config the checkpoint was written with" in msg
     assert dir_digest(tmp_path / "7") == before
     assert ckpt.all_steps() == [7]
     ckpt.close()

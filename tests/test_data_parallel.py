@@ -86,7 +86,7 @@ def test_two_processes_on_localhost(tmp_path):
   spec = train.build_spec(config, info)
   setup = train.build_run(config, spec, 8)
   with Checkpointer(os.path.join(workdir, 'checkpoints')) as ckpt:
-    state, _ = ckpt.restore(setup.state, step=1)
+    state, _ = ckpt.restore(setup.state, step=2)  # after epoch 2, the last record
   eval_step = jax.jit(make_eval_step(spec, train.build_ep_config(config)))
   correct = count = 0.0
   for batch in data.eval_batches(test_split, info, batch_size=64, prefetch=0):

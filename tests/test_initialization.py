@@ -115,9 +115,19 @@ def test_data_init_is_calibrated_once_and_not_again_on_resume(tmp_path):
   for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(in_place)):
     np.testing.assert_allclose(a, b, rtol=1e-6)
   lines = []
-  train_lib.train_and_evaluate(config, str(tmp_path), print_fn=lines.append)
-  assert sum(l.startswith('init=data:') for l in lines) == 1
+
+  class Stop(Exception):
+    pass
+
+  def stop_after_epoch_1(line):
+    lines.append(line)
+    if line.startswith('epoch 1/'):
+      raise Stop
+
   config.train.epochs = 2
+  with pytest.raises(Stop):
+    train_lib.train_and_evaluate(config, str(tmp_path), print_fn=stop_after_epoch_1)
+  assert sum(l.startswith('init=data:') for l in lines) == 1
   lines.clear()
   train_lib.train_and_evaluate(config, str(tmp_path), print_fn=lines.append)
   assert any('resumed from' in l for l in lines)

@@ -201,3 +201,25 @@ def test_progress_reporter_excludes_first_call_compile_time():
     assert "1000.0 ex/s" in out
     assert out.endswith("ETA 0:01:30")  # 899 steps / 10 per s = 89.9 s -> 90
     assert not math.isnan(float(out.split()[5]))
+
+
+class _Pending:
+    """A device value not computed yet: reading it waits `seconds` on the fake clock."""
+
+    def __init__(self, clock, seconds, value=1.0):
+        self.clock, self.seconds, self.value = clock, seconds, value
+
+    def __float__(self):
+        self.clock.t += self.seconds
+        return self.value
+
+
+def test_progress_reporter_times_finished_steps_not_dispatched_ones():
+    """The clock is read after the step's values are there: the first step (50 s with its
+    compilation) is not counted, the second (10 s) is."""
+    clock = FakeClock(0.0)
+    lines = []
+    p = ProgressReporter(3, every_seconds=0.0, print_fn=lines.append, clock=clock)
+    p.update(1, 10, _Pending(clock, 50.0), 0.5, 1)  # compile + first step: t0 after it
+    out = p.update(2, 20, _Pending(clock, 10.0), 0.5, 1)
+    assert "1.0 ex/s" in out and out.endswith("ETA 0:00:10"), out

@@ -209,7 +209,7 @@ def test_gdu_at_a_training_checkpoint(tmp_path):
   out = str(tmp_path / 'gdu')
   report = gdu_cli.run(None, out, betas=[1e-3], batch_size=4, estimator_names=('symmetric',),
                        with_signals=False, params_from=run_dir, print_fn=lambda _: None)
-  assert report['meta']['parameters'].startswith('checkpoint 0 (end of epoch 1) of ')
+  assert report['meta']['parameters'].startswith('checkpoint 1 (end of epoch 1) of ')
   assert report['meta']['config layout'] == '3,M,4,M'
   small = report['runs']['no_signals']['estimators']['symmetric']['results'][0]
   assert small['implicit']['all']['cos'] > 0.999

@@ -44,7 +44,7 @@ def test_report_of_a_training_run_matches_relax(tmp_path):
   lines = []
   report = relaxation_check.run(run_dir, batch_size=8, tols=(1e-2, 1e-4), max_steps=80,
                                 at=(10, 80, 500), print_fn=lines.append)
-  assert report['parameters'].startswith('checkpoint 0 (end of epoch 1)')
+  assert report['parameters'].startswith('checkpoint 1 (end of epoch 1)')
   assert set(report['modes']) == {'sync', 'async'}
   assert json.load(open(tmp_path / 'run' / 'relaxation_check.json'))['modes'] == json.loads(
       json.dumps(report['modes']))

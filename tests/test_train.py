@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -52,8 +53,10 @@ def test_one_epoch_writes_every_output(tmp_path):
   assert 0.0 <= records[0]['test_accuracy'] <= 1.0
   assert glob.glob(str(tmp_path / 'tensorboard' / 'events.out.tfevents.*'))
   assert (tmp_path / 'curves.png').stat().st_size > 1000
-  assert os.listdir(tmp_path / 'checkpoints') == ['0']
-  assert any(l.startswith('epoch 1 step') for l in lines)  # progress line
+  assert os.listdir(tmp_path / 'checkpoints') == ['1']  # named by the epochs it completes
+  compiling = [i for i, l in enumerate(lines) if 'compiling the train step' in l]
+  first_step = [i for i, l in enumerate(lines) if l.startswith('epoch 1 step 1/8 ')]
+  assert compiling and first_step and compiling[0] < first_step[0]  # lines during epoch 1
 
 
 def _cli(workdir, *extra):
@@ -73,11 +76,11 @@ def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
   proc = subprocess.Popen(_cli(killed), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
   deadline = time.time() + 240
-  while not os.path.isdir(killed / 'checkpoints' / '0') and time.time() < deadline:
+  while not os.path.isdir(killed / 'checkpoints' / '1') and time.time() < deadline:
     time.sleep(0.05)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  assert os.path.isdir(killed / 'checkpoints' / '0')
+  assert os.path.isdir(killed / 'checkpoints' / '1')
   resumed = subprocess.run(_cli(killed), cwd=REPO, env=_env(), capture_output=True, text=True,
                            timeout=300)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -113,11 +116,19 @@ def test_bad_preset_and_batch_divisibility(tmp_path):
     train.train_and_evaluate(tiny_config(train__batch_size=30), str(tmp_path / 'b'))
 
 
+def _adopt(workdir, config):
+  """Makes `config` the saved config of the run in `workdir`, so that resuming with it is
+  allowed: a run whose later epochs go wrong."""
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    json.dump(config.to_dict(), f)
+
+
 def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
   train.train_and_evaluate(tiny_config(), str(tmp_path))
   before = sorted(os.listdir(tmp_path / 'checkpoints'))
   config = tiny_config(train__epochs=2)
   config.optim.learning_rates = (1e38,)
+  _adopt(tmp_path, config)
   expected = r'epoch 2, step 1\d:.*non-finite parameters: \[.*conv1.*last good checkpoint'
   with pytest.raises(train.NonFiniteError, match=expected):
     train.train_and_evaluate(config, str(tmp_path), print_fn=lambda _: None)
@@ -131,6 +142,7 @@ def test_non_converging_relaxation_stops_and_keeps_last_good_checkpoint(tmp_path
   before = sorted(os.listdir(tmp_path / 'checkpoints'))
   # A finite relaxation that has not settled: 2 free steps cannot reach a 1e-9 residual.
   config = tiny_config(train__epochs=2, ep__free_steps=2, ep__max_residual=1e-9, **two)
+  _adopt(tmp_path, config)
   expected = (r'did not converge at epoch 2: mean final residual .* > ep.max_residual=1e-09 '
               r'after 2 steps .*layers above the limit: conv\d .*last good checkpoint is kept')
   with pytest.raises(train.NonConvergenceError, match=expected):
@@ -138,27 +150,130 @@ def test_non_converging_relaxation_stops_and_keeps_last_good_checkpoint(tmp_path
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == before
   assert len(open(tmp_path / 'metrics.jsonl').readlines()) == 1
   # Off (0) it trains on; the record has the per-layer residuals.
-  record = train.train_and_evaluate(
-      tiny_config(train__epochs=2, ep__free_steps=2, ep__max_residual=0.0, **two),
-      str(tmp_path), print_fn=lambda _: None)
+  config = tiny_config(train__epochs=2, ep__free_steps=2, ep__max_residual=0.0, **two)
+  _adopt(tmp_path, config)
+  record = train.train_and_evaluate(config, str(tmp_path), print_fn=lambda _: None)
   assert record['epoch'] == 2 and len(record['layer_free_residual']) == 2
 
 
 def test_corrupt_checkpoint_is_reported_not_overwritten(tmp_path):
-  train.train_and_evaluate(tiny_config(), str(tmp_path), print_fn=lambda _: None)
-  step_dir = tmp_path / 'checkpoints' / '0'
+  config = tiny_config(train__epochs=2)
+  train.train_and_evaluate(config, str(tmp_path), print_fn=lambda _: None)
+  step_dir = tmp_path / 'checkpoints' / '2'
   for path in glob.glob(str(step_dir / 'state' / '**' / '*'), recursive=True):
     if os.path.isfile(path):
       with open(path, 'wb') as f:
         f.write(b'garbage')
-  snapshot = {p: open(p, 'rb').read() for p in glob.glob(str(step_dir / '**' / '*'),
-                                                          recursive=True) if os.path.isfile(p)}
-  with pytest.raises(CheckpointError, match='checkpoints/0'):
-    train.train_and_evaluate(tiny_config(train__epochs=2), str(tmp_path),
-                             print_fn=lambda _: None)
-  after = {p: open(p, 'rb').read() for p in snapshot}
-  assert after == snapshot
-  assert os.listdir(tmp_path / 'checkpoints') == ['0']
+  snapshot = _snapshot(tmp_path)
+  with pytest.raises(CheckpointError, match='checkpoints/2'):
+    train.train_and_evaluate(config, str(tmp_path), print_fn=lambda _: None)
+  assert _snapshot(tmp_path) == snapshot  # nothing in the workdir was written
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['1', '2']
+  # The command line says it in a few lines.
+  cli = _run_cli(tmp_path, *TINY, '--config.train.epochs=2')
+  assert cli.returncode == 1 and 'checkpoints/2' in cli.stderr and 'corrupt' in cli.stderr
+  assert len(cli.stderr.strip().splitlines()) <= 5 and 'Traceback' not in cli.stderr
+  assert _snapshot(tmp_path) == snapshot
+
+
+def _snapshot(workdir):
+  """Every file under `workdir` with its bytes and modification time."""
+  return {p: (open(p, 'rb').read(), os.stat(p).st_mtime_ns)
+          for p in glob.glob(str(workdir / '**' / '*'), recursive=True) if os.path.isfile(p)}
+
+
+def _run_cli(workdir, *flags, script='experiments.train', env=None):
+  return subprocess.run([sys.executable, '-m', script, f'--workdir={workdir}', *flags],
+                        cwd=REPO, env=env or _env(), capture_output=True, text=True, timeout=120)
+
+
+def test_resume_with_another_config_is_refused_before_anything_is_written(tmp_path):
+  lines = []
+  first = train.train_and_evaluate(tiny_config(), str(tmp_path), print_fn=lines.append)
+  snapshot = _snapshot(tmp_path)
+  changed = tiny_config(train__epochs=2, model__layout='6,M')
+  expected = (r"another config: model.layout \('8,M' -> '6,M'\), train.epochs \(1 -> 2\).*"
+              r'not extended.*checkpoints are kept')
+  with pytest.raises(ValueError, match=expected) as e:
+    train.train_and_evaluate(changed, str(tmp_path), print_fn=lines.append)
+  assert 'delete' not in str(e.value)
+  assert _snapshot(tmp_path) == snapshot
+  # Fields that do not change the computation may differ; a finished run is not trained on.
+  again = train.train_and_evaluate(tiny_config(train__log_every_seconds=1.0), str(tmp_path),
+                                   print_fn=lines.append)
+  assert again == first and any('the run is complete' in l for l in lines)
+  assert os.listdir(tmp_path / 'checkpoints') == ['1']
+
+
+BAD_INPUTS = {
+    'unknown_field': ['--config.train.epochz=3'],
+    'missing_config_file': ['--config=no/such/config.py'],
+    'zero_epochs': ['--config.train.epochs=0'],
+    'negative_epochs': ['--config.train.epochs=-1'],
+    'learning_rate_count': ['--config.optim.learning_rates=(0.1,0.2,0.3,0.4,0.5)'],
+    'missing_teacher': ['--config.signals.kd.enabled=True',
+                        '--config.signals.kd.teacher_workdir=/nonexistent/teacher'],
+    'unknown_dataset': ['--config.data.dataset=imagenet21k'],
+    'bad_value': ['--config.train.epochs=many'],
+    'stray_argument': ['stray'],
+}
+
+
+def test_cli_bad_inputs_end_with_a_short_message_and_no_workdir(tmp_path):
+  for name, flags in BAD_INPUTS.items():
+    workdir = tmp_path / name
+    start = time.time()
+    done = _run_cli(workdir, *flags)
+    assert done.returncode in (1, 2), (name, done.returncode, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert 1 <= len(lines) <= 5 and lines[0].startswith('error: '), (name, done.stderr)
+    assert 'Traceback' not in done.stderr, name
+    assert not workdir.exists(), name
+    assert time.time() - start < 30, name  # found before data loading and compilation
+  verbose = _run_cli(tmp_path / 'v', '--config.train.epochs=0',
+                     env=dict(_env(), EP_JAX_TRACEBACK='1'))
+  assert verbose.returncode != 0 and 'Traceback' in verbose.stderr
+  other = _run_cli(tmp_path / 't', '--config.teacher.epochs=0', script='experiments.train_teacher')
+  assert other.returncode == 1 and other.stderr.startswith('error: teacher.epochs must be >= 1')
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path):
+  proc = subprocess.Popen(_cli(tmp_path, '--config.train.epochs=200'), cwd=REPO, env=_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 240
+  while not os.path.isdir(tmp_path / 'checkpoints' / '1') and time.time() < deadline:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 130, err[-3000:]
+  assert 'Traceback' not in err and len(err.strip().splitlines()) == 1, err
+  match = re.fullmatch(r'interrupted at epoch (\d+)/200; run the same command to resume from '
+                       r'epoch (\d+)', err.strip())
+  assert match, err
+  done = max(int(n) for n in os.listdir(tmp_path / 'checkpoints') if n.isdigit())
+  assert int(match.group(2)) == done + 1 and int(match.group(1)) in (done, done + 1)
+
+
+def test_check_config_fails_before_the_workdir_is_made(tmp_path):
+  cases = {'train.epochs must be >= 1': dict(train__epochs=0),
+           'train.batch_size must be >= 1': dict(train__batch_size=-4),
+           r'optim.learning_rates has 2 entries but the network has 2': None,
+           'unknown dataset': dict(data__dataset='imagenet21k'),
+           'no teacher in': dict(signals__enabled=None)}
+  for expected, overrides in cases.items():
+    if overrides is None:
+      config = tiny_config()
+      config.optim.learning_rates = (0.1, 0.1, 0.1)
+      expected = r'optim.learning_rates has 3 entries but the network has 2'
+    elif 'signals__enabled' in overrides:
+      config = tiny_config()
+      config.signals.kd.enabled = True
+      config.signals.kd.teacher_workdir = str(tmp_path / 'no_teacher')
+    else:
+      config = tiny_config(**overrides)
+    with pytest.raises((ValueError, FileNotFoundError), match=expected):
+      train.train_and_evaluate(config, str(tmp_path / 'run'))
+    assert not (tmp_path / 'run').exists(), expected
 
 
 def test_data_statistics_and_crop_mode_come_from_the_config():
