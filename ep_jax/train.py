@@ -110,7 +110,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   Raises:
     ValueError / FileNotFoundError naming the field: epochs or batch sizes below 1, an
     unknown dataset, a malformed layout, a learning-rate or weight-decay count that does not
-    match the layers, unknown EP options, a batch size the devices do not divide, a missing
+    match the layers, unknown EP options or optimizer, a batch size the devices do not divide, a missing
     distillation teacher.
   """
   t, o = config.train, config.optim
@@ -130,6 +130,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   else:
     network.parse_layout(config.model.layout)
   build_ep_config(config)
+  if o.get('optimizer', 'sgd') not in optim.OPTIMIZERS:
+    raise ValueError(f'unknown optim.optimizer {o.optimizer!r}; known: {optim.OPTIMIZERS}')
   state_dtype(config)
   if not config.train.multihost:
     make_mesh(t.batch_size, t.eval_batch_size, t.num_devices)
