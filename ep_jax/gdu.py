@@ -193,15 +193,17 @@ def gdu_sweep(spec: NetworkSpec, params: dict, x, targets: dict, *,
     mode: the update schedule of every relaxation (see `reference_gradients`).
     log: optional progress printer.
   Returns:
-    A JSON-able dict: `groups`, `betas`, `references` (see `reference_gradients`'s info) and
+    A JSON-able dict: `groups`, `betas`, `references` (see `reference_gradients`'s info, plus
+      `implicit_norms`: the implicit gradient's norm per group) and
     `estimators[name]` = `{'skipped': reason or None, 'results': [per β: {'beta',
     'nudged_steps', 'nudged_residual', 'seconds', 'implicit': {group: {cos, rel_err}},
     'bptt': {...}}]}`.
   """
   log = log or (lambda _: None)
   for name in estimator_names:
-    if name not in estimators.ESTIMATORS:
-      raise ValueError(f'unknown estimator {name!r}; known: {estimators.ESTIMATORS}')
+    if name not in estimators.ESTIMATORS or name == 'bptt':
+      raise ValueError(f'unknown EP estimator {name!r} (BPTT is a reference here); known: '
+                       f'{tuple(e for e in estimators.ESTIMATORS if e != "bptt")}')
   betas = [float(b) for b in betas]
   if not betas or any(not (math.isfinite(b) and b > 0) for b in betas):
     raise ValueError(f'betas must be finite numbers > 0, got {betas}')
@@ -219,7 +221,10 @@ def gdu_sweep(spec: NetworkSpec, params: dict, x, targets: dict, *,
         f"{info['free_residual']:.1e}), adjoint {info['implicit_steps']} steps (residual "
         f"{info['implicit_residual']:.1e}), BPTT {info['bptt_steps']} steps, BPTT vs implicit "
         f"rel err {_fmt(info['bptt_vs_implicit'][ALL]['rel_err'])}")
-    groups = [g for g in group_vectors(implicit, spec)]
+    vectors = group_vectors(implicit, spec)
+    groups = list(vectors)
+    # How large the true gradient is per group: vanishing gradients show here.
+    info['implicit_norms'] = {g: float(np.linalg.norm(v)) for g, v in vectors.items()}
     out = {'groups': groups, 'betas': betas, 'holo_points': int(holo_points),
            'references': info, 'estimators': {}}
     for name in estimator_names:
@@ -279,6 +284,9 @@ def markdown(report: dict) -> str:
                  f"residual {ref['implicit_residual']:.1e}; BPTT {ref['bptt_steps']} steps, "
                  f"BPTT vs implicit: rel err {_fmt(ref['bptt_vs_implicit'][ALL]['rel_err'])}, "
                  f"cos {_fmt(ref['bptt_vs_implicit'][ALL]['cos'], '.8f')}.")
+    if ref.get('implicit_norms'):
+      lines.append('Implicit gradient norm per group: ' + ', '.join(
+          f'{g} {_fmt(v)}' for g, v in ref['implicit_norms'].items()) + '.')
     lines.append('')
     groups = run['groups']
     for name, entry in run['estimators'].items():

@@ -8,6 +8,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from ep_jax import gdu, network, train
@@ -97,6 +98,11 @@ def test_gdu_symmetric_aligns_with_implicit_and_writes_reports(tmp_path):
     assert ref['converged'] and ref['free_residual'] <= 1e-10
     assert ref['bptt_vs_implicit']['all']['rel_err'] < 1e-6
     assert run['groups'][:3] == ['conv1', 'conv2', 'readout']
+    norms = ref['implicit_norms']
+    assert set(norms) == set(run['groups']) and all(v > 0 for v in norms.values())
+    # The groups' norms make up the whole gradient's.
+    np.testing.assert_allclose(
+        sum(norms[g] ** 2 for g in run['groups'] if g != 'all'), norms['all'] ** 2, rtol=1e-6)
     assert 'holomorphic EP needs' in run['estimators']['holomorphic']['skipped']
     small = run['estimators']['symmetric']['results'][0]
     assert small['beta'] == 1e-3
@@ -106,6 +112,9 @@ def test_gdu_symmetric_aligns_with_implicit_and_writes_reports(tmp_path):
     assert small['implicit']['all']['rel_err'] < large['implicit']['all']['rel_err']
   md = open(os.path.join(out, 'gdu.md')).read()
   assert '### symmetric vs implicit' in md and '| conv1 |' in md
+  assert 'Implicit gradient norm per group: conv1 ' in md
+  with pytest.raises(ValueError, match='BPTT is a reference here'):
+    gdu.gdu_sweep(None, {}, None, {}, estimator_names=('bptt',))
 
 
 def test_ablation_configs_are_deep():
