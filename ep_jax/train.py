@@ -625,7 +625,9 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, print_fn, resum
   if is_primary:
     print_fn(f'ep_jax: {info.name} {info.input_shape} -> {info.num_classes} classes, '
              f'{info.num_train} train / {info.num_test} test; layout {spec.layout!r} '
-             f'dense {spec.dense}; {estimators.describe(ep)} '
+             f'dense {spec.dense}'
+             + (f' skips (1-based conv) {tuple((i + 1, j + 1) for i, j in spec.skips)}'
+                if spec.skips else '') + f'; {estimators.describe(ep)} '
              f'tol={ep.tol}; {mesh.devices.size} device(s); '
              f'workdir {workdir}')
   progress = ProgressReporter(total_steps, every_seconds=config.train.log_every_seconds,
