@@ -1,9 +1,13 @@
 """The primitive function Φ of a convolutional CRNN and the output costs.
 
     Φ(x, s; θ) = Σ_{l ≤ C} < s_l , P_l(W_l ⋆ s_{l-1} + b_l) >  +  Σ_{l > C} < s_l , W_l s_{l-1} + b_l >
+                 + Σ_{(i, j) ∈ skips} < s_j , A_k(s_i) V_ij >
 
-with `s_0 = x`. Every term is a small pure function of `(params_l, s_{l-1}, s_l)`: a new layer
-type is one new interaction function. All energies and costs are *summed over the batch*, so
+with `s_0 = x`. The last sum is over the skip links of `spec.skips` (none by default): `A_k` is
+the `2^k x 2^k` average pooling with `2^k = H_i / H_j` (the identity for k = 0) and `V_ij` a
+`(C_i, C_j)` matrix, a 1x1 convolution without bias (`skip_drive`). Every term is a small pure
+function of the parameters and the two states it couples: a new layer type is one new
+interaction function. All energies and costs are *summed over the batch*, so
 that `∂Φ/∂s` is the per-example force and parameter gradients are batch sums.
 
 States may be complex (holomorphic EP): parameters and inputs are cast to the states' dtype, and
@@ -205,9 +209,47 @@ def layer_drive(spec: NetworkSpec, l: int, p: dict, s_prev: jax.Array) -> jax.Ar
   return dense_drive(p, s_prev)
 
 
+def avg_pool_factor(s: jax.Array, factor: int) -> jax.Array:
+  """`factor x factor` average pooling of `(B, H, W, C)` (H, W multiples of `factor`)."""
+  if factor == 1:
+    return s
+  b, h, w, c = s.shape
+  return jnp.mean(s.reshape(b, h // factor, factor, w // factor, factor, c), axis=(2, 4))
+
+
+def skip_drive(w: jax.Array, s_src: jax.Array, factor: int, compute_dtype=None) -> jax.Array:
+  """`A_k(s_src) V`: what a skip link `(i, j)` sends up to layer j, `(B, H_j, W_j, C_j)`.
+
+  `s_src` is layer i's state `(B, H_i, W_i, C_i)`, `factor = 2^k = H_i / H_j`, `w` the
+  `(C_i, C_j)` matrix V of the 1x1 convolution. Pooling before the 1x1 map (they commute).
+  """
+  return matmul(avg_pool_factor(s_src, factor), w, compute_dtype)
+
+
+def skip_feedback(w: jax.Array, s_dst: jax.Array, factor: int, compute_dtype=None) -> jax.Array:
+  """`A_k^T(s_dst V^T)`: the adjoint of `skip_drive` in `s_src`, `∂/∂s_i < s_j, A_k(s_i) V >`.
+
+  `s_j V^T` spread evenly over each `factor x factor` window (the adjoint of average pooling:
+  every element of the window gets `1/factor²` of it), `(B, H_i, W_i, C_i)`.
+  """
+  g = matmul(s_dst, w.T, compute_dtype)
+  if factor == 1:
+    return g
+  g = jnp.repeat(jnp.repeat(g, factor, axis=1), factor, axis=2)
+  return g / jnp.asarray(factor * factor, g.dtype)
+
+
+def skip_energy(spec: NetworkSpec, params: dict, states: tuple) -> jax.Array:
+  """`Σ_{(i, j) ∈ skips} < s_j , A_k(s_i) V_ij >` summed over the batch (0 without skips)."""
+  terms = [jnp.sum(states[j] * skip_drive(p['w'], states[i], f))
+           for (i, j), f, p in zip(spec.skips, spec.skip_factors, params.get('skips', ()))]
+  return sum(terms) if terms else jnp.zeros((), states[0].dtype)
+
+
 def layer_drives(spec: NetworkSpec, params: dict, x: jax.Array,
                  states: tuple) -> tuple[jax.Array, ...]:
-  """Bottom-up drive of every layer given the states below it (the feed-forward half of Φ)."""
+  """Bottom-up drive of every layer given the states below it (the chain part of Φ; the skip
+  links' terms are `skip_energy`)."""
   dtype = states[0].dtype
   below = (x.astype(dtype),) + tuple(states[:-1])
   return tuple(layer_drive(spec, l, p, below[l]) for l, p in enumerate(params['layers']))
@@ -227,7 +269,10 @@ def primitive(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple) -> j
   dtype = compute_dtype(states[0].dtype)
   states = tuple(s.astype(dtype) for s in states)
   drives = layer_drives(spec, params, x, states)
-  return sum(jnp.sum(s * d) for s, d in zip(states, drives))
+  phi = sum(jnp.sum(s * d) for s, d in zip(states, drives))
+  if spec.skips:
+    phi = phi + skip_energy(spec, params, states)
+  return phi
 
 
 def logits(spec: NetworkSpec, params: dict, states: tuple) -> jax.Array:

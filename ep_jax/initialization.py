@@ -9,7 +9,10 @@ the weights and bias of dynamical layer l by a gain `g_l` (the readout keeps gai
   gains    g_l = gains[l]                    (a list, one per dynamical layer)
   data     g_l chosen on one training batch  (`calibrate_gains`)
 
-`a` is the activation's slope in its linear range (`SLOPES`). He-style gains suit a
+`a` is the activation's slope in its linear range (`SLOPES`). A skip link `(i, j)` (`V_ij`, drawn
+U(±skip_scale/√C_i) by `network.init_params`) is part of layer j's input: it takes layer j's
+gain, so every mode scales all of a layer's incoming weights together.
+ He-style gains suit a
 feed-forward pass; a CRNN's layer is driven from below *and* from above, so the same gains
 saturate its fixed point (METHOD.md §4b). The data-dependent mode judges an init where the
 CRNN lives, at its free fixed point: it moves every layer's gain until the layer's mean
@@ -75,24 +78,31 @@ def _scaled(p: dict, gain) -> dict:
   return {k: v * jnp.asarray(gain, v.dtype) for k, v in p.items()}
 
 
-def apply_gains(params: dict, gains: Sequence[float]) -> dict:
-  """Multiplies the weights and bias of dynamical layer l by `gains[l]` (readout untouched)."""
-  return dict(params, layers=tuple(_scaled(p, g) for p, g in zip(params['layers'], gains)))
+def apply_gains(params: dict, gains: Sequence[float], spec: NetworkSpec | None = None) -> dict:
+  """Multiplies the weights and bias of dynamical layer l by `gains[l]` (readout untouched),
+  and each skip link `(i, j)` of `spec.skips` by `gains[j]` (its upper layer's gain)."""
+  out = dict(params, layers=tuple(_scaled(p, g) for p, g in zip(params['layers'], gains)))
+  if 'skips' in params:
+    if spec is None:
+      raise ValueError('apply_gains needs the spec to scale the skip links')
+    out['skips'] = tuple(_scaled(p, gains[j]) for p, (_, j) in zip(params['skips'], spec.skips))
+  return out
 
 
 def init_params(spec: NetworkSpec, key: jax.Array, *, mode: str = 'pytorch', scale: float = 1.0,
                 gains: Sequence[float] = (), readout_scale: float = 1.0,
-                dtype=jnp.float32) -> dict:
+                skip_scale: float = 1.0, dtype=jnp.float32) -> dict:
   """PyTorch-default parameters times the gains of `mode` ('data': the 'pytorch' start).
 
   readout_scale: multiplies the softmax readout's weights and bias (0: a zero readout, whose
   logits start uniform, so the first updates do not silence the last layer to undo random
   logits; the nudge reaches the network once the readout has learned).
+  skip_scale: multiplies the skip links' U(±1/√C_i) before the gains (`model.skip_init_scale`).
   """
   if readout_scale < 0:
     raise ValueError(f'readout init scale must be >= 0, got {readout_scale}')
-  params = apply_gains(network.init_params(spec, key, dtype=dtype),
-                       layer_gains(spec, mode, scale=scale, gains=gains))
+  params = apply_gains(network.init_params(spec, key, dtype=dtype, skip_scale=skip_scale),
+                       layer_gains(spec, mode, scale=scale, gains=gains), spec)
   if 'readout' in params and readout_scale != 1.0:
     params['readout'] = _scaled(params['readout'], readout_scale)
   return params
@@ -148,7 +158,7 @@ def calibrate_gains(spec: NetworkSpec, params: dict, x: jax.Array, *,
 
   @jax.jit
   def measure(gains):
-    p = apply_gains(params, [gains[l] for l in range(n)])
+    p = apply_gains(params, [gains[l] for l in range(n)], spec)
     r = relaxation.relax(spec, p, x, states0, max_steps=max_steps, tol=tol, mode=mode,
                          damping=damping)
     activity = jnp.stack([jnp.mean(jnp.abs(s)) for s in r.states])
@@ -184,4 +194,4 @@ def calibrate_gains(spec: NetworkSpec, params: dict, x: jax.Array, *,
   calibration = Calibration(gains=tuple(float(g) for g in gains),
                             activity=tuple(float(a) for a in activity), residual=residual,
                             steps=steps, evaluations=evaluations)
-  return apply_gains(params, gains), calibration
+  return apply_gains(params, gains, spec), calibration

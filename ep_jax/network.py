@@ -13,11 +13,18 @@ readout the output `z = W_out flat(s_N) + b_out` lives outside the system; with
 Parameters are a dict `{'layers': (p_1, ..., p_N), 'readout': p_out}` with
 `p = {'w': ..., 'b': ...}`: conv kernels are HWIO `(k, k, C_in, C_out)`, dense weights
 `(n_in, n_out)`. With `readout='mse'` there is no `'readout'` entry.
+
+Skip links (`spec.skips`, Hopfield-ResNet style): pairs `(i, j)` of conv layers (0-based,
+`i < j - 1`) joined by a learned 1x1 link inside the energy, `< s_j, A_k(s_i) V_ij >` with `A_k`
+the `2^k x 2^k` average pooling that brings layer i's spatial size to layer j's. Their weights
+are `params['skips']`, a tuple of `{'w': (C_i, C_j)}` in the order of `spec.skips`; the entry
+is absent without skips, so networks without them have exactly the pytree above.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import numbers
 from typing import Optional, Sequence
@@ -71,6 +78,8 @@ class NetworkSpec:
     padding: 'SAME' or 'VALID', for the layers that do not set their own.
     pool_ties: where max pooling's derivative goes in a tied window, one of `POOL_TIES`
       ('first': the first maximum, as torch; 'split': evenly). Values do not depend on it.
+    skips: skip links `(i, j)` between conv layers (0-based dynamical-layer indices,
+      `i < j - 1`, layer j's spatial size layer i's divided by `2^k`); see `make_spec`.
   """
   input_shape: tuple[int, int, int]
   conv: tuple[ConvLayer, ...]
@@ -81,6 +90,7 @@ class NetworkSpec:
   kernel_size: int = 3
   padding: str = 'SAME'
   pool_ties: str = 'first'
+  skips: tuple[tuple[int, int], ...] = ()
 
   @property
   def num_layers(self) -> int:
@@ -135,6 +145,17 @@ class NetworkSpec:
     return tuple(names)
 
   @property
+  def skip_factors(self) -> tuple[int, ...]:
+    """The pooling factor `2^k = H_i / H_j` of each skip link, in the order of `skips`."""
+    shapes = self.state_shapes
+    return tuple(shapes[i][0] // shapes[j][0] for i, j in self.skips)
+
+  @property
+  def colour_classes(self) -> tuple[tuple[int, ...], ...]:
+    """The layers grouped by colour of `layer_colouring(self)`, colour 0 first."""
+    return layer_colour_classes(self)
+
+  @property
   def layout(self) -> str:
     """The layout string of the conv widths and pools (round-trips through `parse_layout`;
     the per-layer geometry is in `kernel_sizes` / `paddings`)."""
@@ -144,6 +165,33 @@ class NetworkSpec:
       if layer.pool is not None:
         tokens.append({'max': 'M', 'avg': 'A'}[layer.pool])
     return ','.join(tokens)
+
+
+@functools.lru_cache(maxsize=None)
+def layer_colouring(spec: NetworkSpec) -> tuple[int, ...]:
+  """A proper colouring of the layer graph (edges: the chain `(l, l+1)` and the skips).
+
+  Greedy in layer order: layer l takes the smallest colour none of its lower neighbours has.
+  Layers of one colour share no edge, so their forces do not depend on each other and they
+  can update together (the asynchronous schedule). For a chain it is `l % 2` (even/odd).
+  """
+  n = spec.num_layers
+  lower = [{l - 1} if l > 0 else set() for l in range(n)]
+  for i, j in spec.skips:
+    lower[j].add(i)
+  colours: list[int] = []
+  for l in range(n):
+    used = {colours[m] for m in lower[l]}
+    colours.append(min(c for c in range(len(used) + 1) if c not in used))
+  return tuple(colours)
+
+
+@functools.lru_cache(maxsize=None)
+def layer_colour_classes(spec: NetworkSpec) -> tuple[tuple[int, ...], ...]:
+  """The layers of each colour of `layer_colouring(spec)`, colour 0 first, in layer order."""
+  colours = layer_colouring(spec)
+  return tuple(tuple(l for l, c in enumerate(colours) if c == colour)
+               for colour in range(max(colours) + 1 if colours else 0))
 
 
 def parse_layout(layout: str) -> tuple[ConvLayer, ...]:
@@ -211,7 +259,8 @@ def make_spec(layout: str | Sequence[ConvLayer], *, input_shape: Sequence[int],
               activation: str = 'hard_sigmoid', kernel_size: int = 3,
               padding: str = 'SAME', pool_ties: str = 'first',
               kernel_sizes: Sequence[int] = (),
-              paddings: Sequence[str] = ()) -> NetworkSpec:
+              paddings: Sequence[str] = (),
+              skips: Sequence[Sequence[int]] = ()) -> NetworkSpec:
   """Builds and validates a `NetworkSpec` from a layout string or preset name.
 
   Each conv layer's kernel size and padding is, by precedence: `kernel_sizes[l]` /
@@ -219,10 +268,14 @@ def make_spec(layout: str | Sequence[ConvLayer], *, input_shape: Sequence[int],
   last convolution is VALID) or the `ConvLayer`'s own, then `kernel_size` / `padding`. The
   spec's conv layers carry the resolved values.
 
+  skips: skip links `(i, j)`, 0-based dynamical-layer indices of two conv layers with
+  `i < j - 1`, whose spatial sizes satisfy `H_i = 2^k H_j` and `W_i = 2^k W_j` (k >= 0), each
+  pair at most once (see `check_skips`).
+
   Raises:
     ValueError: malformed layout, unknown readout/activation/padding/pool_ties, a kernel size
       that is not a positive odd integer, per-layer tuples of the wrong length, or an input
-      too small for the network's convolutions and pools.
+      too small for the network's convolutions and pools, or an invalid skip pair.
   """
   from ep_jax import activations  # local: avoids an import cycle at package import
 
@@ -266,7 +319,51 @@ def make_spec(layout: str | Sequence[ConvLayer], *, input_shape: Sequence[int],
           f'input {input_shape} is too small for layout {spec.layout!r} with kernel sizes '
           f'{spec.kernel_sizes} and paddings {spec.paddings}: the feature map vanishes at '
           f'conv layer {index + 1}; use fewer pools or VALID convolutions, or a larger input')
-  return spec
+  skips = check_skips(spec, skips)
+  return dataclasses.replace(spec, skips=skips) if skips else spec
+
+
+def check_skips(spec: NetworkSpec, skips: Sequence[Sequence[int]]) -> tuple[tuple[int, int], ...]:
+  """Validates skip pairs against `spec`'s layers; returns them as a tuple of int pairs.
+
+  Raises:
+    ValueError: naming the bad pair: not a pair of integers, an index out of range, `i >= j - 1`,
+      a layer that is not convolutional, spatial sizes not related by a power of two, or a
+      duplicate.
+  """
+  out: list[tuple[int, int]] = []
+  shapes = spec.state_shapes
+  for pair in tuple(skips):
+    try:
+      i, j = pair
+      if any(isinstance(v, bool) or int(v) != v for v in (i, j)):
+        raise TypeError
+      i, j = int(i), int(j)
+    except (TypeError, ValueError):
+      raise ValueError(f'skip {pair!r} is not a pair (i, j) of layer indices') from None
+    where = f'skip ({i}, {j}) (0-based layer indices)'
+    if not (0 <= i < spec.num_layers and 0 <= j < spec.num_layers):
+      raise ValueError(f'{where}: index out of range, the network has {spec.num_layers} '
+                       f'layers {spec.layer_names}')
+    where = f'skip ({i}, {j}) (0-based layer indices: {spec.layer_names[i]} -> ' \
+            f'{spec.layer_names[j]})'
+    if not i < j - 1:
+      raise ValueError(f'{where}: needs i < j - 1 (a link that skips at least one layer; '
+                       'neighbours are already coupled)')
+    if j >= spec.num_conv:
+      raise ValueError(f'{where}: both layers must be convolutional, but '
+                       f'{spec.layer_names[j]} is not (the network has {spec.num_conv} conv '
+                       'layers)')
+    (h_i, w_i, _), (h_j, w_j, _) = shapes[i], shapes[j]
+    factor = h_i // h_j
+    if (h_i != factor * h_j or w_i != factor * w_j or factor & (factor - 1)):
+      raise ValueError(f'{where}: the spatial size of {spec.layer_names[j]} ({h_j}x{w_j}) '
+                       f'must be that of {spec.layer_names[i]} ({h_i}x{w_i}) divided by a '
+                       'power of two (the same one for both axes)')
+    if (i, j) in out:
+      raise ValueError(f'{where}: duplicate skip')
+    out.append((i, j))
+  return tuple(out)
 
 
 def _uniform(key, shape, bound, dtype):
@@ -274,8 +371,12 @@ def _uniform(key, shape, bound, dtype):
 
 
 def init_params(spec: NetworkSpec, key: jax.Array, *, dtype=jnp.float32,
-                scale: float = 1.0) -> dict:
-  """Initialises parameters like PyTorch's default (U(±1/sqrt(fan_in))), times `scale`."""
+                scale: float = 1.0, skip_scale: float = 1.0) -> dict:
+  """Initialises parameters like PyTorch's default (U(±1/sqrt(fan_in))), times `scale`.
+
+  A skip link `(i, j)` (a 1x1 convolution of fan-in `C_i`) gets `U(±scale·skip_scale/√C_i)`,
+  drawn from keys folded out of `key`, so the other parameters do not depend on the skips.
+  """
   layers = []
   keys = jax.random.split(key, spec.num_layers + 1)
   in_channels = spec.input_shape[-1]
@@ -295,6 +396,13 @@ def init_params(spec: NetworkSpec, key: jax.Array, *, dtype=jnp.float32,
                    'b': _uniform(bkey, (width,), bound, dtype)})
     fan_in = width
   params = {'layers': tuple(layers)}
+  if spec.skips:
+    skips = []
+    for index, (i, j) in enumerate(spec.skips):
+      c_i, c_j = shapes[i][-1], shapes[j][-1]
+      skey = jax.random.fold_in(key, spec.num_layers + 1 + index)
+      skips.append({'w': _uniform(skey, (c_i, c_j), scale * skip_scale / math.sqrt(c_i), dtype)})
+    params['skips'] = tuple(skips)
   if spec.readout == 'softmax':
     wkey, bkey = jax.random.split(keys[-1])
     bound = scale / math.sqrt(fan_in)
@@ -314,6 +422,8 @@ def param_labels(spec: NetworkSpec) -> dict:
   labels = {'layers': tuple({'w': name, 'b': name} for name in names)}
   if spec.readout == 'softmax':
     labels['readout'] = {'w': 'readout', 'b': 'readout'}
+  if spec.skips:
+    labels['skips'] = tuple({'w': 'skips'} for _ in spec.skips)
   return labels
 
 

@@ -1,18 +1,22 @@
 """Relaxation to a fixed point: `s <- σ(∂Φ^β/∂s)`.
 
 Because Φ is linear in each `s_l`, the force `∂Φ^β/∂s_l` depends only on the neighbours
-`s_{l-1}`, `s_{l+1}` (and, through max pooling's argmax, on which unit of the window of
+`s_{l-1}`, `s_{l+1}` and the layers joined to l by skip links (and, through max pooling's argmax, on which unit of the window of
 `W_{l+1} ⋆ s_l` wins), plus `-β ∂ℒ/∂s_l` where the nudging cost touches layer l. `force`
 writes it explicitly, drive from below plus feedback from above (transposed convolution of the
-unpooled upper state); for real states this is much cheaper than `jax.grad` of Φ, which
+unpooled upper state), plus each skip link's term (`energy.skip_drive` into its upper layer,
+its adjoint `energy.skip_feedback` into its lower layer); for real states this is much cheaper than `jax.grad` of Φ, which
 recomputes every drive. `force_autodiff` is the `jax.grad` definition (used for complex states,
 i.e. holomorphic EP, and by the tests that check the two agree). Inside a relaxation the input
 layer's drive `P(W_1 ⋆ x + b_1)` and the flipped kernels are computed once, not every step.
 
 Two schedules:
   * 'sync': all layers update at once from the previous states;
-  * 'async': layers with even index (0, 2, 4, ... counted from the bottom, 0-based) update
-    first, then the odd ones from the newest even states.
+  * 'async': the layers update colour class by colour class of a proper colouring of the
+    layer graph (edges: the chain and the skip links; `network.layer_colouring`, greedy in
+    layer order), each class from the newest states of the others. For a chain (no skips)
+    the classes are the even layers (0, 2, 4, ... counted from the bottom, 0-based), then
+    the odd ones; with skips there are more classes (three for links i -> i+2).
 Both have the same fixed points. Damping `γ ∈ (0, 1]` (`damping`) replaces each update by
 `s_l <- (1 - γ) s_l + γ σ(∂Φ^β/∂s_l)`: the same fixed points, smaller steps (γ = 1: none).
 
@@ -96,6 +100,9 @@ class _Forces:
   precomputed. The nudge's state gradient comes from `jax.grad` of the cost alone (it only
   touches the layers the cost reads). With `compute_dtype` (mixed precision) the
   convolutions and matmuls round their operands to it and accumulate in the states' dtype.
+
+  skip links `(i, j)`: `+ A_k(s_i) V_ij` for layer j (`energy.skip_drive`) and
+  `+ A_k^T(s_j V_ij^T)` for layer i (`energy.skip_feedback`), computed afresh (1x1, cheap).
   """
 
   def __init__(self, spec, params, prepared, states, targets, beta, cost_fn,
@@ -146,6 +153,16 @@ class _Forces:
                               energy.transpose_padding(p_up['w'], spec.paddings[l + 1]),
                               self.compute_dtype)
 
+  def _skip_force(self, l, f):
+    """`f` plus the terms of the skip links that end or start at layer l."""
+    states, params = self.states, self.params
+    for (i, j), factor, p in zip(self.spec.skips, self.spec.skip_factors, params['skips']):
+      if j == l:
+        f = f + energy.skip_drive(p['w'], states[i], factor, self.compute_dtype)
+      elif i == l:
+        f = f + energy.skip_feedback(p['w'], states[j], factor, self.compute_dtype)
+    return f
+
   def __call__(self, layers):
     states, n = self.states, len(self.states)
     nudge = None
@@ -159,6 +176,8 @@ class _Forces:
       f = self._drive(l)
       if l + 1 < n:
         f = f + self._feedback(l)
+      if self.spec.skips:
+        f = self._skip_force(l, f)
       if nudge is not None:
         f = f - self.beta * nudge[i]
       forces.append(f)
@@ -207,16 +226,18 @@ def force(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, targets:
 def carried_conv_layers(spec: NetworkSpec, num_states: int, mode: str) -> tuple[int, ...]:
   """Conv layers l whose convolution `W_l ⋆ s_{l-1}` an async step hands to the next one.
 
-  In an async step the odd layers update last, from the new even states: the convolutions of
-  the even layers' states (`W_l ⋆ s_{l-1}`, l-1 even) computed for the odd layers' drives are
-  still valid at the end of the step. The next step's even half reads them only where layer l
-  max-pools (the unpooling of the feedback to layer l-1 routes by their argmax), so only those
-  are carried. A sync step changes every layer, so nothing carries over.
+  In an async step the first colour class (the even layers of a chain) updates first, so the
+  convolutions of its states (`W_l ⋆ s_{l-1}`, l-1 in the first class) computed for the later
+  classes' drives are still valid at the end of the step. The next step's first class reads
+  them only where layer l max-pools (the unpooling of the feedback to layer l-1 routes by
+  their argmax), so only those are carried. A sync step changes every layer, so nothing
+  carries over. (The carry is an optimisation: a convolution missing from it is recomputed.)
   """
   if mode != 'async':
     return ()
+  first = set(spec.colour_classes[0]) if spec.num_layers else set()
   return tuple(l for l in range(1, min(spec.num_conv, num_states))
-               if (l - 1) % 2 == 0 and spec.conv[l].pool == 'max')
+               if (l - 1) in first and spec.conv[l].pool == 'max')
 
 
 def _initial_convs(spec, params, prepared, states, mode, compute_dtype):
@@ -256,8 +277,8 @@ def _step(spec, params, x, prepared, states, targets, beta, cost_fn, mode, compu
       forces = force_autodiff(spec, params, x, states, targets, beta, cost_fn)
       return tuple(update(f, s) for f, s in zip(forces, states)), {}
     new = list(states)
-    for parity in (0, 1):
-      layers = tuple(range(parity, n, 2))
+    for colour_class in spec.colour_classes:
+      layers = tuple(l for l in colour_class if l < n)
       if layers:
         forces = force_autodiff(spec, params, x, tuple(new), targets, beta, cost_fn, layers)
         for l, f in zip(layers, forces):
@@ -266,12 +287,12 @@ def _step(spec, params, x, prepared, states, targets, beta, cost_fn, mode, compu
   forces = _Forces(spec, params, prepared, states, targets, beta, cost_fn, compute_dtype, convs)
   if mode == 'sync':
     return tuple(update(f, s) for f, s in zip(forces(tuple(range(n))), states)), {}
-  # Async: even layers, then odd layers from the newest even states. The convolutions of the
-  # odd layers' states (inputs of the even layers above them) are computed once per step and
-  # reused by the odd half; those of the even layers' states are computed for the odd half
-  # and carried to the next step's even half.
-  for parity in (0, 1):
-    layers = tuple(range(parity, n, 2))
+  # Async: colour class by colour class (even layers, then odd ones for a chain), each from
+  # the newest states. The convolutions of the later classes' states (inputs of the layers of
+  # the first class above them) are computed once per step and reused; those of the first
+  # class's states are computed for the later classes and carried to the next step.
+  for colour_class in spec.colour_classes:
+    layers = tuple(l for l in colour_class if l < n)
     if not layers:
       continue
     new = forces(layers)
@@ -283,7 +304,8 @@ def _step(spec, params, x, prepared, states, targets, beta, cost_fn, mode, compu
 def step(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, targets: dict, beta,
          cost_fn: Optional[CostFn], mode: str = 'sync', compute_dtype=None,
          damping=1.0) -> tuple:
-  """One update of the dynamics, synchronous or asynchronous (even layers, then odd)."""
+  """One update of the dynamics, synchronous or asynchronous (colour class by colour class of
+  `spec.colour_classes`: even layers, then odd ones, without skip links)."""
   check_damping(damping)
   prepared, compute_dtype = _setup(spec, params, x, states, compute_dtype)
   return _step(spec, params, x, prepared, states, targets, beta, cost_fn, mode,

@@ -3,10 +3,10 @@
 Same layers, pools, activation and parameter pytree as the CRNN of `spec`, but run once
 bottom-up instead of relaxed to a fixed point:
 
-    a_0 = x,   a_l = σ(drive_l(a_{l-1})),   z = W_out flat(a_N) + b_out
+    a_0 = x,   a_l = σ(drive_l(a_{l-1}) + Σ_{(i, l) ∈ skips} A_k(a_i) V_il),   z = W_out flat(a_N) + b_out
 
 with `drive_l` the bottom-up drive of `ep_jax.energy` (`P_l(W_l ⋆ a_{l-1} + b_l)` for a conv
-layer, `W_l flat(a_{l-1}) + b_l` for a dense one). The activations have the CRNN states'
+layer, `W_l flat(a_{l-1}) + b_l` for a dense one) and the skip links' `energy.skip_drive`. The activations have the CRNN states'
 shapes and range, so they serve as layer-wise targets `t_l(x)`; trained by backprop with optax
 (SGD momentum, cosine learning rate, cross-entropy) the twin is also the BP baseline.
 
@@ -49,7 +49,11 @@ def forward(spec: NetworkSpec, params: dict, x: jax.Array) -> tuple[tuple, jax.A
   a = x
   acts = []
   for l, p in enumerate(params['layers']):
-    a = sigma(energy.layer_drive(spec, l, p, a))
+    u = energy.layer_drive(spec, l, p, a)
+    for (i, j), factor, q in zip(spec.skips, spec.skip_factors, params.get('skips', ())):
+      if j == l:
+        u = u + energy.skip_drive(q['w'], acts[i], factor)
+    a = sigma(u)
     acts.append(a)
   acts = tuple(acts)
   return acts, energy.logits(spec, params, acts)
@@ -161,7 +165,8 @@ def spec_to_dict(spec: NetworkSpec) -> dict:
           'dense': list(spec.dense), 'num_classes': spec.num_classes, 'readout': spec.readout,
           'activation': spec.activation, 'kernel_size': spec.kernel_size,
           'padding': spec.padding, 'pool_ties': spec.pool_ties,
-          'kernel_sizes': list(spec.kernel_sizes), 'paddings': list(spec.paddings)}
+          'kernel_sizes': list(spec.kernel_sizes), 'paddings': list(spec.paddings),
+          'skips': [list(pair) for pair in spec.skips]}
 
 
 def spec_from_dict(fields: dict) -> NetworkSpec:
@@ -172,7 +177,8 @@ def spec_from_dict(fields: dict) -> NetworkSpec:
                            kernel_size=fields['kernel_size'], padding=fields['padding'],
                            pool_ties=fields.get('pool_ties', 'first'),
                            kernel_sizes=tuple(fields.get('kernel_sizes', ())),
-                           paddings=tuple(fields.get('paddings', ())))
+                           paddings=tuple(fields.get('paddings', ())),
+                           skips=tuple(tuple(pair) for pair in fields.get('skips', ())))
 
 
 def save_teacher(workdir: str, spec: NetworkSpec, params: dict, info: dict) -> int:

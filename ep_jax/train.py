@@ -225,6 +225,8 @@ def build_spec(config: ml_collections.ConfigDict, info: data_lib.DatasetInfo,
 
   Here and in `load_data` / `augmentation` / `build_run`, fields newer than some saved runs
   are read with their defaults, so an older run's `config.json` still builds.
+  `model.skips` holds 1-based conv layer numbers (`(1, 3)` = conv1 -> conv3); the spec's are
+  0-based.
   """
   m = config.model
   return network.make_spec(m.layout, input_shape=info.input_shape, num_classes=info.num_classes,
@@ -232,7 +234,27 @@ def build_spec(config: ml_collections.ConfigDict, info: data_lib.DatasetInfo,
                            activation=m.activation, kernel_size=m.kernel_size,
                            padding=m.padding, pool_ties=m.get('pool_ties', 'first'),
                            kernel_sizes=tuple(m.get('kernel_sizes', ())),
-                           paddings=tuple(m.get('paddings', ())))
+                           paddings=tuple(m.get('paddings', ())),
+                           skips=skips_from_config(m.get('skips', ())))
+
+
+def skips_from_config(skips) -> tuple[tuple[int, int], ...]:
+  """`model.skips` (pairs of 1-based conv layer numbers) as 0-based layer index pairs.
+
+  Raises:
+    ValueError: an entry that is not a pair of integers >= 1.
+  """
+  out = []
+  for pair in tuple(skips):
+    try:
+      i, j = (int(v) for v in pair)
+      if len(tuple(pair)) != 2 or min(i, j) < 1:
+        raise ValueError
+    except (TypeError, ValueError):
+      raise ValueError(f'model.skips entry {pair!r} must be a pair of 1-based conv layer '
+                       'numbers, e.g. (1, 3) for conv1 -> conv3') from None
+    out.append((i - 1, j - 1))
+  return tuple(out)
 
 
 def build_ep_config(config: ml_collections.ConfigDict) -> EPConfig:
@@ -336,7 +358,8 @@ def init_model_params(config: ml_collections.ConfigDict, spec: network.NetworkSp
                      'through train.calibrated_config first')
   return initialization.init_params(spec, key, mode=mode, scale=m.init_scale,
                                     gains=tuple(m.get('init_gains', ())),
-                                    readout_scale=float(m.get('readout_init_scale', 1.0)))
+                                    readout_scale=float(m.get('readout_init_scale', 1.0)),
+                                    skip_scale=float(m.get('skip_init_scale', 1.0)))
 
 
 def init_key(config: ml_collections.ConfigDict) -> jax.Array:
@@ -356,7 +379,8 @@ def calibrated_config(config: ml_collections.ConfigDict, train_split, info,
     return config
   spec = build_spec(config, info)
   params = initialization.init_params(spec, init_key(config), mode='data', scale=m.init_scale,
-                                      readout_scale=float(m.get('readout_init_scale', 1.0)))
+                                      readout_scale=float(m.get('readout_init_scale', 1.0)),
+                                      skip_scale=float(m.get('skip_init_scale', 1.0)))
   n = min(int(m.init_batch), len(train_split))
   order = data_lib.epoch_permutation(len(train_split), config.seed, 0)[:n]
   x = jnp.asarray(data_lib.normalize(train_split.images[order], info))
@@ -601,7 +625,9 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, print_fn, resum
   if is_primary:
     print_fn(f'ep_jax: {info.name} {info.input_shape} -> {info.num_classes} classes, '
              f'{info.num_train} train / {info.num_test} test; layout {spec.layout!r} '
-             f'dense {spec.dense}; {estimators.describe(ep)} '
+             f'dense {spec.dense}'
+             + (f' skips (1-based conv) {tuple((i + 1, j + 1) for i, j in spec.skips)}'
+                if spec.skips else '') + f'; {estimators.describe(ep)} '
              f'tol={ep.tol}; {mesh.devices.size} device(s); '
              f'workdir {workdir}')
   progress = ProgressReporter(total_steps, every_seconds=config.train.log_every_seconds,
