@@ -1,13 +1,14 @@
 """Relaxation to a fixed point: `s <- σ(∂Φ^β/∂s)`.
 
 Because Φ is linear in each `s_l`, the force `∂Φ^β/∂s_l` depends only on the neighbours
-`s_{l-1}`, `s_{l+1}` and the layers joined to l by skip links (and, through max pooling's argmax, on which unit of the window of
-`W_{l+1} ⋆ s_l` wins), plus `-β ∂ℒ/∂s_l` where the nudging cost touches layer l. `force`
-writes it explicitly, drive from below plus feedback from above (transposed convolution of the
-unpooled upper state), plus each skip link's term (`energy.skip_drive` into its upper layer,
-its adjoint `energy.skip_feedback` into its lower layer); for real states this is much cheaper than `jax.grad` of Φ, which
-recomputes every drive. `force_autodiff` is the `jax.grad` definition (used for complex states,
-i.e. holomorphic EP, and by the tests that check the two agree). Inside a relaxation the input
+`s_{l-1}`, `s_{l+1}` and the layers joined to l by skip links (and, through max pooling's
+argmax, on which unit of the window of `W_{l+1} ⋆ s_l` wins), plus `-β ∂ℒ/∂s_l` where the
+nudging cost touches layer l. `force` writes it explicitly, drive from below plus feedback from
+above (transposed convolution of the unpooled upper state), plus each skip link's term
+(`energy.skip_drive` into its upper layer, its adjoint `energy.skip_feedback` into its lower
+layer); for real states this is much cheaper than `jax.grad` of Φ, which recomputes every
+drive. `force_autodiff` is the `jax.grad` definition (used for complex states, i.e.
+holomorphic EP, and by the tests that check the two agree). Inside a relaxation the input
 layer's drive `P(W_1 ⋆ x + b_1)` and the flipped kernels are computed once, not every step.
 
 Two schedules:
