@@ -128,7 +128,7 @@ def test_digits_batch_and_mixed_precision_cosine():
 
 
 def test_gpu_benchmark_script_runs_with_tiny_args(tmp_path):
-  """The prepared GPU script (run on a device by a session that has one) works end to end."""
+  """The GPU figures script runs end to end (here on the CPU, with tiny arguments)."""
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu',
              GPU_BENCH_ARGS='--layout=4,M --input_shape=8,8,1 --batch_size=8 --t1=4 --t2=2 '
                             '--steps=1')
