@@ -45,6 +45,7 @@ def test_bptt_and_bfloat16_comparison():
   assert only['examples_per_s'] is None and only['compile_s'] > 0
 
 
+@pytest.mark.slow
 def test_cli_prints_one_json_line():
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu')
   proc = subprocess.run([sys.executable, '-m', 'experiments.benchmark'] + TINY, cwd=ROOT,
@@ -130,6 +131,7 @@ def test_digits_batch_and_mixed_precision_cosine():
     benchmark.run(TINY + ['--data=digits'])
 
 
+@pytest.mark.slow
 def test_gpu_benchmark_script_runs_with_tiny_args(tmp_path):
   """The GPU figures script runs end to end (here on the CPU, with tiny arguments)."""
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu',
@@ -146,6 +148,7 @@ def test_gpu_benchmark_script_runs_with_tiny_args(tmp_path):
   assert 'grad_cosine_vs_fp32' in lines[2]
 
 
+@pytest.mark.slow
 def test_accelerator_figures_script_runs_with_tiny_args(tmp_path):
   """The prepared accelerator run: speed part, training sized by it, summary."""
   import numpy as np

@@ -39,6 +39,7 @@ def _write_run(workdir, num_layers, epochs, layout=None, gap_epoch=None):
       json.dump({'model': {'layout': layout, 'dense': [], 'readout': 'softmax'}}, f)
 
 
+@pytest.mark.slow
 def test_plots_overlay_runs_with_gaps_and_different_depths(tmp_path):
   a, b = str(tmp_path / 'runs' / 'deep'), str(tmp_path / 'runs' / 'shallow')
   _write_run(a, 4, 4, layout='4,4,M,8,8,M', gap_epoch=2)
@@ -131,6 +132,7 @@ def test_ablation_configs_are_deep():
     assert config.signals.kd.normalize == 'unit' and config.signals.les.normalize == 'unit'
 
 
+@pytest.mark.slow
 def test_ablation_end_to_end_and_resume(tmp_path):
   config = ablation_digits.get_config()
   # The digits twin with tiny subsets, one epoch and (for compile time) one conv layer; the
@@ -175,6 +177,7 @@ def test_ablation_end_to_end_and_resume(tmp_path):
   assert sum('done, skipping' in l for l in lines) == 5, lines
 
 
+@pytest.mark.slow
 def test_ablation_reports_a_stopped_run_and_goes_on(tmp_path, monkeypatch):
   """A run stopped by NonConvergenceError is marked, reported, not retried; others go on."""
   config = ablation_digits.get_config()
@@ -208,6 +211,7 @@ def test_ablation_reports_a_stopped_run_and_goes_on(tmp_path, monkeypatch):
   assert trained == []  # neither the finished nor the stopped run is retried
 
 
+@pytest.mark.slow
 def test_gdu_at_a_training_checkpoint(tmp_path):
   """--params_from: the alignment at a run's checkpoint (its config and trained parameters)."""
   from experiments import gdu as gdu_cli

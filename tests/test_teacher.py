@@ -88,6 +88,7 @@ def test_load_without_teacher_fails_clearly(tmp_path):
     teacher.load_teacher(str(tmp_path / 'nothing'))
 
 
+@pytest.mark.slow
 def test_train_teacher_script_on_digits(tmp_path):
   """The experiment's run(): BP training of the twin of the quick-start CRNN, saved, loadable."""
   config = default.get_config()
@@ -108,6 +109,7 @@ def test_train_teacher_script_on_digits(tmp_path):
   assert info['init_scale'] == config.model.init_scale  # teacher.init_scale = 0: the CRNN's
 
 
+@pytest.mark.slow
 def test_train_teacher_uses_its_own_init_scale(tmp_path, monkeypatch):
   """`config.teacher.init_scale` (the ablation's deep twin needs 4) reaches the initialisation:
   the initial parameters are 3x those of `teacher.init_scale = 0` (the CRNN's scale, 1)."""
