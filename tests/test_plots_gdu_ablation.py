@@ -80,6 +80,7 @@ def test_gdu_helpers():
     assert a['ref_norm'] == pytest.approx(2 * a['norm'])
 
 
+@pytest.mark.slow
 def test_gdu_symmetric_aligns_with_implicit_and_writes_reports(tmp_path):
   from experiments import gdu as gdu_cli
   config = quickstart.get_config()
@@ -233,6 +234,7 @@ def test_gdu_at_a_training_checkpoint(tmp_path):
     gdu_cli.run(None, out, betas=[1e-3], params_from=str(tmp_path), print_fn=lambda _: None)
 
 
+@pytest.mark.slow
 def test_gdu_relaxes_with_the_update_schedule_it_is_given():
   """A strongly coupled net oscillates under sync updates and settles under async ones: the
   analysis of an async-trained network must use async relaxations."""

@@ -229,6 +229,7 @@ BAD_INPUTS = {
 }
 
 
+@pytest.mark.slow
 def test_cli_bad_inputs_end_with_a_short_message_and_no_workdir(tmp_path):
   for name, flags in BAD_INPUTS.items():
     workdir = tmp_path / name
