@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import NamedTuple, Optional
+from typing import Mapping, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -130,16 +130,21 @@ def _complex_dtype(dtype) -> jnp.dtype:
   return jnp.complex128 if jnp.dtype(dtype) == jnp.float64 else jnp.complex64
 
 
-def ep_gradient(spec: NetworkSpec, params: dict, x: jax.Array, targets: dict, *, beta,
+def ep_gradient(spec: NetworkSpec, params: dict, x: jax.Array,
+                targets: Union[Mapping, jax.Array], *, beta,
                 estimator: str = 'symmetric', free_steps=250, nudged_steps=25, tol=0.0,
                 mode: str = 'sync', holo_points: int = 4, cost_fn: Optional[CostFn] = None,
                 rng: Optional[jax.Array] = None, state_dtype=None,
                 compute_dtype=None, damping=1.0) -> EPOutput:
   """Runs the free phase and the estimator's nudged phases; returns the EP gradient estimate.
 
+  Under `jit` the spec (and estimator, mode, holo_points, cost_fn and the dtypes) must be
+  static: use `jitted_ep_gradient`, or `jax.jit(ep_gradient, static_argnames=('spec', ...))`.
+
   Args:
     spec: the network. params: its parameters (plus any trainable signal heads that `cost_fn`
-      uses). x: inputs `(B, H, W, C)`. targets: a pytree the cost reads, at least `'label'`.
+      uses). x: inputs `(B, H, W, C)`. targets: the integer labels `(B,)`, or a dict the cost
+      reads with at least `'label'` (a plain array `y` is taken as `{'label': y}`).
     beta: |β| > 0, a Python float or a (traced) scalar, so `vmap` over β works.
     estimator: 'one_sided', 'random_sign', 'symmetric', 'holomorphic', or 'bptt' (exact
       gradient through exactly `free_steps` unrolled free steps, static; tol, β, T2 unused;
@@ -154,6 +159,8 @@ def ep_gradient(spec: NetworkSpec, params: dict, x: jax.Array, targets: dict, *,
     damping: γ in (0, 1] of `s <- (1 - γ) s + γ σ(force)` in every phase (1: undamped).
   """
   validate(estimator, beta, mode, holo_points)
+  if not isinstance(targets, Mapping):
+    targets = {'label': targets}
   cost_fn = output_cost(spec) if cost_fn is None else cost_fn
   batch = x.shape[0]
   dtype = state_dtype or jax.tree_util.tree_leaves(params)[0].dtype
@@ -202,6 +209,17 @@ def ep_gradient(spec: NetworkSpec, params: dict, x: jax.Array, targets: dict, *,
   z = logits(spec, params, s0)
   losses = example_losses(spec, params, s0, targets['label'])
   return EPOutput(grads, z, losses, free, nudged)
+
+
+# `ep_gradient` under `jax.jit`, with the network and every argument that sets the structure of
+# the computation static: spec, estimator, mode, holo_points, cost_fn, the dtypes, damping and
+# the step counts (BPTT unrolls exactly `free_steps` steps). beta, tol, params, x, targets and
+# rng are traced, so a new β does not recompile. Call it with keywords after the first four
+# positional arguments, as `ep_gradient`.
+jitted_ep_gradient = jax.jit(
+    ep_gradient, static_argnames=('spec', 'estimator', 'free_steps', 'nudged_steps', 'mode',
+                                  'holo_points', 'cost_fn', 'state_dtype', 'compute_dtype',
+                                  'damping'))
 
 
 def _bptt(spec, params, x, targets, cost_fn, steps, mode, dtype, compute_dtype, damping):

@@ -20,10 +20,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ep_jax import energy
+from ep_jax import energy, inference
 from ep_jax.estimators import EPConfig, ep_gradient
-from ep_jax.network import NetworkSpec, init_states
-from ep_jax.relaxation import relax
+from ep_jax.network import NetworkSpec
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -139,10 +138,9 @@ def make_eval_step(spec: NetworkSpec, ep: EPConfig, *, state_dtype=None) -> Call
   def eval_step(params, batch: dict):
     x, labels = batch['image'], batch['label']
     mask = batch.get('mask', jnp.ones(labels.shape, jnp.float32))
-    dtype = state_dtype or jax.tree_util.tree_leaves(params)[0].dtype
-    free = relax(spec, params, x.astype(dtype), init_states(spec, x.shape[0], dtype),
-                 max_steps=ep.free_steps, tol=ep.tol, mode=ep.mode,
-                 compute_dtype=ep.compute_dtype, damping=ep.damping)
+    free = inference.free_phase(spec, params, x, free_steps=ep.free_steps, tol=ep.tol,
+                                mode=ep.mode, compute_dtype=ep.compute_dtype,
+                                damping=ep.damping, state_dtype=state_dtype)
     losses = energy.example_losses(spec, params, free.states, labels)
     correct = jnp.argmax(energy.logits(spec, params, free.states), -1) == labels
     return {'loss_sum': jnp.sum(losses * mask), 'correct': jnp.sum(correct * mask),

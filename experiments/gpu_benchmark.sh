@@ -10,8 +10,8 @@
 # step counts (--tol=0) and with the adaptive tolerance (--tol=1e-4, T1/T2 as limits; random
 # inputs, so the steps used are indicative only). Each line of OUT_DIR/gpu_benchmark.jsonl is
 # the harness's JSON plus `s_per_cifar10_epoch` = 50000 / examples_per_s. Needs only jax,
-# optax, flax, chex, numpy (no tensorflow, tfds or ml_collections). About 1-2 minutes per
-# configuration on an H100, compilation included.
+# optax, flax, chex, numpy (no tensorflow, tfds or ml_collections). Time per configuration on
+# a GPU: not yet measured (each is limited to BENCH_CONFIG_TIMEOUT_S).
 set -euo pipefail
 OUT="${1:-${OUT:-gpu_bench_out}}"
 mkdir -p "$OUT"

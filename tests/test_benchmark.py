@@ -37,11 +37,15 @@ def test_bptt_and_bfloat16_comparison():
   low = benchmark.run(TINY + ['--dtype=bfloat16', '--compare_fp32', '--tol=1e-3'])
   cos = low['grad_cosine_vs_fp32']
   assert set(cos['per_group']) == {'conv1', 'conv2', 'readout'}
-  assert -1.0 <= cos['min'] <= 1.0 + 1e-6
+  # Mixed bfloat16 on this tiny network: every group within 1e-4 of float32's direction
+  # (measured: 0.99998 and above).
+  assert cos['min'] == min(cos['per_group'].values())
+  assert cos['min'] > 0.9999, cos
   only = benchmark.run(TINY + ['--compile_only'])
   assert only['examples_per_s'] is None and only['compile_s'] > 0
 
 
+@pytest.mark.slow
 def test_cli_prints_one_json_line():
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu')
   proc = subprocess.run([sys.executable, '-m', 'experiments.benchmark'] + TINY, cwd=ROOT,
@@ -127,8 +131,9 @@ def test_digits_batch_and_mixed_precision_cosine():
     benchmark.run(TINY + ['--data=digits'])
 
 
+@pytest.mark.slow
 def test_gpu_benchmark_script_runs_with_tiny_args(tmp_path):
-  """The prepared GPU script (run on a device by a session that has one) works end to end."""
+  """The GPU figures script runs end to end (here on the CPU, with tiny arguments)."""
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu',
              GPU_BENCH_ARGS='--layout=4,M --input_shape=8,8,1 --batch_size=8 --t1=4 --t2=2 '
                             '--steps=1')
@@ -143,6 +148,7 @@ def test_gpu_benchmark_script_runs_with_tiny_args(tmp_path):
   assert 'grad_cosine_vs_fp32' in lines[2]
 
 
+@pytest.mark.slow
 def test_accelerator_figures_script_runs_with_tiny_args(tmp_path):
   """The prepared accelerator run: speed part, training sized by it, summary."""
   import numpy as np

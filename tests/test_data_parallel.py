@@ -8,6 +8,7 @@ from ep_jax import train
 from test_train import tiny_config
 
 
+@pytest.mark.slow
 def test_four_devices_equal_one_device(tmp_path):
   assert jax.device_count() >= 4
   results = {}
@@ -39,6 +40,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_on_localhost(tmp_path):
   """Multi-host code path for real: 2 processes x 1 CPU device, gloo collectives.
 

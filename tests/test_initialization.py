@@ -88,6 +88,7 @@ def test_data_init_rejects_a_bad_target():
     initialization.calibrate_gains(spec, params, jnp.zeros((2, 8, 8, 1)), target=(0.3, 0.1))
 
 
+@pytest.mark.slow
 def test_data_init_is_calibrated_once_and_not_again_on_resume(tmp_path):
   """`train.calibrated_config` turns init='data' into the gains it chooses (the same
   parameters as calibrating in place); a run resumed from a checkpoint does not calibrate."""

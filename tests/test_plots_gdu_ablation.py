@@ -39,6 +39,7 @@ def _write_run(workdir, num_layers, epochs, layout=None, gap_epoch=None):
       json.dump({'model': {'layout': layout, 'dense': [], 'readout': 'softmax'}}, f)
 
 
+@pytest.mark.slow
 def test_plots_overlay_runs_with_gaps_and_different_depths(tmp_path):
   a, b = str(tmp_path / 'runs' / 'deep'), str(tmp_path / 'runs' / 'shallow')
   _write_run(a, 4, 4, layout='4,4,M,8,8,M', gap_epoch=2)
@@ -79,6 +80,7 @@ def test_gdu_helpers():
     assert a['ref_norm'] == pytest.approx(2 * a['norm'])
 
 
+@pytest.mark.slow
 def test_gdu_symmetric_aligns_with_implicit_and_writes_reports(tmp_path):
   from experiments import gdu as gdu_cli
   config = quickstart.get_config()
@@ -131,6 +133,7 @@ def test_ablation_configs_are_deep():
     assert config.signals.kd.normalize == 'unit' and config.signals.les.normalize == 'unit'
 
 
+@pytest.mark.slow
 def test_ablation_end_to_end_and_resume(tmp_path):
   config = ablation_digits.get_config()
   # The digits twin with tiny subsets, one epoch and (for compile time) one conv layer; the
@@ -175,6 +178,7 @@ def test_ablation_end_to_end_and_resume(tmp_path):
   assert sum('done, skipping' in l for l in lines) == 5, lines
 
 
+@pytest.mark.slow
 def test_ablation_reports_a_stopped_run_and_goes_on(tmp_path, monkeypatch):
   """A run stopped by NonConvergenceError is marked, reported, not retried; others go on."""
   config = ablation_digits.get_config()
@@ -208,6 +212,7 @@ def test_ablation_reports_a_stopped_run_and_goes_on(tmp_path, monkeypatch):
   assert trained == []  # neither the finished nor the stopped run is retried
 
 
+@pytest.mark.slow
 def test_gdu_at_a_training_checkpoint(tmp_path):
   """--params_from: the alignment at a run's checkpoint (its config and trained parameters)."""
   from experiments import gdu as gdu_cli
@@ -229,6 +234,7 @@ def test_gdu_at_a_training_checkpoint(tmp_path):
     gdu_cli.run(None, out, betas=[1e-3], params_from=str(tmp_path), print_fn=lambda _: None)
 
 
+@pytest.mark.slow
 def test_gdu_relaxes_with_the_update_schedule_it_is_given():
   """A strongly coupled net oscillates under sync updates and settles under async ones: the
   analysis of an async-trained network must use async relaxations."""

@@ -36,6 +36,7 @@ def test_summarize_reads_the_trace():
   assert settled['settles']
 
 
+@pytest.mark.slow
 def test_report_of_a_training_run_matches_relax(tmp_path):
   """The steps to each tolerance are the steps `relax(..., tol)` takes on the same batch."""
   run_dir = str(tmp_path / 'run')

@@ -115,6 +115,7 @@ def no_curves(monkeypatch):
   monkeypatch.setattr(metrics_io, 'plot_curves', lambda *a, **k: None)
 
 
+@pytest.mark.slow
 def test_resume_partly_finished_sweep_and_results(tmp_path, monkeypatch, no_curves):
   config = tiny_config(train__epochs=2, train__num_devices=1, data__train_subset=96,
                        data__test_subset=64)
@@ -193,6 +194,7 @@ def test_mean_and_sample_std_over_seeds(tmp_path):
 # ----------------------------------------------------------------------------- vmapped seeds
 
 
+@pytest.mark.slow
 def test_vmapped_seeds_equal_separate_runs_and_resume(tmp_path, no_curves):
   config = tiny_config(train__epochs=2, train__num_devices=1)
   config.seed = 3
@@ -277,6 +279,7 @@ def _parse_train_argv(argv):
   return config_flag.value, workdir.value
 
 
+@pytest.mark.slow
 def test_slurm_script_from_the_cli(tmp_path):
   workdir = tmp_path / 'sw'
   grid = "optim.learning_rates=[0.05,(0.2,0.1)];model.layout=['8,M', '16,M']"

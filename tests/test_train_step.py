@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from ep_jax import network, optim, train_step
+from ep_jax import inference, network, optim, train_step
 from ep_jax.estimators import EPConfig
 
 
@@ -211,3 +211,34 @@ def test_layer_input_dependence_values():
   dependence = np.asarray(metrics['layer_input_dependence'])
   assert dependence.shape == (spec.num_layers,)
   assert np.all(dependence > 0.05), dependence  # the quadrant images drive every layer
+
+
+def test_layer_diagnostics_values_on_hand_made_states():
+  """mean |s_l|, mean |θ_l|, the per-example nudge norm ‖s^β - s^0‖ averaged over the batch,
+  and the fraction of units at 0 or 1 (or beyond), on states with known answers."""
+  params = {'layers': ({'w': jnp.full((3, 3, 1, 2), -0.5)}, {'w': jnp.array([[1.0, -3.0]])})}
+  s1 = jnp.array([[0.0, 1.0, 0.5, 0.5], [0.25, 0.25, 0.75, 1.0]]).reshape(2, 2, 2, 1)
+  s2 = jnp.array([[0.1, 0.2, 0.3], [0.4, 0.5, -0.6]])
+  # Example 0 moves by (0.3, 0, 0, 0.4) (norm 0.5), example 1 by (-0.6, 0.8, 0, 0) (norm 1).
+  n1 = s1 + jnp.array([[0.3, 0.0, 0.0, 0.4], [-0.6, 0.8, 0.0, 0.0]]).reshape(2, 2, 2, 1)
+  d = train_step.layer_diagnostics(None, params, (s1, s2), (n1, s2))
+  np.testing.assert_allclose(d['layer_mean_abs_state'], [4.25 / 8, 2.1 / 6], rtol=1e-6)
+  np.testing.assert_allclose(d['layer_mean_abs_param'], [0.5, 2.0], rtol=1e-6)
+  np.testing.assert_allclose(d['layer_nudge_norm'], [0.75, 0.0], atol=1e-6)
+  # Layer 1: 0.0, 1.0 and 1.0 of 8 units; layer 2: -0.6 of 6.
+  np.testing.assert_allclose(d['layer_saturated_frac'], [3 / 8, 1 / 6], rtol=1e-6)
+
+
+def test_train_step_diagnostics_are_those_of_its_free_fixed_point():
+  """The logged per-layer mean |s| and saturated fraction are the values at the free phase the
+  step relaxes to (recomputed here with `inference.free_phase`)."""
+  spec, ep, tx, state, batch = _setup()
+  _, metrics = jax.jit(train_step.make_train_step(spec, ep, tx))(state, batch)
+  free = inference.free_phase(spec, state.params, batch['image'], free_steps=ep.free_steps,
+                              tol=ep.tol, mode=ep.mode).states
+  np.testing.assert_allclose(metrics['layer_mean_abs_state'],
+                             [float(jnp.mean(jnp.abs(s))) for s in free], rtol=1e-4)
+  np.testing.assert_allclose(metrics['layer_saturated_frac'],
+                             [float(jnp.mean((s <= 0) | (s >= 1))) for s in free], atol=1e-3)
+  assert np.all(np.asarray(metrics['layer_nudge_norm']) > 0)
+  assert np.all(np.asarray(metrics['layer_mean_abs_state']) > 0.01)

@@ -7,14 +7,15 @@ data (the ablation switches `signals.les.enabled` / `signals.kd.enabled` itself)
 Scale: the offline CIFAR-10 shards (train on shards 0-3, test on shard 4; the folder is the
 `npz:` path, `../shared/data/cifar10` by default), reduced for a 2-core CPU: a width-reduced
 VGG (16,16,M,32,32,M,64,64,M,64,64,M: 8 conv layers, four 2x2 max pools, 2x2x64 into the
-readout), a fixed training subset (2048) and test subset (1000), 6 epochs; one EP epoch took
-150-170 s with its evaluation on the 2-core CPU with the earlier settings (docs/RESULTS.md).
+readout), a fixed training subset (2048) and test subset (1000), 6 epochs. With these settings
+an EP + KD epoch with its evaluation takes about 220 s on a 2-core CPU (652 s for 3 epochs,
+`--config.train.epochs=3`: docs/ablation/cifar10_recipe_3ep/ablation.md).
 
 The deep-CRNN recipe (README, docs/RESULTS.md "Deep CRNNs"): data-dependent per-layer gains,
 a zero readout, asynchronous updates, per-unit signal normalisation with a constant κ = 0.1
 (LES: fixed random heads, cross-entropy on the global average pool; KD: layer-wise + output),
 one rate 0.05 for every layer, a He-scale (4.9) BP teacher. Its settings come from the digits
-twin (`ablation_digits`); on CIFAR-10 it has not been run yet.
+twin (`ablation_digits`); its CIFAR-10 runs are in docs/RESULTS.md.
 """
 
 from ep_jax.configs import default

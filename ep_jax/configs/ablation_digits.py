@@ -9,7 +9,7 @@ data-dependent init (per-layer gains that put every layer's mean |s| at the free
 constant κ = 0.1, one learning rate 0.05 for every layer, 20 epochs. The BP teacher is the
 feed-forward twin at the He-style scale √6/a ≈ 4.9 (at the CRNN's gains it does not train).
 
-The settings before the recipe: --config.model.layout=8,8,M,16,16,M,16,16,M,16,16
+The settings the recipe replaces (its baseline in docs/RESULTS.md): --config.model.layout=8,8,M,16,16,M,16,16,M,16,16
 --config.model.init=pytorch --config.model.readout_init_scale=1
 --config.signals.kd.normalize=layer --config.signals.les.normalize=mean
 --config.signals.kappa.schedule=cos --config.signals.kappa.init=1.0
