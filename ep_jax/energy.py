@@ -80,9 +80,9 @@ def conv2d_loop(s_prev: jax.Array, w: jax.Array, padding: str = 'SAME',
   """`conv2d` with a hand-written VJP, for convolutions inside loops that get differentiated.
 
   The relaxation uses it, so BPTT through `relax_fixed` keeps its convolutions on XLA's fast
-  CPU path (see `_conv_nhwc_bwd`; measured 24 s -> 0.8 s for a T=5 BPTT step of the benchmark
-  network). Same values and gradients as `conv2d`; no forward-mode (jvp) rule. Outside loops
-  XLA's own transposes were as fast or faster, so `conv2d` keeps them.
+  CPU path (see `_conv_nhwc_bwd`: with XLA's own transposes a T=5 BPTT step of the benchmark
+  network is about 30x slower on CPU). Same values and gradients as `conv2d`; no forward-mode
+  (jvp) rule. Outside loops XLA's own transposes are as fast or faster, so `conv2d` keeps them.
 
   compute_dtype: mixed precision. Both operands are rounded to it (e.g. bfloat16) and the
   products are accumulated and returned in `s_prev`'s dtype (`preferred_element_type`), so
