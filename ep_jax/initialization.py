@@ -91,18 +91,26 @@ def apply_gains(params: dict, gains: Sequence[float], spec: NetworkSpec | None =
 
 def init_params(spec: NetworkSpec, key: jax.Array, *, mode: str = 'pytorch', scale: float = 1.0,
                 gains: Sequence[float] = (), readout_scale: float = 1.0,
-                skip_scale: float = 1.0, dtype=jnp.float32) -> dict:
+                skip_scale: float = 1.0, bias_scale: float = 1.0,
+                dtype=jnp.float32) -> dict:
   """PyTorch-default parameters times the gains of `mode` ('data': the 'pytorch' start).
 
   readout_scale: multiplies the softmax readout's weights and bias (0: a zero readout, whose
   logits start uniform, so the first updates do not silence the last layer to undo random
   logits; the nudge reaches the network once the readout has learned).
   skip_scale: multiplies the skip links' U(±1/√C_i) before the gains (`model.skip_init_scale`).
+  bias_scale: multiplies the dynamical layers' initial biases before the gains
+    (`model.bias_init_scale`; 0: zero biases, so that at init a layer's activity comes from
+    its input and its neighbours, not from a constant drive).
   """
   if readout_scale < 0:
     raise ValueError(f'readout init scale must be >= 0, got {readout_scale}')
-  params = apply_gains(network.init_params(spec, key, dtype=dtype, skip_scale=skip_scale),
-                       layer_gains(spec, mode, scale=scale, gains=gains), spec)
+  if bias_scale < 0:
+    raise ValueError(f'bias init scale must be >= 0, got {bias_scale}')
+  params = network.init_params(spec, key, dtype=dtype, skip_scale=skip_scale)
+  if bias_scale != 1.0:
+    params['layers'] = tuple(dict(p, b=p['b'] * bias_scale) for p in params['layers'])
+  params = apply_gains(params, layer_gains(spec, mode, scale=scale, gains=gains), spec)
   if 'readout' in params and readout_scale != 1.0:
     params['readout'] = _scaled(params['readout'], readout_scale)
   return params

@@ -359,7 +359,8 @@ def init_model_params(config: ml_collections.ConfigDict, spec: network.NetworkSp
   return initialization.init_params(spec, key, mode=mode, scale=m.init_scale,
                                     gains=tuple(m.get('init_gains', ())),
                                     readout_scale=float(m.get('readout_init_scale', 1.0)),
-                                    skip_scale=float(m.get('skip_init_scale', 1.0)))
+                                    skip_scale=float(m.get('skip_init_scale', 1.0)),
+                                    bias_scale=float(m.get('bias_init_scale', 1.0)))
 
 
 def init_key(config: ml_collections.ConfigDict) -> jax.Array:
@@ -380,7 +381,8 @@ def calibrated_config(config: ml_collections.ConfigDict, train_split, info,
   spec = build_spec(config, info)
   params = initialization.init_params(spec, init_key(config), mode='data', scale=m.init_scale,
                                       readout_scale=float(m.get('readout_init_scale', 1.0)),
-                                      skip_scale=float(m.get('skip_init_scale', 1.0)))
+                                      skip_scale=float(m.get('skip_init_scale', 1.0)),
+                                      bias_scale=float(m.get('bias_init_scale', 1.0)))
   n = min(int(m.init_batch), len(train_split))
   order = data_lib.epoch_permutation(len(train_split), config.seed, 0)[:n]
   x = jnp.asarray(data_lib.normalize(train_split.images[order], info))

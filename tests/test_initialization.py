@@ -40,6 +40,12 @@ def test_modes_scale_pytorch_default_by_their_gains():
   g = initialization.init_params(spec, key, mode='gains', gains=gains)
   np.testing.assert_allclose(g['layers'][3]['b'], gains[3] * base['layers'][3]['b'], rtol=1e-6)
   np.testing.assert_array_equal(g['readout']['w'], base['readout']['w'])
+  # bias_scale multiplies the layers' biases before the gains and leaves the weights.
+  h = initialization.init_params(spec, key, mode='gains', gains=gains, bias_scale=0.5)
+  np.testing.assert_allclose(h['layers'][3]['b'], 0.5 * g['layers'][3]['b'], rtol=1e-6)
+  np.testing.assert_array_equal(h['layers'][3]['w'], g['layers'][3]['w'])
+  zero = initialization.init_params(spec, key, mode='he', bias_scale=0.0)
+  assert all(not np.any(np.asarray(p['b'])) for p in zero['layers'])
 
 
 def test_he_gain_gives_the_variance_of_a_half_rectified_unit():
@@ -55,6 +61,7 @@ def test_he_gain_gives_the_variance_of_a_half_rectified_unit():
     (dict(mode='gains', gains=(1.0, 2.0)), 'one gain per dynamical layer'),
     (dict(mode='gains', gains=(1.0,) * 7 + (0.0,)), 'positive'),
     (dict(mode='pytorch', scale=-1.0), 'positive'),
+    (dict(bias_scale=-1.0), 'bias init scale'),
 ])
 def test_bad_init_arguments_are_named(kwargs, match):
   with pytest.raises(ValueError, match=match):

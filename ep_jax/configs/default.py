@@ -54,6 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.init_target = (0.1, 0.3)
   config.model.init_batch = 128
   config.model.readout_init_scale = 1.0  # times PyTorch's default readout init; 0 = zeros
+  config.model.bias_init_scale = 1.0  # times the layers' initial biases (before the gains); 0 = zeros
   # Skip links inside the energy (Hopfield-ResNet): pairs of 1-based conv layer numbers (i, j),
   # j >= i + 2, e.g. ((1, 3), (3, 5)) = conv1 -> conv3 and conv3 -> conv5; each adds
   # < s_j, A(s_i) V_ij > to Φ (A: average pooling to layer j's size, V_ij a learned 1x1 map).
