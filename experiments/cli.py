@@ -169,4 +169,22 @@ def run(main: Callable[[list[str]], Any],
       define_flags()
     except Exception as e:  # pylint: disable=broad-except
       _flag_error(e, sys.argv)
+  _help_and_exit(sys.argv[1:])
   app.run(functools.partial(_guarded, main), flags_parser=parse_flags)
+
+
+HELP_FLAGS = ('--help', '-help', '-h', '--h', '-?', '--helpshort', '-helpshort')
+FULL_HELP_FLAGS = ('--helpfull', '-helpfull')
+
+
+def _help_and_exit(args: list[str]) -> None:
+  """`--help` / `--helpfull`: the script's usage (and, for a config script, where its fields
+  are) on stdout, status 0. absl's own help flags exit with status 1."""
+  full = any(a in FULL_HELP_FLAGS for a in args)
+  if not full and not any(a in HELP_FLAGS for a in args):
+    return
+  detail = None
+  if 'config' in flags.FLAGS:
+    detail = (f'Config fields: --config.FIELD=VALUE overrides any field; {CONFIG_FIELDS_HINT} '
+              '(configs for named recipes are in ep_jax/configs/).')
+  app.usage(shorthelp=not full, writeto_stdout=True, detailed_error=detail, exitcode=0)

@@ -1,5 +1,11 @@
 """The experiments scripts' shared error style (experiments.cli)."""
 
+import os
+import subprocess
+import sys
+
+import pytest
+
 from ep_jax import train
 from experiments import cli
 
@@ -29,3 +35,13 @@ def test_traceback_switch(monkeypatch):
 def test_checkpoints_of_both_numberings_resume_after_the_epochs_they_complete():
   assert train.epochs_done({'epochs_done': 3, 'seed': 0}) == 3
   assert train.epochs_done({'epoch': 0, 'seed': 0}) == 1  # 0-based epoch index of older runs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('flag', ['--help', '--helpfull'])
+def test_help_exits_zero_and_points_to_the_config_fields(flag):
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  done = subprocess.run([sys.executable, '-m', 'experiments.train', flag], cwd=root,
+                        capture_output=True, text=True, timeout=120, check=False)
+  assert done.returncode == 0, done.stderr
+  assert 'ep_jax/configs/default.py' in done.stdout and '--workdir' in done.stdout
