@@ -110,8 +110,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   Raises:
     ValueError / FileNotFoundError naming the field: epochs or batch sizes below 1, an
     unknown dataset, a malformed layout, a learning-rate or weight-decay count that does not
-    match the layers, unknown EP options or optimizer, a batch size the devices do not divide, a missing
-    distillation teacher.
+    match the layers, unknown EP options or optimizer, ep.dtype='float64' without 64-bit
+    JAX, a batch size the devices do not divide, a missing distillation teacher.
   """
   t, o = config.train, config.optim
   for field in ('epochs', 'batch_size', 'eval_batch_size'):
@@ -267,8 +267,19 @@ def build_ep_config(config: ml_collections.ConfigDict) -> EPConfig:
 
 
 def state_dtype(config: ml_collections.ConfigDict):
+  """The states' dtype of `ep.dtype`.
+
+  Raises:
+    ValueError: an unknown name, or 'float64' while JAX runs without 64-bit types (it would
+      silently compute in float32): set `JAX_ENABLE_X64=1` or `jax.config.update(
+      'jax_enable_x64', True)` before training.
+  """
   if config.ep.dtype not in DTYPES:
     raise ValueError(f'unknown ep.dtype {config.ep.dtype!r}; known: {sorted(DTYPES)}')
+  if (config.ep.dtype == 'float64'
+      and jax.dtypes.canonicalize_dtype(jnp.float64) != jnp.float64):
+    raise ValueError("ep.dtype='float64' needs 64-bit JAX (JAX would compute in float32): "
+                     'run with JAX_ENABLE_X64=1')
   return DTYPES[config.ep.dtype]
 
 

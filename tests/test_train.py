@@ -272,6 +272,7 @@ def test_check_config_fails_before_the_workdir_is_made(tmp_path):
            r'optim.learning_rates has 2 entries but the network has 2': None,
            'unknown dataset': dict(data__dataset='imagenet21k'),
            'unknown optim.optimizer': dict(optim__optimizer='lamb'),
+           'needs 64-bit JAX': dict(ep__dtype='float64'),
            'no teacher in': dict(signals__enabled=None)}
   for expected, overrides in cases.items():
     if overrides is None:
