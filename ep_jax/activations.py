@@ -42,9 +42,3 @@ def get(name: str) -> Callable[[jax.Array], jax.Array]:
     return ACTIVATIONS[name]
   except KeyError:
     raise ValueError(f'unknown activation {name!r}; known: {sorted(ACTIVATIONS)}') from None
-
-
-def saturation_bounds(name: str) -> tuple[float, float]:
-  """The values at which the activation saturates (for diagnostics)."""
-  del name
-  return 0.0, 1.0

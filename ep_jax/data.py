@@ -157,10 +157,6 @@ class Split:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    @property
-    def num_examples(self) -> int:
-        return len(self)
-
     def take(self, indices: np.ndarray) -> "Split":
         """Returns the examples at ``indices`` (a copy)."""
         return Split(self.images[indices], self.labels[indices])

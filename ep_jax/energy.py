@@ -156,15 +156,6 @@ def transpose_padding(w: jax.Array, padding: str):
   return ((k_h - 1, k_h - 1), (k_w - 1, k_w - 1))
 
 
-def conv2d_transpose(g: jax.Array, w: jax.Array, padding: str = 'SAME') -> jax.Array:
-  """`W^T ⋆ g`, the adjoint of `conv2d(·, w, padding)`: `∂/∂s <g, W ⋆ s>`.
-
-  A stride-1 convolution of `g` (`(B, H', W', C_out)`) with the spatially flipped kernel and
-  swapped channel axes; 'VALID' becomes a full padding so the result has the input's size.
-  """
-  return conv2d(g, flip_kernel(w), transpose_padding(w, padding))
-
-
 def pool2d_transpose(g: jax.Array, u, kind: str | None, ties: str = 'first') -> jax.Array:
   """The adjoint of `pool2d(·, kind, ties)` at `u` applied to `g`: `∂/∂u <g, P(u)>`, like `u`.
 

@@ -416,17 +416,6 @@ def init_states(spec: NetworkSpec, batch_size: int, dtype=jnp.float32) -> tuple[
   return tuple(jnp.zeros((batch_size,) + shape, dtype) for shape in spec.state_shapes)
 
 
-def param_labels(spec: NetworkSpec) -> dict:
-  """A pytree like the parameters whose leaves name their layer (for per-layer optimisers)."""
-  names = spec.layer_names
-  labels = {'layers': tuple({'w': name, 'b': name} for name in names)}
-  if spec.readout == 'softmax':
-    labels['readout'] = {'w': 'readout', 'b': 'readout'}
-  if spec.skips:
-    labels['skips'] = tuple({'w': 'skips'} for _ in spec.skips)
-  return labels
-
-
 def synapse_names(spec: NetworkSpec) -> tuple[str, ...]:
   """Names of the parameter groups in order: the layers, then the readout if any."""
   return spec.layer_names + (('readout',) if spec.readout == 'softmax' else ())
