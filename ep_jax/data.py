@@ -560,6 +560,12 @@ def _resolve_npz_files(path_spec: str, train_files, test_files) -> tuple[list[st
                 listed.append(p)
             elif os.path.isdir(p):
                 raise _err(f"npz:PATH lists a directory {p!r}; give one directory alone or only .npz files")
+            elif len(parts) == 1 and not p.endswith(".npz"):
+                raise _err(
+                    f"npz:{path_spec}: no such directory (an npz dataset is a folder of .npz files, "
+                    "each with 'image' uint8 N x H x W x C and 'label' N; the CIFAR-10 configs "
+                    "expect the shards cifar10_train_0..4.npz: see the README)"
+                )
             else:
                 raise _err(f"npz file {p!r} does not exist")
         listed = _dedupe(listed)

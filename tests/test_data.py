@@ -238,6 +238,7 @@ def test_npz_errors(tmp_path):
         f"npz:{ok},{tmp_path / 'junk_test.npz'}": "cannot read npz file",
         f"npz:{ok}": "could not form both splits",
         "npz:": "empty PATH",
+        f"npz:{tmp_path / 'no_such_folder'}": "no such directory .*'image' uint8",
     }
     for spec, msg in cases.items():
         with pytest.raises(ValueError, match=msg) as e:
