@@ -16,6 +16,15 @@ The config defines the shared network, data and EP / signal settings. Into `--wo
                wall_s}}}
   *.png        overlays of the runs' per-layer diagnostics (`experiments.plots`)
 
+Extra runs (`--extra='NAME=VARIANT;FIELD=VALUE;...'`, repeatable): variant VARIANT of the
+shared config with the given fields changed, e.g. skip links or another init:
+
+  --extra='ep_kd_skip=ep_kd;model.skips=((1,3),(3,5),(5,7))'
+
+trains into NAME/ (and, for a KD variant whose changes touch `model.`, `data.`, `teacher.`
+or `seed`, its own teacher into teacher_NAME/), is recorded in `extra_runs.json`, and appears
+in both reports under NAME (its teacher under bp_NAME in `ablation.json`).
+
 Running the same command again skips finished runs (a teacher with `teacher.json` for the
 configured epochs; an EP run whose `metrics.jsonl` reaches `train.epochs`) and resumes
 unfinished EP runs from their checkpoints, then rewrites the report. `--runs` selects runs
@@ -27,6 +36,7 @@ its last good epoch, while the other runs go on.
 
 from __future__ import annotations
 
+import ast
 import copy
 import json
 import math
@@ -51,6 +61,9 @@ VARIANTS = {
 RUNS = (TEACHER,) + tuple(VARIANTS)
 REPORT = 'ablation.md'
 SUMMARY = 'ablation.json'
+EXTRAS = 'extra_runs.json'
+# Changes after which a KD extra run needs a teacher of its own.
+TEACHER_FIELDS = ('model.', 'data.', 'teacher.', 'seed')
 # ablation.json names the teacher by what it is for the comparison: the BP baseline.
 SUMMARY_NAMES = {TEACHER: 'bp'}
 
@@ -63,6 +76,68 @@ def variant_config(config, name: str, workdir: str):
   c.signals.kd.enabled = kd
   c.signals.kd.teacher_workdir = os.path.join(workdir, TEACHER) if kd else ''
   return c
+
+
+def parse_extra(text: str) -> tuple[str, str, dict]:
+  """`'NAME=VARIANT;FIELD=VALUE;...'` -> `(name, variant, {field: value})`; values are Python
+  literals where they parse as one (else strings)."""
+  head, *changes = [part.strip() for part in text.split(';') if part.strip()]
+  name, sep, variant = head.partition('=')
+  name, variant = name.strip(), variant.strip()
+  if not sep or not name.isidentifier() or name in RUNS + tuple(SUMMARY_NAMES.values()):
+    raise ValueError(f'--extra {text!r}: expected NAME=VARIANT[;FIELD=VALUE...] with a new '
+                     f'name (not one of {RUNS + ("bp",)})')
+  if variant not in VARIANTS:
+    raise ValueError(f'--extra {text!r}: unknown variant {variant!r}; known: {tuple(VARIANTS)}')
+  overrides = {}
+  for change in changes:
+    field, sep, value = change.partition('=')
+    if not sep or not field.strip():
+      raise ValueError(f'--extra {text!r}: expected FIELD=VALUE, got {change!r}')
+    try:
+      overrides[field.strip()] = ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+      overrides[field.strip()] = value.strip()
+  return name, variant, overrides
+
+
+def _set_field(config, field: str, value) -> None:
+  *path, last = field.split('.')
+  node = config
+  for part in path:
+    if part not in node:
+      raise ValueError(f'unknown config field {field!r}')
+    node = node[part]
+  if last not in node:
+    raise ValueError(f'unknown config field {field!r}')
+  node[last] = tuple(value) if isinstance(value, list) else value
+
+
+def extra_teacher_dir(workdir: str, name: str, variant: str, overrides: dict) -> str:
+  """The teacher an extra KD run distils from: its own when its changes alter the teacher."""
+  own = any(f.startswith(TEACHER_FIELDS) for f in overrides)
+  return os.path.join(workdir, f'{TEACHER}_{name}' if own else TEACHER)
+
+
+def extra_config(config, name: str, variant: str, overrides: dict, workdir: str):
+  """The config of extra run `name`: `overrides` applied to the shared config, then the
+  variant's switches (KD reads `extra_teacher_dir`)."""
+  c = copy.deepcopy(config)
+  for field, value in overrides.items():
+    _set_field(c, field, value)
+  c = variant_config(c, variant, workdir)
+  if VARIANTS[variant][1]:
+    c.signals.kd.teacher_workdir = extra_teacher_dir(workdir, name, variant, overrides)
+  return c
+
+
+def read_extras(workdir: str) -> dict:
+  """`{name: {'variant', 'overrides'}}` of the extra runs recorded in `workdir`."""
+  path = os.path.join(workdir, EXTRAS)
+  if not os.path.isfile(path):
+    return {}
+  with open(path, 'r', encoding='utf-8') as f:
+    return json.load(f)
 
 
 def teacher_done(teacher_dir: str, config) -> bool:
@@ -94,15 +169,24 @@ def train_teacher(config, teacher_dir: str, print_fn: Callable[[str], None] = pr
 
 
 def run_all(config, workdir: str, runs: Sequence[str] = RUNS,
-            print_fn: Callable[[str], None] = print) -> str:
-  """Trains the selected runs (skipping finished ones), writes the report; returns its path."""
+            print_fn: Callable[[str], None] = print, extras: Sequence[str] = ()) -> str:
+  """Trains the selected runs and the `extras` (`--extra` strings; skipping finished runs),
+  writes the report; returns its path."""
   from ep_jax import train as train_lib  # pylint: disable=g-import-not-at-top
 
   unknown = sorted(set(runs) - set(RUNS))
   if unknown:
     raise ValueError(f'unknown runs {unknown}; known: {RUNS}')
+  parsed = [parse_extra(text) for text in extras]
+  for name, variant, overrides in parsed:  # bad fields fail before anything is trained
+    extra_config(config, name, variant, overrides, workdir)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
+  if parsed:
+    recorded = read_extras(workdir)
+    recorded.update({n: {'variant': v, 'overrides': o} for n, v, o in parsed})
+    with open(os.path.join(workdir, EXTRAS), 'w', encoding='utf-8') as f:
+      json.dump(recorded, f, indent=2, default=list)
   teacher_dir = os.path.join(workdir, TEACHER)
   needs_teacher = TEACHER in runs or any(VARIANTS[r][1] for r in runs if r in VARIANTS)
   if needs_teacher:
@@ -136,7 +220,31 @@ def run_all(config, workdir: str, runs: Sequence[str] = RUNS,
       from ep_jax import sweep  # pylint: disable=g-import-not-at-top
       sweep.mark_diverged(run_dir, str(e))
       print_fn(f'{prefix}stopped: {e}')
+  for name, variant, overrides in parsed:
+    _run_extra(config, workdir, name, variant, overrides, print_fn)
   return write_report(config, workdir, print_fn=print_fn)
+
+
+def _run_extra(config, workdir, name, variant, overrides, print_fn) -> None:
+  from ep_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  c = extra_config(config, name, variant, overrides, workdir)
+  prefix = f'[{name}] '
+  if VARIANTS[variant][1]:
+    teacher_dir = c.signals.kd.teacher_workdir
+    if not teacher_done(teacher_dir, c):
+      print_fn(f'{prefix}training its BP teacher into {teacher_dir}')
+      train_teacher(c, teacher_dir, print_fn=lambda line: print_fn(prefix + line))
+  run_dir = os.path.join(workdir, name)
+  if ep_done(run_dir, c):
+    print_fn(f'{prefix}done, skipping ({run_dir})')
+    return
+  print_fn(f'{prefix}{VARIANTS[variant][2]} with {overrides}: training into {run_dir}')
+  try:
+    train_lib.train_and_evaluate(c, run_dir, print_fn=lambda line: print_fn(prefix + line))
+  except train_lib.NonFiniteError as e:
+    from ep_jax import sweep  # pylint: disable=g-import-not-at-top
+    sweep.mark_diverged(run_dir, str(e))
+    print_fn(f'{prefix}stopped: {e}')
 
 
 # ---------------------------------------------------------------------------------- report
@@ -226,10 +334,25 @@ def write_report(config, workdir: str, print_fn: Callable[[str], None] = print) 
   from experiments import plots  # pylint: disable=g-import-not-at-top
 
   workdir = os.path.abspath(workdir)
+  extras = read_extras(workdir)
   summaries = {TEACHER: summarize_teacher(os.path.join(workdir, TEACHER))}
   for name in VARIANTS:
     summaries[name] = summarize_ep(os.path.join(workdir, name))
-  existing = [n for n in (tuple(VARIANTS) + (TEACHER,)) if summaries[n] is not None]
+  descriptions = dict({n: v[2] for n, v in VARIANTS.items()},
+                      teacher='BP teacher (feed-forward twin)')
+  summary_names = dict(SUMMARY_NAMES)
+  ep_names = list(VARIANTS)
+  for name, extra in extras.items():
+    summaries[name] = summarize_ep(os.path.join(workdir, name))
+    descriptions[name] = f"{VARIANTS[extra['variant']][2]}, {extra['overrides']}"
+    ep_names.append(name)
+    own = os.path.join(workdir, f'{TEACHER}_{name}')
+    if os.path.isdir(own):
+      summaries[f'{TEACHER}_{name}'] = summarize_teacher(own)
+      descriptions[f'{TEACHER}_{name}'] = f"BP teacher of {name}, {extra['overrides']}"
+      summary_names[f'{TEACHER}_{name}'] = f'bp_{name}'
+  order = ep_names + [n for n in summaries if n == TEACHER or n.startswith(TEACHER + '_')]
+  existing = [n for n in order if summaries[n] is not None]
   pngs = plots.plot_runs([os.path.join(workdir, n) for n in existing], out=workdir,
                          labels=existing) if existing else []
 
@@ -263,9 +386,8 @@ def write_report(config, workdir: str, print_fn: Callable[[str], None] = print) 
       'final train loss | free steps | free residual | status |',
       '|---|---|---|---|---|---|---|---|---|---|',
   ]
-  descriptions = dict({n: v[2] for n, v in VARIANTS.items()}, teacher='BP teacher (feed-forward twin)')
   runs_json = {}
-  for name in tuple(VARIANTS) + (TEACHER,):
+  for name in order:
     sm = summaries[name]
     if sm is None:
       lines.append(f'| {name} | {descriptions[name]} | not run | | | | | | | |')
@@ -273,9 +395,9 @@ def write_report(config, workdir: str, print_fn: Callable[[str], None] = print) 
     status = 'finished'
     if sm.get('stopped'):
       status = f"**stopped** after epoch {sm['epochs']}"
-    elif name != TEACHER and (sm['epochs'] or 0) < int(config.train.epochs):
+    elif name in ep_names and (sm['epochs'] or 0) < int(config.train.epochs):
       status = 'unfinished'
-    runs_json[SUMMARY_NAMES.get(name, name)] = {
+    runs_json[summary_names.get(name, name)] = {
         'final_test_accuracy': sm['final_test_accuracy'],
         'best_test_accuracy': sm['best_test_accuracy'], 'epochs_done': sm['epochs'],
         'status': status.split()[0].strip('*'), 'wall_s': sm['wall_time_s']}
@@ -286,13 +408,13 @@ def write_report(config, workdir: str, print_fn: Callable[[str], None] = print) 
         f"{_fmt(sm.get('free_steps_mean'), '.1f')} | {_fmt(sm.get('free_residual_mean'), '.1e')} "
         f"| {status} |")
   lines.append('')
-  stopped = [(n, summaries[n]['stopped']) for n in VARIANTS
+  stopped = [(n, summaries[n]['stopped']) for n in ep_names
              if summaries[n] is not None and summaries[n].get('stopped')]
   if stopped:
     lines += ['## Stopped runs', '']
     lines += [f'- **{n}**: {msg}' for n, msg in stopped]
     lines.append('')
-  ep_summaries = {n: summaries[n] for n in VARIANTS}
+  ep_summaries = {n: summaries[n] for n in ep_names}
   tables = (
       ('Mean |s_l| at the free fixed point, last epoch', 'layer_mean_abs_state', 'last', '.4f'),
       ('Mean |s_l| at the free fixed point, first epoch', 'layer_mean_abs_state', 'first',
@@ -336,7 +458,7 @@ def main(argv):
     raise app.UsageError('--workdir is required')
   start = time.time()
   run_all(cli.config_value(_CONFIG), flags.FLAGS.workdir, runs=tuple(flags.FLAGS.runs),
-          print_fn=lambda line: print(line, flush=True))
+          print_fn=lambda line: print(line, flush=True), extras=tuple(flags.FLAGS.extra or ()))
   print(f'ablation finished in {time.time() - start:.0f} s', flush=True)
 
 
@@ -349,6 +471,7 @@ def define_flags() -> None:
       'Experiment config file.', lock_config=True)
   flags.DEFINE_string('workdir', None, 'Output folder (one sub-folder per run).')
   flags.DEFINE_list('runs', list(RUNS), f'Runs to do, from {RUNS}.')
+  flags.DEFINE_multi_string('extra', [], "Extra run 'NAME=VARIANT;FIELD=VALUE;...' (repeatable).")
 
 
 if __name__ == '__main__':

@@ -178,6 +178,63 @@ def test_ablation_end_to_end_and_resume(tmp_path):
   assert sum('done, skipping' in l for l in lines) == 5, lines
 
 
+def test_ablation_extra_run_specs():
+  name, variant, overrides = ablation.parse_extra(
+      "ep_kd_skip=ep_kd; model.skips=((1,3),(3,5)) ;optim.optimizer=adam")
+  assert (name, variant) == ('ep_kd_skip', 'ep_kd')
+  assert overrides == {'model.skips': ((1, 3), (3, 5)), 'optim.optimizer': 'adam'}
+  config = ablation_digits.get_config()
+  c = ablation.extra_config(config, name, variant, overrides, '/w')
+  assert c.model.skips == ((1, 3), (3, 5)) and c.optim.optimizer == 'adam'
+  assert c.signals.kd.enabled and c.signals.kd.teacher_workdir == '/w/teacher_ep_kd_skip'
+  assert config.model.skips == ()  # the shared config is left as it was
+  # Changes that leave the network and data alone keep the shared teacher.
+  c = ablation.extra_config(config, 'kd_b1', 'ep_kd', {'ep.beta': 1.0}, '/w')
+  assert c.ep.beta == 1.0 and c.signals.kd.teacher_workdir == '/w/teacher'
+  for bad, match in [('ep=ep_kd', 'new name'), ('x=ep_foo', 'unknown variant'),
+                     ('x=ep;model.nope=1', 'unknown config field'), ('x=ep;beta', 'FIELD=VALUE')]:
+    with pytest.raises(ValueError, match=match):
+      name, variant, overrides = ablation.parse_extra(bad)
+      ablation.extra_config(config, name, variant, overrides, '/w')
+
+
+@pytest.mark.slow
+def test_ablation_extra_run_trains_with_its_own_teacher_and_is_reported(tmp_path):
+  config = ablation_digits.get_config()
+  config.model.layout = '4,4,M'
+  config.optim.learning_rates = (0.1,)
+  config.data.train_subset = 64
+  config.data.test_subset = 32
+  config.train.epochs = 1
+  config.train.batch_size = 32
+  config.train.eval_batch_size = 32
+  config.ep.free_steps = 8
+  config.ep.nudged_steps = 4
+  config.teacher.epochs = 1
+  config.model.init = 'pytorch'
+  workdir = str(tmp_path / 'ablation')
+  lines = []
+  path = ablation.run_all(config, workdir, runs=('ep',), print_fn=lines.append,
+                          extras=('kd_wide=ep_kd;model.layout=6,4,M',))
+  with open(os.path.join(workdir, 'kd_wide', 'config.json')) as f:
+    saved = json.load(f)
+  assert saved['model']['layout'] == '6,4,M'
+  assert saved['signals']['kd']['teacher_workdir'] == os.path.join(workdir, 'teacher_kd_wide')
+  teacher = json.load(open(os.path.join(workdir, 'teacher_kd_wide', 'teacher.json')))
+  assert teacher['spec']['layout'] == '6,4,M'
+  summary = json.load(open(os.path.join(workdir, 'ablation.json')))['runs']
+  assert summary['kd_wide']['status'] == 'finished' and summary['kd_wide']['epochs_done'] == 1
+  records = [json.loads(l) for l in open(os.path.join(workdir, 'kd_wide', 'metrics.jsonl'))]
+  assert summary['kd_wide']['final_test_accuracy'] == records[-1]['test_accuracy']
+  assert summary['bp_kd_wide']['final_test_accuracy'] == teacher['test_accuracy']
+  assert '| kd_wide | EP + KD' in open(path).read()
+  # Running again (extras remembered in extra_runs.json) trains nothing.
+  lines.clear()
+  ablation.run_all(config, workdir, runs=('ep',), print_fn=lines.append,
+                   extras=('kd_wide=ep_kd;model.layout=6,4,M',))
+  assert sum('done, skipping' in l for l in lines) == 2, lines
+
+
 @pytest.mark.slow
 def test_ablation_reports_a_stopped_run_and_goes_on(tmp_path, monkeypatch):
   """A run stopped by NonConvergenceError is marked, reported, not retried; others go on."""
