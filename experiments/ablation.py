@@ -212,21 +212,13 @@ def run_all(config, workdir: str, runs: Sequence[str] = RUNS,
       print_fn(f'[{name}] done, skipping ({run_dir})')
       continue
     print_fn(f'[{name}] {VARIANTS[name][2]}: training into {run_dir}')
-    prefix = f'[{name}] '
-    try:
-      train_lib.train_and_evaluate(c, run_dir,
-                                   print_fn=lambda line, p=prefix: print_fn(p + line))
-    except train_lib.NonFiniteError as e:
-      from ep_jax import sweep  # pylint: disable=g-import-not-at-top
-      sweep.mark_diverged(run_dir, str(e))
-      print_fn(f'{prefix}stopped: {e}')
+    _train_ep(c, run_dir, f'[{name}] ', print_fn)
   for name, variant, overrides in parsed:
     _run_extra(config, workdir, name, variant, overrides, print_fn)
   return write_report(config, workdir, print_fn=print_fn)
 
 
 def _run_extra(config, workdir, name, variant, overrides, print_fn) -> None:
-  from ep_jax import train as train_lib  # pylint: disable=g-import-not-at-top
   c = extra_config(config, name, variant, overrides, workdir)
   prefix = f'[{name}] '
   if VARIANTS[variant][1]:
@@ -239,10 +231,17 @@ def _run_extra(config, workdir, name, variant, overrides, print_fn) -> None:
     print_fn(f'{prefix}done, skipping ({run_dir})')
     return
   print_fn(f'{prefix}{VARIANTS[variant][2]} with {overrides}: training into {run_dir}')
+  _train_ep(c, run_dir, prefix, print_fn)
+
+
+def _train_ep(config, run_dir: str, prefix: str, print_fn) -> None:
+  """Trains (or resumes) one EP run; a run stopped by `NonFiniteError` (or non-convergence)
+  gets `diverged.json` and the ablation goes on."""
+  from ep_jax import sweep  # pylint: disable=g-import-not-at-top
+  from ep_jax import train as train_lib  # pylint: disable=g-import-not-at-top
   try:
-    train_lib.train_and_evaluate(c, run_dir, print_fn=lambda line: print_fn(prefix + line))
+    train_lib.train_and_evaluate(config, run_dir, print_fn=lambda line: print_fn(prefix + line))
   except train_lib.NonFiniteError as e:
-    from ep_jax import sweep  # pylint: disable=g-import-not-at-top
     sweep.mark_diverged(run_dir, str(e))
     print_fn(f'{prefix}stopped: {e}')
 

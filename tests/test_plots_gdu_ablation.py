@@ -133,12 +133,11 @@ def test_ablation_configs_are_deep():
     assert config.signals.kd.normalize == 'unit' and config.signals.les.normalize == 'unit'
 
 
-@pytest.mark.slow
-def test_ablation_end_to_end_and_resume(tmp_path):
+def _tiny_ablation_config(layout):
+  """The digits twin with tiny subsets, one epoch and (for compile time) a short `layout`; the
+  full 8-layer twin runs the same code (python -m experiments.ablation, ~1.5 min)."""
   config = ablation_digits.get_config()
-  # The digits twin with tiny subsets, one epoch and (for compile time) one conv layer; the
-  # full 8-layer twin runs the same code (python -m experiments.ablation, ~1.5 min).
-  config.model.layout = '4,M'
+  config.model.layout = layout
   config.optim.learning_rates = (0.1,)
   config.data.train_subset = 64
   config.data.test_subset = 32
@@ -148,6 +147,12 @@ def test_ablation_end_to_end_and_resume(tmp_path):
   config.ep.free_steps = 8
   config.ep.nudged_steps = 4
   config.teacher.epochs = 1
+  return config
+
+
+@pytest.mark.slow
+def test_ablation_end_to_end_and_resume(tmp_path):
+  config = _tiny_ablation_config('4,M')
   workdir = str(tmp_path / 'ablation')
   lines = []
   path = ablation.run_all(config, workdir, print_fn=lines.append)
@@ -200,17 +205,7 @@ def test_ablation_extra_run_specs():
 
 @pytest.mark.slow
 def test_ablation_extra_run_trains_with_its_own_teacher_and_is_reported(tmp_path):
-  config = ablation_digits.get_config()
-  config.model.layout = '4,4,M'
-  config.optim.learning_rates = (0.1,)
-  config.data.train_subset = 64
-  config.data.test_subset = 32
-  config.train.epochs = 1
-  config.train.batch_size = 32
-  config.train.eval_batch_size = 32
-  config.ep.free_steps = 8
-  config.ep.nudged_steps = 4
-  config.teacher.epochs = 1
+  config = _tiny_ablation_config('4,4,M')
   config.model.init = 'pytorch'
   workdir = str(tmp_path / 'ablation')
   lines = []
