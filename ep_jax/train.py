@@ -21,6 +21,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import time
 from typing import Any, NamedTuple
 
@@ -38,6 +39,9 @@ from ep_jax.metrics_io import MetricsWriter, ProgressReporter
 from ep_jax.train_step import TrainState, create_train_state, make_eval_step, make_train_step
 
 CHECKPOINT_DIR = 'checkpoints'
+# The latest mid-epoch checkpoint (parameters, optimiser, the input iterator's position and
+# the epoch's training metrics so far), named by the global step; removed at each epoch end.
+MID_EPOCH_DIR = 'checkpoints_mid_epoch'
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float64': jnp.float64}
 
 
@@ -117,6 +121,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   for field in ('epochs', 'batch_size', 'eval_batch_size'):
     if int(t[field]) < 1:
       raise ValueError(f'train.{field} must be >= 1, got {t[field]}')
+  if int(t.get('checkpoint_every_steps', 0)) < 0:
+    raise ValueError(f'train.checkpoint_every_steps must be >= 0 (0: at epoch ends only), got '
+                     f'{t.checkpoint_every_steps}')
   data_lib.check_dataset_name(config.data.dataset)
   shape = data_lib.known_input_shape(config.data.dataset)
   if shape is not None:  # the spec of an npz dataset needs its files
@@ -150,6 +157,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 # Fields a resumed run may change: they do not change what is computed.
 RESUME_FREE_FIELDS = ('train.log_every_seconds', 'train.checkpoints_to_keep',
+                      'train.checkpoint_every_steps',
                       'train.eval_batch_size', 'train.num_devices', 'train.multihost',
                       'train.coordinator_address', 'train.num_processes', 'train.process_id',
                       'data.data_dir', 'data.prefetch')
@@ -173,10 +181,14 @@ def config_differences(saved: dict, current: dict) -> list[tuple[str, Any, Any]]
           if old[k] != new[k] and k not in RESUME_FREE_FIELDS]
 
 
-def has_checkpoints(workdir: str) -> bool:
-  """True if `workdir/checkpoints` holds a committed checkpoint step (reads only)."""
-  directory = os.path.join(workdir, CHECKPOINT_DIR)
-  return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
+def has_checkpoints(workdir: str, folder: str = '') -> bool:
+  """True if `workdir/checkpoints` or the mid-epoch folder (or `workdir/folder` alone)
+  holds a committed checkpoint step (reads only)."""
+  for name in (folder,) if folder else (CHECKPOINT_DIR, MID_EPOCH_DIR):
+    directory = os.path.join(workdir, name)
+    if os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory)):
+      return True
+  return False
 
 
 def check_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -451,11 +463,23 @@ def build_run(config: ml_collections.ConfigDict, spec: network.NetworkSpec,
   return RunSetup(state, tx, nudging, rates, lr_kwargs)
 
 
-def mean_over_steps(per_step: list[dict]) -> dict:
-  """Float64 means over the steps of an epoch, per metric key (keeps any leading axes)."""
+def mean_over_steps(per_step: list[dict], prior: dict | None = None) -> dict:
+  """Float64 means over the steps of an epoch, per metric key (keeps any leading axes).
+
+  `prior` (`{'count': n, 'means': {key: value}}`, saved by a mid-epoch checkpoint) holds the
+  means of the epoch's first n steps; the result then covers those steps too.
+  """
   host = jax.device_get(per_step)
-  return {k: np.stack([np.asarray(m[k], np.float64) for m in host]).mean(axis=0)
-          for k in host[0]}
+  count = int(prior['count']) if prior else 0
+  if not host:
+    return {k: np.asarray(v, np.float64) for k, v in prior['means'].items()} if prior else {}
+  means = {k: np.stack([np.asarray(m[k], np.float64) for m in host]).mean(axis=0)
+           for k in host[0]}
+  if not count:
+    return means
+  total = count + len(host)
+  return {k: (np.asarray(prior['means'][k], np.float64) * count + v * len(host)) / total
+          if k in prior['means'] else v for k, v in means.items()}
 
 
 def epoch_record(*, epoch: int, step: int, train: dict, sums: dict, lrs: list,
@@ -556,9 +580,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 
 class _Position:
-  """Where a run is, for the Ctrl-C message: the epoch in progress, the epochs checkpointed."""
+  """Where a run is, for the Ctrl-C message: the epoch in progress, the epochs checkpointed,
+  and the steps of the epoch in progress saved in a mid-epoch checkpoint."""
   epoch: int | None = None
   done: int = 0
+  mid_steps: int = 0
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, print_fn,
@@ -567,13 +593,30 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, print_f
   try:
     return _train_loop(config, workdir, print_fn, resuming, position)
   except KeyboardInterrupt:
-    if position.done >= 1:
+    if position.mid_steps:
+      advice = (f'run the same command to resume epoch {position.done + 1} after its step '
+                f'{position.mid_steps}')
+    elif position.done >= 1:
       advice = f'run the same command to resume from epoch {position.done + 1}'
     else:
       advice = 'no epoch was completed; run the same command to start again'
     where = ('before training started' if position.epoch is None else
              f'at epoch {position.epoch}/{int(config.train.epochs)}')
     raise Interrupted(f'interrupted {where}; {advice}') from None
+
+
+def _open_mid_epoch(workdir: str, resuming: bool) -> tuple[Checkpointer | None, int | None]:
+  """The mid-epoch checkpointer and its latest step, if the workdir has one (reads only)."""
+  if not (resuming and has_checkpoints(workdir, MID_EPOCH_DIR)):
+    return None, None
+  checkpointer = Checkpointer(os.path.join(workdir, MID_EPOCH_DIR), max_to_keep=1)
+  return checkpointer, checkpointer.latest_step()
+
+
+def _state_is_live(state) -> bool:
+  """False if a leaf of `state` was donated to a step that did not return (Ctrl-C)."""
+  return not any(getattr(leaf, 'is_deleted', lambda: False)()
+                 for leaf in jax.tree_util.tree_leaves(state))
 
 
 def _train_loop(config: ml_collections.ConfigDict, workdir: str, print_fn, resuming: bool,
@@ -583,11 +626,12 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, print_fn, resum
   num_epochs = int(config.train.epochs)
   train_split, test_split, info = load_data(config)
   checkpointer = (Checkpointer(checkpoint_dir, max_to_keep=config.train.checkpoints_to_keep)
-                  if resuming else None)
+                  if resuming and has_checkpoints(workdir, CHECKPOINT_DIR) else None)
   latest = checkpointer.latest_step() if checkpointer is not None else None
+  mid_checkpointer, mid_latest = _open_mid_epoch(workdir, resuming)
   # The data init is calibrated once, on the whole training set (before any host sharding),
   # and not again when a checkpoint supplies the parameters.
-  run_config = (template_config(config) if latest is not None else
+  run_config = (template_config(config) if latest is not None or mid_latest is not None else
                 calibrated_config(config, train_split, info, print_fn if is_primary else None))
   if jax.process_count() > 1:  # each host reads its own strided shard
     train_split = data_lib.split_for_process(train_split, jax.process_index(),
@@ -611,15 +655,25 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, print_fn, resum
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P('data'))
   state = jax.device_put(state, replicated)
-  start_epoch = 0
-  if latest is not None:  # restored before anything in the workdir is written
+  start_epoch, start_step, data_state, partial = 0, 0, None, None
+  # Restored before anything in the workdir is written.
+  if latest is not None:
     state, extra = checkpointer.restore(state, step=latest)
-    state = jax.device_put(state, replicated)
-    start_epoch = position.done = epochs_done(extra)
-    if is_primary:
-      print_fn(f'resumed from {checkpointer.directory}/{latest} after epoch {start_epoch}'
-               f'/{num_epochs}' + (' (the run is complete)' if start_epoch >= num_epochs
-                                   else ''))
+    start_epoch = epochs_done(extra)
+  if mid_latest is not None:
+    mid_state, mid_extra = mid_checkpointer.restore(state, step=mid_latest)
+    if int(mid_extra['epochs_done']) >= start_epoch:  # later than the last epoch's checkpoint
+      state, start_epoch = mid_state, int(mid_extra['epochs_done'])
+      start_step, data_state = int(mid_extra['steps_in_epoch']), mid_extra['data_iterator']
+      partial = mid_extra['train_partial']
+  state = jax.device_put(state, replicated)
+  position.done, position.mid_steps = start_epoch, start_step
+  if is_primary and (latest is not None or mid_latest is not None):
+    where = (f'after step {start_step}/{steps_per_epoch} of epoch {start_epoch + 1}'
+             if start_step else f'after epoch {start_epoch}/{num_epochs}')
+    print_fn(f'resumed from {checkpointer.directory if not start_step else mid_checkpointer.directory}'
+             f'/{latest if not start_step else mid_latest} {where}'
+             + (' (the run is complete)' if start_epoch >= num_epochs else ''))
   train_step = jax.jit(
       make_train_step(spec, ep, tx, nudging=nudging, steps_per_epoch=steps_per_epoch,
                       state_dtype=dtype),
@@ -632,8 +686,8 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, print_fn, resum
   writer.write_config(config.to_dict())
   if checkpointer is None:
     checkpointer = Checkpointer(checkpoint_dir, max_to_keep=config.train.checkpoints_to_keep)
-  if latest is not None or writer.history:  # records count epochs from 1, as checkpoints
-    writer.truncate_after(start_epoch)  # drops the records of epochs after the checkpoint
+  if latest is not None or mid_latest is not None or writer.history:
+    writer.truncate_after(start_epoch)  # records count epochs from 1, as checkpoints
 
   if is_primary:
     print_fn(f'ep_jax: {info.name} {info.input_shape} -> {info.num_classes} classes, '
@@ -650,39 +704,74 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, print_fn, resum
               if jax.process_count() > 1 else data_lib.num_eval_batches(test_split,
                                                                         local_eval_batch))
   record: dict = writer.history[-1] if writer.history else {}
+  if start_epoch >= num_epochs:
+    writer.close()
+    return _finish(record, print_fn, is_primary)
+  # One grain pipeline for the whole run; its iterator's position is checkpointed mid-epoch.
+  batches = data_lib.train_iterator(
+      data_lib.train_dataset(train_split, info, batch_size=local_batch, num_epochs=num_epochs,
+                             seed=config.seed, **augmentation(config)),
+      prefetch=config.data.prefetch, state=data_state, start=start_epoch * steps_per_epoch)
+  every = int(config.train.get('checkpoint_every_steps', 0))
   examples_done = 0
   for epoch in range(start_epoch, num_epochs):
     epoch_start = time.time()
     per_step = []
-    batches = data_lib.train_batches(
-        train_split, info, batch_size=local_batch, epoch=epoch, seed=config.seed,
-        prefetch=config.data.prefetch, **augmentation(config))
+    first = start_step if epoch == start_epoch else 0
+    data_position = None
 
     def report(i: int, metrics: dict) -> None:
       # Times the step once its results are there: one step stays queued behind it.
       jax.block_until_ready(metrics)
-      progress.update(epoch * steps_per_epoch + i + 1, examples_done - (len(per_step) - 1 - i)
-                      * batch_size, metrics['loss'], metrics['accuracy'], epoch + 1)
+      progress.update(epoch * steps_per_epoch + first + i + 1,
+                      examples_done - (len(per_step) - 1 - i) * batch_size, metrics['loss'],
+                      metrics['accuracy'], epoch + 1)
+
+    def save_mid_epoch() -> None:
+      nonlocal mid_checkpointer
+      if mid_checkpointer is None:
+        mid_checkpointer = Checkpointer(os.path.join(workdir, MID_EPOCH_DIR), max_to_keep=1)
+      done = first + len(per_step)
+      if done in (0, steps_per_epoch) or epoch * steps_per_epoch + done in (
+          mid_checkpointer.all_steps()):
+        return
+      means = mean_over_steps(per_step, prior=partial if epoch == start_epoch else None)
+      mid_checkpointer.save(epoch * steps_per_epoch + done, state, extra={
+          'epochs_done': epoch, 'steps_in_epoch': done, 'data_iterator': data_position,
+          'train_partial': {'count': done, 'means': {k: np.asarray(v).tolist()
+                                                     for k, v in means.items()}},
+          'seed': config.seed})
+      position.mid_steps = done
 
     position.epoch = epoch + 1
-    for batch in batches:
-      if epoch == start_epoch and not per_step and is_primary:
-        print_fn(f'epoch {epoch + 1}: compiling the train step (the first step takes a while)')
-      state, metrics = train_step(state, to_global(batch, batch_sharding))
-      per_step.append(metrics)
-      examples_done += batch_size
-      if len(per_step) > 1:
-        report(len(per_step) - 2, per_step[-2])
+    try:
+      for _ in range(first, steps_per_epoch):
+        batch = next(batches)
+        if epoch == start_epoch and not per_step and is_primary:
+          print_fn(f'epoch {epoch + 1}: compiling the train step (the first step takes a while)')
+        state, metrics = train_step(state, to_global(batch, batch_sharding))
+        data_position = batches.get_state()
+        per_step.append(metrics)
+        examples_done += batch_size
+        if len(per_step) > 1:
+          report(len(per_step) - 2, per_step[-2])
+        if every > 0 and (first + len(per_step)) % every == 0:
+          save_mid_epoch()
+    except KeyboardInterrupt:
+      if per_step and _state_is_live(state):
+        save_mid_epoch()  # the same command resumes after the last finished step
+      raise
     if per_step:
       report(len(per_step) - 1, per_step[-1])
-    train = mean_over_steps(per_step)  # waits for the last step
+    train = mean_over_steps(per_step, prior=partial if epoch == start_epoch else None)
     train_time = time.time() - epoch_start
     if not (np.all(np.asarray(jax.device_get([m['finite'] for m in per_step])))
             and np.isfinite(train['loss'])):
       bad = next(i for i, m in enumerate(jax.device_get(per_step))
                  if not (bool(m['finite']) and np.isfinite(m['loss'])))
       raise NonFiniteError(
-          f'non-finite training at epoch {epoch + 1}, step {epoch * steps_per_epoch + bad + 1}: '
+          f'non-finite training at epoch {epoch + 1}, step '
+          f'{epoch * steps_per_epoch + first + bad + 1}: '
           f'first layer with non-finite states: '
           f'{_first_bad_layer(spec.layer_names, jax.device_get(per_step[bad]))}; layers with '
           f'non-finite parameters: {_bad_param_groups(spec, state.params)}; the last good '
@@ -706,13 +795,22 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, print_fn, resum
     # Checkpoints are named by the number of epochs they complete (1-based, as the records).
     checkpointer.save(epoch + 1, state, extra={'epochs_done': epoch + 1, 'seed': config.seed},
                       metrics={'test_accuracy': record['test_accuracy']})
-    position.done = epoch + 1
+    position.done, position.mid_steps = epoch + 1, 0
+    if mid_checkpointer is not None:  # superseded by the epoch's checkpoint
+      mid_checkpointer.close()
+      mid_checkpointer = None
+      if is_primary:
+        shutil.rmtree(os.path.join(workdir, MID_EPOCH_DIR), ignore_errors=True)
     if is_primary:
       print_fn(f'epoch {epoch + 1}/{num_epochs}: train loss {record["train_loss"]:.4f} '
                f'acc {record["train_accuracy"]:.4f} | test loss {record["test_loss"]:.4f} '
                f'acc {record["test_accuracy"]:.4f} | free steps {record["free_steps_mean"]:.1f}'
                f' | {record["examples_per_s"]:.0f} ex/s | {record["epoch_time_s"]:.1f} s')
   writer.close()
+  return _finish(record, print_fn, is_primary)
+
+
+def _finish(record: dict, print_fn, is_primary: bool) -> dict:
   final = record.get('test_accuracy', float('nan'))
   if is_primary:
     print_fn(f'final test_accuracy={final}')

@@ -465,8 +465,7 @@ def define_flags() -> None:
   """Defines this script's flags (only when run as a script)."""
   global _CONFIG
   _CONFIG = config_flags.DEFINE_config_file(
-      'config', os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                             'ep_jax', 'configs', 'ablation_deep.py'),
+      'config', os.path.join(cli.CONFIG_DIR, 'ablation_deep.py'),
       'Experiment config file.', lock_config=True)
   flags.DEFINE_string('workdir', None, 'Output folder (one sub-folder per run).')
   flags.DEFINE_list('runs', list(RUNS), f'Runs to do, from {RUNS}.')

@@ -22,6 +22,10 @@ from absl import logging
 TRACEBACK_ENV = 'EP_JAX_TRACEBACK'
 MAX_MESSAGE_LINES = 4
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+# The checkout these scripts belong to, and its configs: found from this file, so that a
+# script runs from any directory.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_DIR = os.path.join(REPO_ROOT, 'ep_jax', 'configs')
 CONFIG_FIELDS_HINT = 'the fields and their defaults are in ep_jax/configs/default.py'
 
 

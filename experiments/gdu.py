@@ -41,8 +41,6 @@ from ml_collections import config_flags
 
 from experiments import cli
 
-_CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                           'ep_jax', 'configs')
 def signals_config_for_gdu(config) -> tuple[object, str]:
   """The `signals` config of the with-signals run and a sentence saying what it is."""
   sig = copy.deepcopy(config.signals)
@@ -217,7 +215,7 @@ def define_flags() -> None:
   global _CONFIG, _WORKDIR, _BETAS, _BATCH, _ESTIMATORS, _NETWORK, _SIGNALS, _TOL
   global _MAX_STEPS, _BPTT_STEPS, _HOLO, _INIT_SCALE, _PARAMS_FROM, _PARAMS_STEP
   _CONFIG = config_flags.DEFINE_config_file(
-      'config', os.path.join(_CONFIG_DIR, 'quickstart.py'), 'Experiment config file.',
+      'config', os.path.join(cli.CONFIG_DIR, 'quickstart.py'), 'Experiment config file.',
       lock_config=True)
   _WORKDIR = flags.DEFINE_string('workdir', None,
                                  'Output folder (default: a new runs/gdu-<time>-<config>).')

@@ -15,6 +15,7 @@
 set -euo pipefail
 OUT="${1:-${OUT:-gpu_bench_out}}"
 mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"  # absolute: the script runs from the repository root
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 timeout 120 python -c "import jax; print('devices:', jax.devices())" | tee "$OUT/devices.txt"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -112,7 +113,8 @@ def main(argv):
 def define_flags() -> None:
   """Defines this script's flags (only when run as a script)."""
   global _CONFIG, _TEACHER, _KAPPAS, _BATCH, _OUT
-  _CONFIG = config_flags.DEFINE_config_file('config', 'ep_jax/configs/ablation_digits.py',
+  _CONFIG = config_flags.DEFINE_config_file('config', os.path.join(cli.CONFIG_DIR,
+                                                                       'ablation_digits.py'),
                                             lock_config=False)
   _TEACHER = flags.DEFINE_string('teacher_workdir', '', 'A BP teacher (KD rows need one).')
   _KAPPAS = flags.DEFINE_list('kappas', ['0.1', '1'], 'κ values of the signal rows.')

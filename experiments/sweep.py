@@ -31,8 +31,6 @@ from ml_collections import config_flags
 
 from experiments import cli
 
-_CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                           'ep_jax', 'configs')
 
 
 def main(argv):
@@ -52,7 +50,8 @@ def main(argv):
     path, command = sweep.write_slurm(
         plan, config_flags.get_config_filename(flags.FLAGS['config']),
         dict(config_flags.get_override_values(flags.FLAGS['config'])),
-        vmap_seeds=_VMAP_SEEDS.value, sbatch_options=_SBATCH.value)
+        vmap_seeds=_VMAP_SEEDS.value, sbatch_options=_SBATCH.value,
+        repo=cli.REPO_ROOT)
     gather, skip = [], False
     for a in sys.argv[1:]:
       if skip:
@@ -73,7 +72,7 @@ def define_flags() -> None:
   """Defines this script's flags (only when run as a script, so other code can import it)."""
   global _CONFIG, _GRID, _SEEDS, _VMAP_SEEDS, _LAUNCHER, _WORKDIR, _AGGREGATE, _SBATCH
   _CONFIG = config_flags.DEFINE_config_file(
-      'config', os.path.join(_CONFIG_DIR, 'quickstart.py'), 'Experiment config file.',
+      'config', os.path.join(cli.CONFIG_DIR, 'quickstart.py'), 'Experiment config file.',
       lock_config=True)
   _GRID = flags.DEFINE_string(
       'grid', '', "Grid, e.g. 'optim.learning_rates=[0.05,0.1];ep.beta=[0.5,1.0]' ('' = the "

@@ -19,8 +19,6 @@ from ml_collections import config_flags
 
 from experiments import cli
 
-_CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                           'ep_jax', 'configs')
 
 
 def default_workdir(config_path: str) -> str:
@@ -43,7 +41,7 @@ def define_flags() -> None:
   """Defines this script's flags (only when run as a script, so other code can import it)."""
   global _CONFIG, _WORKDIR
   _CONFIG = config_flags.DEFINE_config_file(
-      'config', os.path.join(_CONFIG_DIR, 'quickstart.py'), 'Experiment config file.',
+      'config', os.path.join(cli.CONFIG_DIR, 'quickstart.py'), 'Experiment config file.',
       lock_config=True)
   _WORKDIR = flags.DEFINE_string('workdir', None,
                                  'Output folder (default: a new runs/<time>-<config>).')

@@ -80,8 +80,7 @@ def define_flags() -> None:
   """Defines this script's flags (only when run as a script)."""
   global _CONFIG, _WORKDIR
   _CONFIG = config_flags.DEFINE_config_file(
-      'config', os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                             'ep_jax', 'configs', 'default.py'), lock_config=True)
+      'config', os.path.join(cli.CONFIG_DIR, 'default.py'), lock_config=True)
   _WORKDIR = flags.DEFINE_string('workdir', None, 'Where the teacher is saved.')
 
 

@@ -52,6 +52,7 @@ def fake_mnist_download(tmp_path, monkeypatch):
 
   monkeypatch.setattr(tfds.download.DownloadManager, 'download_and_extract',
                       fake_download_and_extract)
+  monkeypatch.setattr(data, 'download_host_reachable', lambda host, port: True)
   monkeypatch.setattr(mnist, '_TRAIN_EXAMPLES', 40)
   monkeypatch.setattr(mnist, '_TEST_EXAMPLES', 12)
   return arrays, calls
@@ -74,3 +75,21 @@ def test_mnist_is_prepared_on_first_use_then_read(tmp_path, fake_mnist_download)
   again, _, _ = data.load_dataset('mnist', data_dir=data_dir)
   assert len(calls) == 1
   np.testing.assert_array_equal(again.images, train.images)
+
+
+def test_unprepared_dataset_without_network_fails_at_once(tmp_path, monkeypatch):
+  probed = []
+  monkeypatch.setattr(data, 'download_host_reachable',
+                      lambda host, port: probed.append((host, port)) or False)
+  with pytest.raises(ValueError, match=r"'mnist' is not prepared in .* cannot be downloaded: "
+                                       r'storage.googleapis.com is unreachable.*mnist5k'):
+    data.load_dataset('mnist', data_dir=str(tmp_path / 'tfds'))
+  assert probed == [('storage.googleapis.com', 443)]
+  # Finished downloads in the cache: tfds may prepare offline, so no probe stops it.
+  downloads = tmp_path / 'tfds2' / 'downloads'
+  downloads.mkdir(parents=True)
+  (downloads / 'storage.googleapis.com_mnist.INFO').write_text('{}')
+  monkeypatch.setattr(tfds, 'data_source', lambda *a, **k: (_ for _ in ()).throw(
+      RuntimeError('tfds reached')))
+  with pytest.raises(RuntimeError, match='tfds reached'):
+    data.load_dataset('mnist', data_dir=str(tmp_path / 'tfds2'))

@@ -259,11 +259,14 @@ def test_ctrl_c_says_how_to_resume(tmp_path):
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 130, err[-3000:]
   assert 'Traceback' not in err and len(err.strip().splitlines()) == 1, err
-  match = re.fullmatch(r'interrupted at epoch (\d+)/200; run the same command to resume from '
-                       r'epoch (\d+)', err.strip())
+  match = re.fullmatch(r'interrupted at epoch (\d+)/200; run the same command to resume '
+                       r'(?:from epoch (\d+)|epoch (\d+) after its step (\d+))', err.strip())
   assert match, err
   done = max(int(n) for n in os.listdir(tmp_path / 'checkpoints') if n.isdigit())
-  assert int(match.group(2)) == done + 1 and int(match.group(1)) in (done, done + 1)
+  assert int(match.group(2) or match.group(3)) == done + 1
+  assert int(match.group(1)) in (done, done + 1)
+  if match.group(4):  # Ctrl-C during an epoch saved its finished steps
+    assert os.listdir(tmp_path / train.MID_EPOCH_DIR) == [str(done * 8 + int(match.group(4)))]
 
 
 def test_check_config_fails_before_the_workdir_is_made(tmp_path):
@@ -301,3 +304,46 @@ def test_data_statistics_and_crop_mode_come_from_the_config():
   with pytest.raises(ValueError, match=r"std has 3 values .* 1 channels"):
     train.load_data(tiny_config(data__std=(0.3, 0.3, 0.3)))
   assert train.augmentation(tiny_config(data__crop_mode='edge'))['crop_mode'] == 'edge'
+
+
+class _StopAt:
+  """A print_fn that raises `exc` at the first progress line of global step `step`."""
+
+  def __init__(self, step, exc):
+    self.step, self.exc, self.lines = step, exc, []
+
+  def __call__(self, line):
+    self.lines.append(line)
+    if re.match(rf'epoch \d+ step {self.step}/', line):
+      raise self.exc
+
+
+@pytest.mark.slow
+def test_mid_epoch_checkpoints_resume_exactly_mid_epoch(tmp_path):
+  # 8 steps an epoch, augmentation on: the resumed run must see the same batches.
+  config = tiny_config(train__epochs=2, train__log_every_seconds=0.0, data__augment=True)
+  straight = train.train_and_evaluate(config, str(tmp_path / 'straight'), print_fn=lambda _: None)
+  # Ctrl-C at step 13 (epoch 2, step 5): the lines of step k are printed after step k + 1, so
+  # the checkpoint it writes holds 6 steps of epoch 2.
+  ctrl_c = tmp_path / 'ctrl_c'
+  with pytest.raises(train.Interrupted, match='resume epoch 2 after its step 6'):
+    train.train_and_evaluate(config, str(ctrl_c), print_fn=_StopAt(13, KeyboardInterrupt()))
+  assert os.listdir(ctrl_c / train.MID_EPOCH_DIR) == ['14']
+  # A crash (no Ctrl-C handler) at step 12 with a checkpoint every 3 steps: resumes after 3.
+  crash = tmp_path / 'crash'
+  with pytest.raises(RuntimeError, match='crash'):
+    train.train_and_evaluate(tiny_config(train__epochs=2, train__log_every_seconds=0.0,
+                                         data__augment=True, train__checkpoint_every_steps=3),
+                             str(crash), print_fn=_StopAt(12, RuntimeError('crash')))
+  assert os.listdir(crash / train.MID_EPOCH_DIR) == ['11']  # epoch 2, step 3
+  for workdir, steps in ((ctrl_c, 6), (crash, 3)):
+    lines = []
+    record = train.train_and_evaluate(config, str(workdir), print_fn=lines.append)
+    assert f'after step {steps}/8 of epoch 2' in lines[0], lines[0]
+    assert not os.path.exists(workdir / train.MID_EPOCH_DIR)  # superseded by checkpoints/2
+    assert sorted(os.listdir(workdir / 'checkpoints')) == ['1', '2']
+    assert record['step'] == straight['step'] == 16
+    for key in ('test_loss', 'test_accuracy'):
+      assert record[key] == straight[key], (workdir, key)
+    for key in ('train_loss', 'train_accuracy'):  # epoch means over all 8 steps
+      assert record[key] == pytest.approx(straight[key], rel=1e-9), (workdir, key)

@@ -12,7 +12,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
 
   config.data = ml_collections.ConfigDict()
-  config.data.dataset = 'digits'  # digits | mnist5k | mnist | fashion_mnist | cifar10 | cifar100 | npz:PATH
+  config.data.dataset = 'digits'  # digits | mnist5k | mnist | fashion_mnist | cifar10 | cifar100 | npz:DIR
   config.data.data_dir = ''  # tfds data_dir ('' = tfds default)
   config.data.train_files = ()  # npz: file names or globs for the train split
   config.data.test_files = ()  # npz: file names or globs for the test split
@@ -101,6 +101,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.eval_batch_size = 256
   config.train.log_every_seconds = 5.0
   config.train.checkpoints_to_keep = 3
+  # > 0: also a mid-epoch checkpoint every this many steps (the latest is kept until its epoch
+  # ends; Ctrl-C writes one too), so a run resumes mid-epoch exactly.
+  config.train.checkpoint_every_steps = 0
   config.train.num_devices = 0  # devices of the data-parallel mesh (0 = all visible)
   config.train.multihost = False  # call jax.distributed.initialize() first
   # Explicit cluster for multihost (else auto-detected): 'host:port' of process 0, the
