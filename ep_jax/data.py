@@ -846,6 +846,7 @@ def train_dataset(
     crop_padding: int = 4,
     flip: bool = True,
     crop_mode: str = "constant",
+    shard: tuple[int, int] = (0, 1),
 ):
     """``num_epochs`` epochs of shuffled training batches as one ``grain.MapDataset``.
 
@@ -857,6 +858,9 @@ def train_dataset(
     ``k`` is batch ``k % B`` of epoch ``k // B`` (B = :func:`num_train_batches`); it depends
     only on (split, seed, k), so ``ds[k:]`` or an iterator's ``set_state`` resumes anywhere,
     mid-epoch included. ``crop_padding``, ``flip`` and ``crop_mode`` are :func:`augment`'s.
+    ``shard = (i, P)``: process i of P reads examples i, i + P, ... of the first
+    ``(N // P) * P`` (a strided ``MapDataset`` slice, as :func:`split_for_process`), so every
+    process runs the same number of steps; N above is then the shard's size.
 
     Elements: ``{'image': float32 batch_size x H x W x C (normalised), 'label': int32
     batch_size}``. Iterate with :func:`train_batches` or :func:`train_iterator`.
@@ -864,12 +868,20 @@ def train_dataset(
     batch_size = _check_batch_size(batch_size)
     if int(seed) < 0 or int(num_epochs) < 1:
         raise ValueError(f"need seed >= 0 and num_epochs >= 1, got seed={seed}, num_epochs={num_epochs}")
-    n_batches = len(split) // batch_size
+    index, count = (int(v) for v in shard)
+    if count <= 0 or not 0 <= index < count:
+        raise ValueError(f"shard must be (index, count) with 0 <= index < count, got {shard}")
+    size = len(split) // count
+    n_batches = size // batch_size
     if n_batches == 0:
-        raise ValueError(f"split has {len(split)} examples, fewer than batch_size={batch_size}")
+        raise ValueError(f"split has {size} examples{' per shard' if count > 1 else ''}, fewer "
+                         f"than batch_size={batch_size}")
     _check_crop_mode(crop_mode)
     images, labels = split.images, split.labels
-    ds = _example_order(len(split), seed)[: n_batches * batch_size]
+    grain = _grain()
+    examples = grain.MapDataset.range(len(split))[index : size * count : count]  # this shard's
+    order = _example_order(size, seed)[: n_batches * batch_size]
+    ds = order.map(lambda i: examples[i]) if count > 1 else order
     ds = ds.batch(batch_size, drop_remainder=True).repeat(int(num_epochs))
     ds = ds.map(lambda idx: (images[idx], labels[idx]))
     if augment:

@@ -633,9 +633,10 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, print_fn, resum
   # and not again when a checkpoint supplies the parameters.
   run_config = (template_config(config) if latest is not None or mid_latest is not None else
                 calibrated_config(config, train_split, info, print_fn if is_primary else None))
-  if jax.process_count() > 1:  # each host reads its own strided shard
-    train_split = data_lib.split_for_process(train_split, jax.process_index(),
-                                             jax.process_count())
+  # Each host reads its own strided shard: of the training set in the grain pipeline (below),
+  # of the test set here.
+  shard = (jax.process_index(), jax.process_count())
+  if jax.process_count() > 1:
     test_size = len(test_split)
     test_split = data_lib.split_for_process(test_split, jax.process_index(),
                                             jax.process_count(), drop_remainder=False)
@@ -646,7 +647,7 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, print_fn, resum
   mesh = make_mesh(batch_size, eval_batch_size, config.train.num_devices)
   local_batch = batch_size // jax.process_count()
   local_eval_batch = eval_batch_size // jax.process_count()
-  steps_per_epoch = data_lib.num_train_batches(train_split, local_batch)
+  steps_per_epoch = (len(train_split) // jax.process_count()) // local_batch
   total_steps = steps_per_epoch * num_epochs
   run = build_run(run_config, spec, steps_per_epoch)
   state, tx, nudging = run.state, run.tx, run.nudging
@@ -710,7 +711,7 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, print_fn, resum
   # One grain pipeline for the whole run; its iterator's position is checkpointed mid-epoch.
   batches = data_lib.train_iterator(
       data_lib.train_dataset(train_split, info, batch_size=local_batch, num_epochs=num_epochs,
-                             seed=config.seed, **augmentation(config)),
+                             seed=config.seed, shard=shard, **augmentation(config)),
       prefetch=config.data.prefetch, state=data_state, start=start_epoch * steps_per_epoch)
   every = int(config.train.get('checkpoint_every_steps', 0))
   examples_done = 0

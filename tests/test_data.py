@@ -446,6 +446,24 @@ def test_train_dataset_epochs_are_train_batches_and_permutations():
         data.train_dataset(split, info, num_epochs=0, **kw)
 
 
+def test_train_dataset_shards_are_disjoint_strided_and_equal_sized():
+    split, info = _toy(n=23)  # 23 // 3 = 7 examples a shard, the last two unused
+    split = data.Split(split.images, np.arange(23, dtype=np.int32))  # label = example index
+    seen = []
+    for i in range(3):
+        ds = data.train_dataset(split, info, batch_size=3, num_epochs=2, seed=0, shard=(i, 3))
+        assert len(ds) == 2 * 2  # 7 // 3 = 2 batches an epoch
+        epochs = [np.concatenate([ds[e * 2 + b]["label"] for b in range(2)]) for e in range(2)]
+        for labels in epochs:  # 6 of the shard's examples i, i + 3, ..., i + 18
+            assert set(labels.tolist()) <= set(range(i, 21, 3)) and len(set(labels.tolist())) == 6
+        seen.append(set(range(i, 21, 3)))
+    assert set.union(*seen) == set(range(21)) and sum(map(len, seen)) == 21
+    with pytest.raises(ValueError, match="0 <= index < count"):
+        data.train_dataset(split, info, batch_size=3, num_epochs=1, seed=0, shard=(3, 3))
+    with pytest.raises(ValueError, match="per shard"):
+        data.train_dataset(split, info, batch_size=8, num_epochs=1, seed=0, shard=(0, 3))
+
+
 def test_train_iterator_resumes_mid_epoch_exactly():
     split, info = _toy(n=50)
     ds = data.train_dataset(split, info, batch_size=8, num_epochs=2, seed=1, augment=True)
