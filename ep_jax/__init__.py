@@ -7,6 +7,8 @@ fixed points nudged towards the target. The library:
   network          `NetworkSpec` (hashable, static under `jit`), layout strings, VGG presets,
                    parameter and state initialisation.
   energy           Φ as a sum of layer interactions, the readout (`logits`) and the costs.
+  connections      user-defined connection kinds (`ConnectionKind`: a drive and an init) and
+                   the extra edges (`Edge`) they add to Φ and the dynamics.
   relaxation       the fixed-point dynamics (`relax`: `while_loop` with a tolerance;
                    `relax_fixed`: a fixed number of steps), sync/async updates, damping.
   estimators       the EP gradient estimators (`ep_gradient`, `jitted_ep_gradient`) and the
@@ -30,7 +32,8 @@ import importlib as _importlib
 __version__ = '0.1.0'
 
 __all__ = [
-    'activations', 'checkpointing', 'configs', 'data', 'energy', 'estimators', 'gdu',
+    'activations', 'checkpointing', 'configs', 'connections', 'data', 'energy', 'estimators',
+    'gdu',
     'inference', 'initialization', 'kappa', 'metrics_io', 'network', 'optim',
     'reference_grads', 'relaxation', 'signals', 'sweep', 'teacher', 'train', 'train_step',
 ]

@@ -2,10 +2,13 @@
 
     Φ(x, s; θ) = Σ_{l ≤ C} < s_l , P_l(W_l ⋆ s_{l-1} + b_l) >  +  Σ_{l > C} < s_l , W_l s_{l-1} + b_l >
                  + Σ_{(i, j) ∈ skips} < s_j , A_k(s_i) V_ij >
+                 + Σ_{e ∈ edges} < s_dst , drive_e(θ_e, s_src) >
 
-with `s_0 = x`. The last sum is over the skip links of `spec.skips` (none by default): `A_k` is
+with `s_0 = x`. The third sum is over the skip links of `spec.skips` (none by default): `A_k` is
 the `2^k x 2^k` average pooling with `2^k = H_i / H_j` (the identity for k = 0) and `V_ij` a
-`(C_i, C_j)` matrix, a 1x1 convolution without bias (`skip_drive`). Every term is a small pure
+`(C_i, C_j)` matrix, a 1x1 convolution without bias (`skip_drive`; as a connection kind,
+`skip_kind`). The last is over the user-defined edges of `spec.edges` (`ep_jax.connections`; a
+lateral edge, src = dst, counts ½). `links(spec)` lists both. Every term is a small pure
 function of the parameters and the two states it couples: a new layer type is one new
 interaction function. All energies and costs are *summed over the batch*, so
 that `∂Φ/∂s` is the per-example force and parameter gradients are batch sums.
@@ -23,6 +26,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from ep_jax import connections
+from ep_jax.connections import ConnectionKind, Link
 from ep_jax.network import POOL_TIES, NetworkSpec
 
 # A nudging cost: (params, states, targets) -> scalar summed over the batch.
@@ -230,17 +235,43 @@ def skip_feedback(w: jax.Array, s_dst: jax.Array, factor: int, compute_dtype=Non
   return g / jnp.asarray(factor * factor, g.dtype)
 
 
-def skip_energy(spec: NetworkSpec, params: dict, states: tuple) -> jax.Array:
-  """`Σ_{(i, j) ∈ skips} < s_j , A_k(s_i) V_ij >` summed over the batch (0 without skips)."""
-  terms = [jnp.sum(states[j] * skip_drive(p['w'], states[i], f))
-           for (i, j), f, p in zip(spec.skips, spec.skip_factors, params.get('skips', ()))]
-  return sum(terms) if terms else jnp.zeros((), states[0].dtype)
+@functools.lru_cache(maxsize=None)
+def skip_kind(factor: int) -> ConnectionKind:
+  """The skip link as a connection kind: `A_k(s_src) V` with `factor = 2^k`, θ = `{'w': V}`.
+
+  One object per factor (cached), so specs stay equal and hashable. Its `feedback` is the
+  hand-written adjoint `skip_feedback`, equal to the generic `jax.vjp` of `skip_drive`.
+  `init` draws `V ~ U(±1/√C_src)` (`network.init_params` draws the skips of `spec.skips`
+  itself, with their `skip_scale`).
+  """
+
+  def drive(p, s_src, compute_dtype=None):
+    return skip_drive(p['w'], s_src, factor, compute_dtype)
+
+  def feedback(p, s_dst, s_src, compute_dtype=None):
+    del s_src  # linear: the adjoint does not depend on it
+    return skip_feedback(p['w'], s_dst, factor, compute_dtype)
+
+  def init(key, src_shape, dst_shape, dtype):
+    bound = 1.0 / src_shape[-1] ** 0.5
+    return {'w': jax.random.uniform(key, (src_shape[-1], dst_shape[-1]), dtype, -bound, bound)}
+
+  return ConnectionKind(f'skip{factor}', drive, init, feedback, mixed_precision=True)
+
+
+@functools.lru_cache(maxsize=None)
+def links(spec: NetworkSpec) -> tuple[Link, ...]:
+  """Every extra link of Φ: the skips of `spec.skips` (`skip_kind`, parameters
+  `params['skips']`), then the edges of `spec.edges` (`params['edges']`)."""
+  skips = tuple(Link(i, j, skip_kind(f), 'skips', k)
+                for k, ((i, j), f) in enumerate(zip(spec.skips, spec.skip_factors)))
+  return skips + tuple(Link(e.src, e.dst, e.kind, 'edges', k) for k, e in enumerate(spec.edges))
 
 
 def layer_drives(spec: NetworkSpec, params: dict, x: jax.Array,
                  states: tuple) -> tuple[jax.Array, ...]:
   """Bottom-up drive of every layer given the states below it (the chain part of Φ; the skip
-  links' terms are `skip_energy`)."""
+  links' and edges' terms are `connections.edge_energy` of `links(spec)`)."""
   dtype = states[0].dtype
   below = (x.astype(dtype),) + tuple(states[:-1])
   return tuple(layer_drive(spec, l, p, below[l]) for l, p in enumerate(params['layers']))
@@ -261,8 +292,8 @@ def primitive(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple) -> j
   states = tuple(s.astype(dtype) for s in states)
   drives = layer_drives(spec, params, x, states)
   phi = sum(jnp.sum(s * d) for s, d in zip(states, drives))
-  if spec.skips:
-    phi = phi + skip_energy(spec, params, states)
+  if spec.skips or spec.edges:
+    phi = phi + connections.edge_energy(links(spec), params, states)
   return phi
 
 

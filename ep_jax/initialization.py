@@ -11,7 +11,8 @@ the weights and bias of dynamical layer l by a gain `g_l` (the readout keeps gai
 
 `a` is the activation's slope in its linear range (`SLOPES`). A skip link `(i, j)` (`V_ij`, drawn
 U(±skip_scale/√C_i) by `network.init_params`) is part of layer j's input: it takes layer j's
-gain, so every mode scales all of a layer's incoming weights together.
+gain, so every mode scales all of a layer's incoming weights together; so does an edge of
+`spec.edges` (its kind's init, times its destination layer's gain).
  He-style gains suit a
 feed-forward pass; a CRNN's layer is driven from below *and* from above, so the same gains
 saturate its fixed point (METHOD.md §4b). The data-dependent mode judges an init where the
@@ -30,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ep_jax import network, relaxation
+from ep_jax import connections, network, relaxation
 from ep_jax.network import NetworkSpec
 
 MODES = ('pytorch', 'he', 'gains', 'data')
@@ -80,12 +81,16 @@ def _scaled(p: dict, gain) -> dict:
 
 def apply_gains(params: dict, gains: Sequence[float], spec: NetworkSpec | None = None) -> dict:
   """Multiplies the weights and bias of dynamical layer l by `gains[l]` (readout untouched),
-  and each skip link `(i, j)` of `spec.skips` by `gains[j]` (its upper layer's gain)."""
+  each skip link `(i, j)` of `spec.skips` by `gains[j]` (its upper layer's gain) and each
+  edge of `spec.edges` by its destination layer's gain."""
   out = dict(params, layers=tuple(_scaled(p, g) for p, g in zip(params['layers'], gains)))
+  if ('skips' in params or 'edges' in params) and spec is None:
+    raise ValueError('apply_gains needs the spec to scale the skip links and edges')
   if 'skips' in params:
-    if spec is None:
-      raise ValueError('apply_gains needs the spec to scale the skip links')
     out['skips'] = tuple(_scaled(p, gains[j]) for p, (_, j) in zip(params['skips'], spec.skips))
+  if 'edges' in params:
+    out['edges'] = tuple(connections.scale_params(p, gains[e.dst])
+                         for p, e in zip(params['edges'], spec.edges))
   return out
 
 

@@ -19,6 +19,11 @@ Skip links (`spec.skips`, Hopfield-ResNet style): pairs `(i, j)` of conv layers 
 the `2^k x 2^k` average pooling that brings layer i's spatial size to layer j's. Their weights
 are `params['skips']`, a tuple of `{'w': (C_i, C_j)}` in the order of `spec.skips`; the entry
 is absent without skips, so networks without them have exactly the pytree above.
+
+Edges (`spec.edges`, `ep_jax.connections`): `Edge(src, dst, kind)` between any two dynamical
+layers (or a layer and itself) with a user-defined `ConnectionKind`, adding
+`< s_dst, drive(θ_e, s_src) >` to Φ. Their parameters are `params['edges']`, a tuple in the
+order of `spec.edges` (absent without edges).
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+
+from ep_jax.connections import Edge, check_kind, scale_params
 
 POOLS = {'M': 'max', 'A': 'avg'}
 # Where max pooling's derivative goes in a tied window: all to the first maximum in row-major
@@ -80,6 +87,7 @@ class NetworkSpec:
       ('first': the first maximum, as torch; 'split': evenly). Values do not depend on it.
     skips: skip links `(i, j)` between conv layers (0-based dynamical-layer indices,
       `i < j - 1`, layer j's spatial size layer i's divided by `2^k`); see `make_spec`.
+    edges: extra edges `Edge(src, dst, kind)` with user-defined kinds; see `make_spec`.
   """
   input_shape: tuple[int, int, int]
   conv: tuple[ConvLayer, ...]
@@ -91,6 +99,7 @@ class NetworkSpec:
   padding: str = 'SAME'
   pool_ties: str = 'first'
   skips: tuple[tuple[int, int], ...] = ()
+  edges: tuple[Edge, ...] = ()
 
   @property
   def num_layers(self) -> int:
@@ -169,7 +178,8 @@ class NetworkSpec:
 
 @functools.lru_cache(maxsize=None)
 def layer_colouring(spec: NetworkSpec) -> tuple[int, ...]:
-  """A proper colouring of the layer graph (edges: the chain `(l, l+1)` and the skips).
+  """A proper colouring of the layer graph (edges: the chain `(l, l+1)`, the skips and
+  `spec.edges` in either direction; a lateral edge `(l, l)` joins no two layers).
 
   Greedy in layer order: layer l takes the smallest colour none of its lower neighbours has.
   Layers of one colour share no edge, so their forces do not depend on each other and they
@@ -177,8 +187,9 @@ def layer_colouring(spec: NetworkSpec) -> tuple[int, ...]:
   """
   n = spec.num_layers
   lower = [{l - 1} if l > 0 else set() for l in range(n)]
-  for i, j in spec.skips:
-    lower[j].add(i)
+  for i, j in spec.skips + tuple((e.src, e.dst) for e in spec.edges):
+    if i != j:
+      lower[max(i, j)].add(min(i, j))
   colours: list[int] = []
   for l in range(n):
     used = {colours[m] for m in lower[l]}
@@ -260,7 +271,8 @@ def make_spec(layout: str | Sequence[ConvLayer], *, input_shape: Sequence[int],
               padding: str = 'SAME', pool_ties: str = 'first',
               kernel_sizes: Sequence[int] = (),
               paddings: Sequence[str] = (),
-              skips: Sequence[Sequence[int]] = ()) -> NetworkSpec:
+              skips: Sequence[Sequence[int]] = (),
+              edges: Sequence[Edge | Sequence] = ()) -> NetworkSpec:
   """Builds and validates a `NetworkSpec` from a layout string or preset name.
 
   Each conv layer's kernel size and padding is, by precedence: `kernel_sizes[l]` /
@@ -272,10 +284,15 @@ def make_spec(layout: str | Sequence[ConvLayer], *, input_shape: Sequence[int],
   `i < j - 1`, whose spatial sizes satisfy `H_i = 2^k H_j` and `W_i = 2^k W_j` (k >= 0), each
   pair at most once (see `check_skips`).
 
+  edges: extra edges `Edge(src, dst, kind)` (or `(src, dst, kind)` triples), 0-based indices of
+  any two dynamical layers, conv or dense (the MSE output layer too), in either direction, or
+  `src == dst` for a lateral link; `kind` a `connections.ConnectionKind` whose drive maps
+  layer src's state to layer dst's shape (checked abstractly, see `check_edges`).
+
   Raises:
     ValueError: malformed layout, unknown readout/activation/padding/pool_ties, a kernel size
       that is not a positive odd integer, per-layer tuples of the wrong length, or an input
-      too small for the network's convolutions and pools, or an invalid skip pair.
+      too small for the network's convolutions and pools, an invalid skip pair or edge.
   """
   from ep_jax import activations  # local: avoids an import cycle at package import
 
@@ -320,7 +337,43 @@ def make_spec(layout: str | Sequence[ConvLayer], *, input_shape: Sequence[int],
           f'{spec.kernel_sizes} and paddings {spec.paddings}: the feature map vanishes at '
           f'conv layer {index + 1}; use fewer pools or VALID convolutions, or a larger input')
   skips = check_skips(spec, skips)
-  return dataclasses.replace(spec, skips=skips) if skips else spec
+  edges = check_edges(spec, edges)
+  return dataclasses.replace(spec, skips=skips, edges=edges) if skips or edges else spec
+
+
+def check_edges(spec: NetworkSpec, edges: Sequence[Edge | Sequence]) -> tuple[Edge, ...]:
+  """Validates edges against `spec`'s layers; returns them as a tuple of `Edge`s.
+
+  Raises:
+    ValueError: naming the bad edge: not a triple `(src, dst, kind)`, an index out of range,
+      a kind that is not a `ConnectionKind`, or whose init or drive fails or gives another
+      shape than layer dst's for a state of layer src.
+  """
+  out: list[Edge] = []
+  shapes = spec.state_shapes
+  for index, edge in enumerate(tuple(edges)):
+    try:
+      *pair, kind = edge
+      src, dst = _indices(pair)
+    except (TypeError, ValueError):
+      raise ValueError(f'edge {index} {edge!r} is not a triple (src, dst, kind) of two layer '
+                       'indices and a ConnectionKind') from None
+    if not (0 <= src < spec.num_layers and 0 <= dst < spec.num_layers):
+      raise ValueError(f'edge {index} ({src}, {dst}) (0-based layer indices): index out of '
+                       f'range, the network has {spec.num_layers} layers {spec.layer_names}')
+    where = (f'edge {index} ({src}, {dst}) ({spec.layer_names[src]} -> '
+             f'{spec.layer_names[dst]})')
+    check_kind(kind, shapes[src], shapes[dst], where)
+    out.append(Edge(src, dst, kind))
+  return tuple(out)
+
+
+def _indices(pair) -> tuple[int, int]:
+  """Two layer indices as ints; TypeError / ValueError unless `pair` is two integers."""
+  i, j = pair
+  if any(isinstance(v, bool) or int(v) != v for v in (i, j)):
+    raise TypeError
+  return int(i), int(j)
 
 
 def check_skips(spec: NetworkSpec, skips: Sequence[Sequence[int]]) -> tuple[tuple[int, int], ...]:
@@ -335,10 +388,7 @@ def check_skips(spec: NetworkSpec, skips: Sequence[Sequence[int]]) -> tuple[tupl
   shapes = spec.state_shapes
   for pair in tuple(skips):
     try:
-      i, j = pair
-      if any(isinstance(v, bool) or int(v) != v for v in (i, j)):
-        raise TypeError
-      i, j = int(i), int(j)
+      i, j = _indices(pair)
     except (TypeError, ValueError):
       raise ValueError(f'skip {pair!r} is not a pair (i, j) of layer indices') from None
     where = f'skip ({i}, {j}) (0-based layer indices)'
@@ -366,6 +416,11 @@ def check_skips(spec: NetworkSpec, skips: Sequence[Sequence[int]]) -> tuple[tupl
   return tuple(out)
 
 
+# The key stream of the edges' parameters: `fold_in(key, EDGE_KEY)` (apart from the layers' and
+# the skips' keys, so that adding an edge changes no other initial parameter).
+EDGE_KEY = 0x65646765
+
+
 def _uniform(key, shape, bound, dtype):
   return jax.random.uniform(key, shape, dtype, -bound, bound)
 
@@ -376,6 +431,7 @@ def init_params(spec: NetworkSpec, key: jax.Array, *, dtype=jnp.float32,
 
   A skip link `(i, j)` (a 1x1 convolution of fan-in `C_i`) gets `U(±scale·skip_scale/√C_i)`,
   drawn from keys folded out of `key`, so the other parameters do not depend on the skips.
+  Edge e gets its kind's `init` times `scale`, from `fold_in(fold_in(key, EDGE_KEY), e)`.
   """
   layers = []
   keys = jax.random.split(key, spec.num_layers + 1)
@@ -396,6 +452,12 @@ def init_params(spec: NetworkSpec, key: jax.Array, *, dtype=jnp.float32,
                    'b': _uniform(bkey, (width,), bound, dtype)})
     fan_in = width
   params = {'layers': tuple(layers)}
+  if spec.edges:
+    edge_key = jax.random.fold_in(key, EDGE_KEY)
+    params['edges'] = tuple(
+        scale_params(e.kind.init(jax.random.fold_in(edge_key, index), shapes[e.src],
+                                 shapes[e.dst], dtype), scale)
+        for index, e in enumerate(spec.edges))
   if spec.skips:
     skips = []
     for index, (i, j) in enumerate(spec.skips):

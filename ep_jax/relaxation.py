@@ -1,23 +1,26 @@
 """Relaxation to a fixed point: `s <- σ(∂Φ^β/∂s)`.
 
 Because Φ is linear in each `s_l`, the force `∂Φ^β/∂s_l` depends only on the neighbours
-`s_{l-1}`, `s_{l+1}` and the layers joined to l by skip links (and, through max pooling's
-argmax, on which unit of the window of `W_{l+1} ⋆ s_l` wins), plus `-β ∂ℒ/∂s_l` where the
-nudging cost touches layer l. `force` writes it explicitly, drive from below plus feedback from
-above (transposed convolution of the unpooled upper state), plus each skip link's term
-(`energy.skip_drive` into its upper layer, its adjoint `energy.skip_feedback` into its lower
-layer); for real states this is much cheaper than `jax.grad` of Φ, which recomputes every
-drive. `force_autodiff` is the `jax.grad` definition (used for complex states, i.e.
-holomorphic EP, and by the tests that check the two agree). Inside a relaxation the input
-layer's drive `P(W_1 ⋆ x + b_1)` and the flipped kernels are computed once, not every step.
+`s_{l-1}`, `s_{l+1}` and the layers joined to l by skip links or edges (and, through max
+pooling's argmax, on which unit of the window of `W_{l+1} ⋆ s_l` wins), plus `-β ∂ℒ/∂s_l`
+where the nudging cost touches layer l. `force` writes it explicitly, drive from below plus
+feedback from above (transposed convolution of the unpooled upper state), plus each link's
+term (`energy.links`: its kind's drive into its destination layer, the adjoint of that drive
+into its source layer, `connections.link_force`); for real states this is much cheaper than
+`jax.grad` of Φ, which recomputes every drive. `force_autodiff` is the `jax.grad` definition
+(used for complex states, i.e. holomorphic EP, and by the tests that check the two agree).
+Inside a relaxation the input layer's drive `P(W_1 ⋆ x + b_1)` and the flipped kernels are
+computed once, not every step. (A lateral edge, or an edge whose drive is not linear in its
+source, makes the force on a layer depend on that layer's own state: `ep_jax.connections`.)
 
 Two schedules:
   * 'sync': all layers update at once from the previous states;
   * 'async': the layers update colour class by colour class of a proper colouring of the
-    layer graph (edges: the chain and the skip links; `network.layer_colouring`, greedy in
-    layer order), each class from the newest states of the others. For a chain (no skips)
-    the classes are the even layers (0, 2, 4, ... counted from the bottom, 0-based), then
-    the odd ones; with skips there are more classes (three for links i -> i+2).
+    layer graph (edges: the chain, the skip links and `spec.edges`;
+    `network.layer_colouring`, greedy in layer order), each class from the newest states of
+    the others. For a chain (no skips or edges) the classes are the even layers (0, 2, 4, ...
+    counted from the bottom, 0-based), then the odd ones; with skips there are more classes
+    (three for links i -> i+2).
 Both have the same fixed points. Damping `γ ∈ (0, 1]` (`damping`) replaces each update by
 `s_l <- (1 - γ) s_l + γ σ(∂Φ^β/∂s_l)`: the same fixed points, smaller steps (γ = 1: none).
 
@@ -36,7 +39,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ep_jax import activations, energy
+from ep_jax import activations, connections, energy
 from ep_jax.energy import CostFn, nudged_primitive
 from ep_jax.network import NetworkSpec
 
@@ -102,8 +105,10 @@ class _Forces:
   touches the layers the cost reads). With `compute_dtype` (mixed precision) the
   convolutions and matmuls round their operands to it and accumulate in the states' dtype.
 
-  skip links `(i, j)`: `+ A_k(s_i) V_ij` for layer j (`energy.skip_drive`) and
-  `+ A_k^T(s_j V_ij^T)` for layer i (`energy.skip_feedback`), computed afresh (1x1, cheap).
+  links (`energy.links`: the skips and `spec.edges`) `src -> dst` of a kind with drive D:
+  `+ D(θ, s_src)` for layer dst and `+ J_D(s_src)^T s_dst` for layer src (the kind's
+  `feedback`, else `jax.vjp`; a skip's is `energy.skip_feedback`), `½ (D(θ, s) + J_D^T s)`
+  for a lateral one, computed afresh each call (`connections.link_force`).
   """
 
   def __init__(self, spec, params, prepared, states, targets, beta, cost_fn,
@@ -154,14 +159,12 @@ class _Forces:
                               energy.transpose_padding(p_up['w'], spec.paddings[l + 1]),
                               self.compute_dtype)
 
-  def _skip_force(self, l, f):
-    """`f` plus the terms of the skip links that end or start at layer l."""
-    states, params = self.states, self.params
-    for (i, j), factor, p in zip(self.spec.skips, self.spec.skip_factors, params['skips']):
-      if j == l:
-        f = f + energy.skip_drive(p['w'], states[i], factor, self.compute_dtype)
-      elif i == l:
-        f = f + energy.skip_feedback(p['w'], states[j], factor, self.compute_dtype)
+  def _link_force(self, l, f):
+    """`f` plus the terms of the links (skips, edges) that end or start at layer l."""
+    for link in energy.links(self.spec):
+      term = connections.link_force(link, self.params, self.states, l, self.compute_dtype)
+      if term is not None:
+        f = f + term
     return f
 
   def __call__(self, layers):
@@ -177,8 +180,8 @@ class _Forces:
       f = self._drive(l)
       if l + 1 < n:
         f = f + self._feedback(l)
-      if self.spec.skips:
-        f = self._skip_force(l, f)
+      if self.spec.skips or self.spec.edges:
+        f = self._link_force(l, f)
       if nudge is not None:
         f = f - self.beta * nudge[i]
       forces.append(f)

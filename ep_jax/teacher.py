@@ -3,10 +3,14 @@
 Same layers, pools, activation and parameter pytree as the CRNN of `spec`, but run once
 bottom-up instead of relaxed to a fixed point:
 
-    a_0 = x,   a_l = σ(drive_l(a_{l-1}) + Σ_{(i, l) ∈ skips} A_k(a_i) V_il),   z = W_out flat(a_N) + b_out
+    a_0 = x,   a_l = σ(drive_l(a_{l-1}) + Σ_{links i -> l, i < l} D_il(θ_il, a_i)),
+    z = W_out flat(a_N) + b_out
 
 with `drive_l` the bottom-up drive of `ep_jax.energy` (`P_l(W_l ⋆ a_{l-1} + b_l)` for a conv
-layer, `W_l flat(a_{l-1}) + b_l` for a dense one) and the skip links' `energy.skip_drive`. The activations have the CRNN states'
+layer, `W_l flat(a_{l-1}) + b_l` for a dense one) and the drives `D_il` of the skip links
+(`energy.skip_drive`) and edges (`spec.edges`) that go upwards into layer l. Lateral and
+downward edges (src >= dst) have no feed-forward counterpart and are left out of the pass
+(their parameters get no gradient there). The activations have the CRNN states'
 shapes and range, so they serve as layer-wise targets `t_l(x)`; trained by backprop with optax
 (SGD momentum, cosine learning rate, cross-entropy) the twin is also the BP baseline.
 
@@ -27,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ep_jax import activations, data, energy, network, optim
+from ep_jax import activations, connections, data, energy, network, optim
 from ep_jax.checkpointing import Checkpointer
 from ep_jax.network import NetworkSpec
 
@@ -48,11 +52,12 @@ def forward(spec: NetworkSpec, params: dict, x: jax.Array) -> tuple[tuple, jax.A
   sigma = activations.get(spec.activation)
   a = x
   acts = []
+  links = energy.links(spec)
   for l, p in enumerate(params['layers']):
     u = energy.layer_drive(spec, l, p, a)
-    for (i, j), factor, q in zip(spec.skips, spec.skip_factors, params.get('skips', ())):
-      if j == l:
-        u = u + energy.skip_drive(q['w'], acts[i], factor)
+    for link in links:
+      if link.dst == l and link.src < l:
+        u = u + connections.drive(link.kind, params[link.group][link.index], acts[link.src])
     a = sigma(u)
     acts.append(a)
   acts = tuple(acts)
@@ -160,17 +165,32 @@ def train(spec: NetworkSpec, train_split: data.Split, test_split: data.Split,
 
 
 def spec_to_dict(spec: NetworkSpec) -> dict:
-  """The JSON-able fields that `spec_from_dict` rebuilds the spec from."""
+  """The JSON-able fields that `spec_from_dict` rebuilds the spec from (an edge's kind by its
+  name: `spec_from_dict` needs the kind objects)."""
   return {'layout': spec.layout, 'input_shape': list(spec.input_shape),
           'dense': list(spec.dense), 'num_classes': spec.num_classes, 'readout': spec.readout,
           'activation': spec.activation, 'kernel_size': spec.kernel_size,
           'padding': spec.padding, 'pool_ties': spec.pool_ties,
           'kernel_sizes': list(spec.kernel_sizes), 'paddings': list(spec.paddings),
-          'skips': [list(pair) for pair in spec.skips]}
+          'skips': [list(pair) for pair in spec.skips],
+          'edges': [[e.src, e.dst, e.kind.name] for e in spec.edges]}
 
 
-def spec_from_dict(fields: dict) -> NetworkSpec:
+def spec_from_dict(fields: dict, kinds: Sequence[connections.ConnectionKind] = ()) -> NetworkSpec:
+  """The spec of `spec_to_dict`'s fields; `kinds`: the connection kinds of its edges, found by
+  name.
+
+  Raises:
+    ValueError: an edge whose kind is not among `kinds`.
+  """
   layout = fields['layout'] or ()  # a spec without conv layers has the empty layout
+  by_name = {kind.name: kind for kind in kinds}
+  edges = []
+  for src, dst, name in fields.get('edges', ()):
+    if name not in by_name:
+      raise ValueError(f'the spec has an edge ({src}, {dst}) of kind {name!r}: pass that '
+                       f'ConnectionKind in kinds (got {sorted(by_name)})')
+    edges.append((src, dst, by_name[name]))
   return network.make_spec(layout, input_shape=fields['input_shape'],
                            num_classes=fields['num_classes'], dense=tuple(fields['dense']),
                            readout=fields['readout'], activation=fields['activation'],
@@ -178,7 +198,8 @@ def spec_from_dict(fields: dict) -> NetworkSpec:
                            pool_ties=fields.get('pool_ties', 'first'),
                            kernel_sizes=tuple(fields.get('kernel_sizes', ())),
                            paddings=tuple(fields.get('paddings', ())),
-                           skips=tuple(tuple(pair) for pair in fields.get('skips', ())))
+                           skips=tuple(tuple(pair) for pair in fields.get('skips', ())),
+                           edges=edges)
 
 
 def save_teacher(workdir: str, spec: NetworkSpec, params: dict, info: dict) -> int:
@@ -204,8 +225,10 @@ def save_teacher(workdir: str, spec: NetworkSpec, params: dict, info: dict) -> i
   return step
 
 
-def load_teacher(workdir: str) -> tuple[NetworkSpec, dict, dict]:
-  """Loads `(spec, params, info)` saved by `save_teacher` (info: the `teacher.json` dict).
+def load_teacher(workdir: str, kinds: Sequence[connections.ConnectionKind] = ()
+                 ) -> tuple[NetworkSpec, dict, dict]:
+  """Loads `(spec, params, info)` saved by `save_teacher` (info: the `teacher.json` dict);
+  `kinds`: the connection kinds of the spec's edges (see `spec_from_dict`).
 
   Raises:
     FileNotFoundError: no `teacher.json` in `workdir` (with how to make one).
@@ -218,7 +241,7 @@ def load_teacher(workdir: str) -> tuple[NetworkSpec, dict, dict]:
         f'`python -m experiments.train_teacher --config=... --workdir={workdir}`')
   with open(path, 'r', encoding='utf-8') as f:
     meta = json.load(f)
-  spec = spec_from_dict(meta['spec'])
+  spec = spec_from_dict(meta['spec'], kinds)
   dtype = jnp.dtype(meta.get('dtype', 'float32'))
   target = jax.eval_shape(lambda: network.init_params(spec, jax.random.PRNGKey(0), dtype=dtype))
   with Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), max_to_keep=1,

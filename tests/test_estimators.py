@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import cosines, relative_error
-from ep_jax import estimators, network, reference_grads, relaxation
+from conftest import cosines, implicit_problem, relative_error
+from ep_jax import estimators, network, reference_grads
 
 T = 3000
 TOL = 1e-13
@@ -20,12 +20,8 @@ def _problem(activation, layout, dense=(6,), readout='softmax', seed=0):
   params = jax.tree_util.tree_map(lambda p: 2.0 * p, params)
   x = jax.random.uniform(jax.random.PRNGKey(seed + 1), (4, 8, 8, 2), jnp.float64)
   targets = {'label': jnp.array([0, 1, 2, 3])}
-  free = relaxation.relax(spec, params, x, network.init_states(spec, 4, jnp.float64),
-                          max_steps=T, tol=TOL)
-  assert float(free.residual) <= TOL
-  implicit = reference_grads.implicit_gradient(spec, params, x, targets, free.states)
-  assert float(implicit.residual) <= 1e-11
-  return spec, params, x, targets, implicit.grads
+  _, implicit = implicit_problem(spec, params, x, targets, steps=T, tol=TOL)
+  return spec, params, x, targets, implicit
 
 
 def _ep(spec, params, x, targets, estimator, beta, **kw):

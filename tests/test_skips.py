@@ -15,7 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import cosines, relative_error
+from conftest import (assert_async_step_is_a_sweep, assert_sync_and_async_agree, cosines,
+                      implicit_problem, max_diff, random_input, random_params, random_states,
+                      relative_error)
 from ep_jax import (activations, energy, estimators, gdu, network, optim, reference_grads, relaxation,
                     teacher, train)
 from ep_jax.configs import quickstart
@@ -30,28 +32,10 @@ def _spec(pool='M', activation='hard_sigmoid', skips=SKIPS, dense=(5,)):
                            dense=dense, activation=activation, skips=skips)
 
 
-def _params(spec, gain=1.0, seed=0):
-  params = network.init_params(spec, jax.random.PRNGKey(seed), dtype=jnp.float64)
-  return jax.tree_util.tree_map(lambda p: gain * p, params)
-
-
-def _x(seed=1, batch=4):
-  return jax.random.uniform(jax.random.PRNGKey(seed), (batch, 8, 8, 2), jnp.float64)
-
-
-def _random_states(spec, batch=4, seed=5):
-  return tuple(jax.random.uniform(jax.random.PRNGKey(seed + l), (batch,) + shape, jnp.float64)
-               for l, shape in enumerate(spec.state_shapes))
-
-
-def _max_diff(a, b):
-  return max(float(jnp.max(jnp.abs(u - v))) for u, v in zip(a, b))
-
-
 def test_spec_params_and_energy_term(x64):
   spec = _spec()
   assert spec.skips == SKIPS and spec.skip_factors == (2, 1)
-  params = _params(spec)
+  params = random_params(spec)
   assert [p['w'].shape for p in params['skips']] == [(4, 6), (4, 6)]
   # U(±1/√C_i) times scale * skip_scale, the rest of the pytree unchanged by the skips.
   bound = float(jnp.max(jnp.abs(params['skips'][0]['w'])))
@@ -63,7 +47,7 @@ def test_spec_params_and_energy_term(x64):
                                skip_scale=0.5)
   np.testing.assert_allclose(scaled['skips'][0]['w'], params['skips'][0]['w'])
   # Φ gains exactly the skip term, computed here by hand: 2x2 mean pool then the 1x1 map.
-  x, states = _x(), _random_states(spec)
+  x, states = random_input(), random_states(spec)
   phi = energy.primitive(spec, params, x, states)
   phi0 = energy.primitive(dataclasses.replace(spec, skips=()), params, x, states)
   s0 = states[0].reshape(4, 4, 2, 4, 2, 4).mean(axis=(2, 4))
@@ -75,17 +59,17 @@ def test_spec_params_and_energy_term(x64):
 @pytest.mark.parametrize('pool', ['M', 'A'])
 def test_explicit_forces_match_autodiff(x64, pool):
   spec = _spec(pool)
-  params, x, states = _params(spec), _x(), _random_states(spec)
+  params, x, states = random_params(spec), random_input(), random_states(spec)
   explicit = relaxation.force(spec, params, x, states, None, None, None)
   auto = relaxation.force_autodiff(spec, params, x, states, None, None, None)
-  assert _max_diff(explicit, auto) < 1e-12
+  assert max_diff(explicit, auto) < 1e-12
   targets, cost = {'label': jnp.array([0, 1, 2, 3])}, energy.output_cost(spec)
   explicit = relaxation.force(spec, params, x, states, targets, 0.3, cost)
   auto = relaxation.force_autodiff(spec, params, x, states, targets, 0.3, cost)
-  assert _max_diff(explicit, auto) < 1e-12
+  assert max_diff(explicit, auto) < 1e-12
   # A subset of layers (as the async classes ask for) gives the same forces.
   sub = relaxation.force(spec, params, x, states, targets, 0.3, cost, layers=(0, 3))
-  assert _max_diff(sub, (auto[0], auto[3])) < 1e-12
+  assert max_diff(sub, (auto[0], auto[3])) < 1e-12
 
 
 def test_skip_feedback_is_the_adjoint_of_skip_drive(x64):
@@ -122,34 +106,18 @@ def test_colouring_is_proper_and_even_odd_for_a_chain():
 def test_async_step_sweeps_the_colour_classes(x64, pool):
   """One async step is a Gauss-Seidel sweep over the colour classes, each from the newest
   states, with forces from `jax.grad` of Φ^β."""
-  spec = _spec(pool)
-  params, x, states = _params(spec), _x(), _random_states(spec)
-  targets, cost = {'label': jnp.array([0, 1, 2, 3])}, energy.output_cost(spec)
-  sigma = activations.get(spec.activation)
-  manual = list(states)
-  for layers in spec.colour_classes:
-    forces = relaxation.force_autodiff(spec, params, x, tuple(manual), targets, 0.3, cost,
-                                       layers)
-    for l, f in zip(layers, forces):
-      manual[l] = sigma(f)
-  new = relaxation.step(spec, params, x, states, targets, 0.3, cost, mode='async')
-  assert _max_diff(new, manual) < 1e-12
-  # Two steps through the relaxation loop (the carried convolutions) agree as well.
-  two = relaxation.relax_fixed(spec, params, x, states, steps=2, targets=targets, beta=0.3,
-                               cost_fn=cost, mode='async').states
-  again = relaxation.step(spec, params, x, new, targets, 0.3, cost, mode='async')
-  assert _max_diff(two, again) < 1e-12
+  assert_async_step_is_a_sweep(_spec(pool))
 
 
 def test_complex_states_use_the_colour_classes(x64):
   """Holomorphic EP's autodiff path: real-valued complex states step like real ones."""
   spec = _spec('A', 'smooth_sigmoid')
-  params, x, states = _params(spec), _x(), _random_states(spec)
+  params, x, states = random_params(spec), random_input(), random_states(spec)
   for mode in ('sync', 'async'):
     real = relaxation.step(spec, params, x, states, None, None, None, mode=mode)
     cplx = relaxation.step(spec, params, x, tuple(s.astype(jnp.complex128) for s in states),
                            None, None, None, mode=mode)
-    assert _max_diff(real, [jnp.real(c) for c in cplx]) < 1e-12
+    assert max_diff(real, [jnp.real(c) for c in cplx]) < 1e-12
     assert max(float(jnp.max(jnp.abs(jnp.imag(c)))) for c in cplx) == 0.0
 
 
@@ -158,32 +126,18 @@ def test_complex_states_use_the_colour_classes(x64):
 @pytest.mark.parametrize('pool,gain', [('M', 1.0), ('A', 1.5)])
 def test_sync_and_async_reach_the_same_fixed_point(x64, pool, gain):
   spec = _spec(pool)
-  params, x = _params(spec, gain=gain), _x()
-  zeros = network.init_states(spec, 4, jnp.float64)
-  sync = relaxation.relax(spec, params, x, zeros, max_steps=T, tol=1e-14, mode='sync')
-  asyn = relaxation.relax(spec, params, x, zeros, max_steps=T, tol=1e-14, mode='async')
-  assert float(sync.residual) <= 1e-14 and float(asyn.residual) <= 1e-14
-  assert _max_diff(sync.states, asyn.states) < 1e-12
-  # A fixed point of the skip network: s = σ(∂Φ/∂s) with the skip terms.
-  forces = relaxation.force_autodiff(spec, params, x, sync.states, None, None, None)
-  sigma = activations.get(spec.activation)
-  assert _max_diff(sync.states, [sigma(f) for f in forces]) < 1e-12
-  # The skips matter: the fixed point without them is another one.
-  plain = relaxation.relax(dataclasses.replace(spec, skips=()), params, x, zeros, max_steps=T,
-                           tol=1e-14)
-  assert _max_diff(sync.states, plain.states) > 1e-3
+  # A fixed point of the skip network, s = σ(∂Φ/∂s) with the skip terms; the skips matter:
+  # the fixed point without them is another one.
+  assert_sync_and_async_agree(spec, random_params(spec, gain=gain), random_input(),
+                              dataclasses.replace(spec, skips=()), steps=T)
 
 
 def _problem(gain, pool='M'):
   spec = _spec(pool)
-  params, x = _params(spec, gain), _x()
+  params, x = random_params(spec, gain), random_input()
   targets = {'label': jnp.array([0, 1, 2, 3])}
-  free = relaxation.relax(spec, params, x, network.init_states(spec, 4, jnp.float64),
-                          max_steps=T, tol=TOL)
-  assert float(free.residual) <= TOL
-  implicit = reference_grads.implicit_gradient(spec, params, x, targets, free.states)
-  assert float(implicit.residual) <= 1e-11
-  return spec, params, x, targets, implicit.grads
+  _, implicit = implicit_problem(spec, params, x, targets, steps=T, tol=TOL)
+  return spec, params, x, targets, implicit
 
 
 def test_symmetric_ep_matches_the_implicit_gradient(x64):
@@ -215,12 +169,12 @@ def test_bptt_matches_the_implicit_gradient(x64):
 
 def test_teacher_forward_has_the_crnn_shapes_and_uses_the_skips(x64):
   spec = _spec()
-  params, x = _params(spec), _x()
+  params, x = random_params(spec), random_input()
   acts, z = teacher.forward(spec, params, x)
   assert [a.shape[1:] for a in acts] == list(spec.state_shapes) and z.shape == (4, 4)
   plain_acts, _ = teacher.forward(dataclasses.replace(spec, skips=()), params, x)
-  assert _max_diff(acts[:2], plain_acts[:2]) == 0.0  # below the first skip's target
-  assert _max_diff(acts[2:], plain_acts[2:]) > 1e-3
+  assert max_diff(acts[:2], plain_acts[:2]) == 0.0  # below the first skip's target
+  assert max_diff(acts[2:], plain_acts[2:]) > 1e-3
   # conv3's activation by hand: σ(drive_3(a_2) + meanpool2(a_1) V_13).
   sigma = activations.get(spec.activation)
   u = energy.layer_drive(spec, 2, params['layers'][2], acts[1])
