@@ -63,10 +63,11 @@ import math
 import os
 from typing import Any, Mapping
 
-import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocp_managers
+
+from ep_jax.metrics_io import jsonable
 
 __all__ = ["CheckpointError", "Checkpointer"]
 
@@ -92,17 +93,6 @@ class CheckpointError(RuntimeError):
 # --------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------
-
-
-def _to_jsonable(obj: Any) -> Any:
-    """Converts numpy/jax scalars and arrays (recursively) to JSON types."""
-    if isinstance(obj, Mapping):
-        return {str(k): _to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_to_jsonable(v) for v in obj]
-    if isinstance(obj, (np.ndarray, np.generic, jax.Array)):
-        return np.asarray(obj).tolist()
-    return obj
 
 
 def _metrics_to_floats(metrics: Mapping[str, Any] | None) -> dict[str, float]:
@@ -277,7 +267,7 @@ class Checkpointer:
         before anything is written).
         """
         step = int(step_or_epoch)
-        extra_json = _to_jsonable(dict(extra or {}))
+        extra_json = jsonable(dict(extra or {}), strict=True)
         json.dumps(extra_json)  # fail early, before touching the disk.
         metrics_json = _metrics_to_floats(metrics)
         if step in self._manager.all_steps():

@@ -304,12 +304,15 @@ def logits(spec: NetworkSpec, params: dict, states: tuple) -> jax.Array:
   return dense_drive(params['readout'], states[-1])
 
 
-def cross_entropy(z: jax.Array, labels: jax.Array) -> jax.Array:
-  """Per-example `logsumexp(z) - z_y`, `(B,)`; holomorphic in `z` (shift by a constant max)."""
+def log_softmax(z: jax.Array) -> jax.Array:
+  """Log-softmax over the last axis, holomorphic in `z` (shifted by the real max, a constant)."""
   shift = lax.stop_gradient(jnp.max(jnp.real(z), axis=-1, keepdims=True))
-  lse = jnp.log(jnp.sum(jnp.exp(z - shift), axis=-1)) + shift[..., 0]
-  z_y = jnp.take_along_axis(z, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
-  return lse - z_y
+  return z - shift - jnp.log(jnp.sum(jnp.exp(z - shift), axis=-1, keepdims=True))
+
+
+def cross_entropy(z: jax.Array, labels: jax.Array) -> jax.Array:
+  """Per-example `logsumexp(z) - z_y`, `(B,)`; holomorphic in `z`."""
+  return -jnp.take_along_axis(log_softmax(z), labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
 
 
 def squared_error(z: jax.Array, labels: jax.Array, num_classes: int) -> jax.Array:

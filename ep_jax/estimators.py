@@ -117,13 +117,21 @@ def validate(estimator: str, beta, mode: str = 'sync', holo_points: int = 4) -> 
                      f'sign is chosen by the estimator), got {value}')
 
 
-def _check_holomorphic(spec: NetworkSpec) -> None:
+def holomorphic_unsupported(spec: NetworkSpec) -> Optional[str]:
+  """Why holomorphic EP cannot run on `spec` (its activation or max pooling), or None."""
+  reasons = []
   if spec.activation not in activations.HOLOMORPHIC:
-    raise ValueError(f'holomorphic EP needs a holomorphic activation '
-                     f'({sorted(activations.HOLOMORPHIC)}), got {spec.activation!r}')
+    reasons.append(f'a holomorphic activation ({sorted(activations.HOLOMORPHIC)}), not '
+                   f'{spec.activation!r}')
   if any(layer.pool == 'max' for layer in spec.conv):
-    raise ValueError("holomorphic EP needs average pooling ('A'), not max pooling ('M'), "
-                     f'in layout {spec.layout!r}')
+    reasons.append(f"average pooling ('A'), not max pooling ('M') as in layout {spec.layout!r}")
+  return 'holomorphic EP needs ' + ' and '.join(reasons) if reasons else None
+
+
+def _check_holomorphic(spec: NetworkSpec) -> None:
+  reason = holomorphic_unsupported(spec)
+  if reason:
+    raise ValueError(reason)
 
 
 def _complex_dtype(dtype) -> jnp.dtype:

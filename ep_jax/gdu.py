@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ep_jax import activations, estimators, optim, reference_grads
+from ep_jax import estimators, optim, reference_grads
 from ep_jax.energy import CostFn
 from ep_jax.network import NetworkSpec, init_states, synapse_names
 from ep_jax.relaxation import relax
@@ -52,15 +52,7 @@ ALL = 'all'
 # ------------------------------------------------------------------------- network checks
 
 
-def holomorphic_unsupported(spec: NetworkSpec) -> Optional[str]:
-  """Why holomorphic EP cannot run on `spec`, or None when it can."""
-  reasons = []
-  if spec.activation not in activations.HOLOMORPHIC:
-    reasons.append(f'activation {spec.activation!r} is not holomorphic (use '
-                   f'{sorted(activations.HOLOMORPHIC)})')
-  if any(layer.pool == 'max' for layer in spec.conv):
-    reasons.append(f"layout {spec.layout!r} has max pooling ('M'; use average pooling 'A')")
-  return '; '.join(reasons) or None
+holomorphic_unsupported = estimators.holomorphic_unsupported
 
 
 def smooth_twin(spec: NetworkSpec) -> NetworkSpec:

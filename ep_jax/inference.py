@@ -14,8 +14,6 @@ step (`train_step.make_eval_step`) computes its accuracy from the same relaxatio
 
 from __future__ import annotations
 
-from typing import Optional
-
 import jax
 
 from ep_jax import energy

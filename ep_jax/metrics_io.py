@@ -46,6 +46,7 @@ __all__ = [
     "plot_curves",
     "read_metrics",
     "METRICS_FILE",
+    "jsonable",
 ]
 
 METRICS_FILE = "metrics.jsonl"
@@ -59,26 +60,30 @@ CONFIG_FILE = "config.json"
 # --------------------------------------------------------------------------
 
 
-def _jsonable(obj: Any) -> Any:
-    """Plain-JSON version of ``obj``; non-finite floats become ``None``."""
+def jsonable(obj: Any, strict: bool = False) -> Any:
+    """Plain-JSON version of ``obj`` (mappings, sequences, numpy/jax scalars and arrays,
+    ConfigDicts); non-finite floats become ``None``. Any other object becomes its ``str``, or
+    with ``strict`` raises ``TypeError``."""
     if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v, strict) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v, strict) for v in obj]
     if isinstance(obj, bool) or obj is None or isinstance(obj, str):
         return obj
     if isinstance(obj, int) and not isinstance(obj, bool):
         return obj
     if hasattr(obj, "to_dict") and callable(obj.to_dict):  # ml_collections
-        return _jsonable(obj.to_dict())
+        return jsonable(obj.to_dict(), strict)
     if hasattr(obj, "__array__") or isinstance(obj, (float, np.generic)):
         arr = np.asarray(obj)
         if arr.ndim > 0:
-            return [_jsonable(v) for v in arr.tolist()]
+            return [jsonable(v, strict) for v in arr.tolist()]
         value = arr.item()
         if isinstance(value, float) and not math.isfinite(value):
             return None
         return value
+    if strict:
+        raise TypeError(f"{type(obj).__name__} object is not JSON serialisable: {obj!r}")
     return str(obj)
 
 
@@ -272,7 +277,7 @@ class MetricsWriter:
         """Appends one record (JSONL), logs its scalars to TB, redraws curves."""
         if not self.is_primary:
             return
-        record = _jsonable(dict(epoch_record))
+        record = jsonable(dict(epoch_record))
         line = json.dumps(record, allow_nan=False, sort_keys=False)
         needs_newline = False
         if os.path.exists(self.metrics_path) and os.path.getsize(self.metrics_path) > 0:
@@ -322,7 +327,7 @@ class MetricsWriter:
         """Writes ``config.json`` (sorted keys, indented; atomic)."""
         if not self.is_primary:
             return
-        data = _jsonable(config_dict)
+        data = jsonable(config_dict)
         _atomic_write_text(self.config_path, json.dumps(data, sort_keys=True, indent=2) + "\n")
 
     def close(self) -> None:

@@ -147,11 +147,7 @@ class NetworkSpec:
 
   @property
   def layer_names(self) -> tuple[str, ...]:
-    names = [f'conv{i + 1}' for i in range(len(self.conv))]
-    names += [f'dense{i + 1}' for i in range(len(self.dense))]
-    if self.readout == 'mse':
-      names.append('output')
-    return tuple(names)
+    return layer_names(len(self.conv), len(self.dense), self.readout)
 
   @property
   def skip_factors(self) -> tuple[int, ...]:
@@ -177,6 +173,21 @@ class NetworkSpec:
 
 
 @functools.lru_cache(maxsize=None)
+def layer_names(num_conv: int, num_dense: int, readout: str = 'softmax') -> tuple[str, ...]:
+  """The dynamical layers' names: conv1 … convC, dense1 … denseD, and `output` for an MSE
+  readout (whose output layer is dynamical)."""
+  names = [f'conv{i + 1}' for i in range(num_conv)]
+  names += [f'dense{i + 1}' for i in range(num_dense)]
+  return tuple(names + (['output'] if readout == 'mse' else []))
+
+
+def model_layer_names(model: dict) -> tuple[str, ...]:
+  """`layer_names` of a config's `model` section (a dict or ConfigDict, e.g. a saved run's
+  `config.json`): its layout, dense widths and readout."""
+  conv = len(parse_layout(model['layout'])) if model.get('layout') else 0
+  return layer_names(conv, len(model.get('dense', ())), model.get('readout', 'softmax'))
+
+
 def layer_colouring(spec: NetworkSpec) -> tuple[int, ...]:
   """A proper colouring of the layer graph (edges: the chain `(l, l+1)`, the skips and
   `spec.edges` in either direction; a lateral edge `(l, l)` joins no two layers).

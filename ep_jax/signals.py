@@ -157,18 +157,12 @@ def les_scale(shape: Sequence[int], pool: str, normalize: str) -> float:
   return 1.0
 
 
-def _log_softmax(z: jax.Array) -> jax.Array:
-  """Log-softmax over the last axis, holomorphic in `z` (shift by the real max)."""
-  shift = lax.stop_gradient(jnp.max(jnp.real(z), axis=-1, keepdims=True))
-  return z - shift - jnp.log(jnp.sum(jnp.exp(z - shift), axis=-1, keepdims=True))
-
-
 def kd_divergence(z: jax.Array, z_teacher: jax.Array, temperature: float) -> jax.Array:
   """Per example `τ² KL(softmax(z_T/τ) ‖ softmax(z/τ))`, `(B,)`."""
   log_pt = jax.nn.log_softmax(z_teacher / temperature, axis=-1)
   pt = jnp.exp(log_pt)
   kl = jnp.sum(pt * log_pt, axis=-1) - jnp.sum(pt.astype(z.dtype) *
-                                                _log_softmax(z / temperature), axis=-1)
+                                                energy.log_softmax(z / temperature), axis=-1)
   return temperature ** 2 * kl
 
 

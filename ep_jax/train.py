@@ -35,7 +35,7 @@ from ep_jax import data as data_lib
 from ep_jax import estimators, initialization, network, optim
 from ep_jax.checkpointing import Checkpointer
 from ep_jax.estimators import EPConfig
-from ep_jax.metrics_io import MetricsWriter, ProgressReporter
+from ep_jax.metrics_io import MetricsWriter, ProgressReporter, jsonable
 from ep_jax.train_step import TrainState, create_train_state, make_eval_step, make_train_step
 
 CHECKPOINT_DIR = 'checkpoints'
@@ -506,7 +506,7 @@ def epoch_record(*, epoch: int, step: int, train: dict, sums: dict, lrs: list,
   }
   for key, value in train.items():
     if key.startswith('layer_') or key == 'kappa' or (key.endswith('_loss') and key != 'loss'):
-      record[key] = _as_jsonable(value)
+      record[key] = jsonable(value)
   return record
 
 
@@ -524,13 +524,6 @@ def _bad_param_groups(spec: network.NetworkSpec, params: dict) -> list[str]:
   bad = {l for l, ok in zip(jax.tree_util.tree_leaves(labels), jax.tree_util.tree_leaves(finite))
          if not ok}
   return sorted(bad) or ['none']
-
-
-def _as_jsonable(value: Any):
-  value = np.asarray(value)
-  if value.ndim == 0:
-    return float(value)
-  return [float(v) for v in value.ravel()]
 
 
 def initialize_distributed(config: ml_collections.ConfigDict) -> None:

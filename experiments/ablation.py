@@ -302,12 +302,8 @@ def summarize_teacher(teacher_dir: str) -> Optional[dict]:
 
 
 def _layer_names(config, count: int) -> list[str]:
-  from ep_jax.network import parse_layout  # pylint: disable=g-import-not-at-top
-  conv = len(parse_layout(config.model.layout))
-  names = [f'conv{i + 1}' for i in range(conv)]
-  names += [f'dense{i + 1}' for i in range(len(config.model.dense))]
-  if config.model.readout == 'mse':
-    names.append('output')
+  from ep_jax.network import model_layer_names  # pylint: disable=g-import-not-at-top
+  names = list(model_layer_names(config.model))
   names += [f'layer{i + 1}' for i in range(len(names), count)]
   return names[:count] if count else names
 

@@ -71,13 +71,8 @@ def _layer_names_from_config(workdir: str) -> tuple[str, ...]:
   try:
     with open(path, 'r', encoding='utf-8') as f:
       model = json.load(f)['model']
-    from ep_jax.network import parse_layout  # pylint: disable=g-import-not-at-top
-    conv = len(parse_layout(model['layout'])) if model.get('layout') else 0
-    names = [f'conv{i + 1}' for i in range(conv)]
-    names += [f'dense{i + 1}' for i in range(len(model.get('dense', ())))]
-    if model.get('readout') == 'mse':
-      names.append('output')
-    return tuple(names)
+    from ep_jax.network import model_layer_names  # pylint: disable=g-import-not-at-top
+    return model_layer_names(model)
   except (OSError, ValueError, KeyError, TypeError):
     return ()
 

@@ -20,14 +20,9 @@ from typing import Callable
 from absl import app, flags
 from ml_collections import config_flags
 
-from ep_jax import data, network, teacher
+from ep_jax import teacher
 from ep_jax import train as train_lib
 from experiments import cli
-
-
-def build_spec(config, info: data.DatasetInfo) -> network.NetworkSpec:
-  """The teacher's spec: the CRNN's `config.model` layers with a softmax readout."""
-  return train_lib.build_spec(config, info, readout='softmax')
 
 
 def init_scale(config) -> float:
@@ -45,7 +40,7 @@ def run(config, workdir: str, print_fn: Callable[[str], None] = print) -> dict:
   if int(t.epochs) < 1:
     raise ValueError(f'teacher.epochs must be >= 1, got {t.epochs}')
   train_split, test_split, info = train_lib.load_data(config)
-  spec = build_spec(config, info)
+  spec = train_lib.build_spec(config, info, readout='softmax')  # the CRNN's layers
   print_fn(f'teacher: dataset={info.name} train={info.num_train} test={info.num_test} '
            f'layout={spec.layout!r} dense={spec.dense} activation={spec.activation} '
            f'init_scale={init_scale(config)} state_shapes={spec.state_shapes}')

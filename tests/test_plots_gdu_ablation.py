@@ -68,7 +68,9 @@ def test_plots_overlay_runs_with_gaps_and_different_depths(tmp_path):
 def test_gdu_helpers():
   spec = network.make_spec('3,M,4,A', input_shape=(8, 8, 1), num_classes=3, dense=(5,))
   reason = gdu.holomorphic_unsupported(spec)
-  assert 'hard_sigmoid' in reason and 'max pooling' in reason
+  assert reason == ("holomorphic EP needs a holomorphic activation (['smooth_sigmoid']), not "
+                    "'hard_sigmoid' and average pooling ('A'), not max pooling ('M') as in "
+                    "layout '3,M,4,A'"), reason
   twin = gdu.smooth_twin(spec)
   assert gdu.holomorphic_unsupported(twin) is None
   assert twin.state_shapes == spec.state_shapes and twin.layout == '3,A,4,A'
