@@ -65,7 +65,6 @@ from ep_jax import relaxation
 from ep_jax.relaxation import MODES, RelaxResult, relax
 
 
-
 def one_sided(beta, holo_points: int = 4) -> tuple:
   """β_k = (β,), w_k = (1/β,): `-(f(β) - f(0)) / β`."""
   del holo_points
@@ -90,7 +89,6 @@ def holomorphic(beta, holo_points: int = 4) -> tuple:
 # 'random_sign' is 'one_sided' at a β whose sign `ep_gradient` draws per call.
 STENCILS = {'one_sided': one_sided, 'random_sign': one_sided, 'symmetric': symmetric,
             'holomorphic': holomorphic}
-_VMAP_PHASES = True
 ESTIMATORS = tuple(STENCILS) + ('bptt',)  # the built-in ones; `validate` reads STENCILS
 
 
@@ -278,10 +276,7 @@ def ep_gradient(spec: NetworkSpec, params: dict, x: jax.Array,
 
   # All nudged phases at once: the while loop runs until every phase has stopped, each phase's
   # states and step count frozen at its own stop.
-  if _VMAP_PHASES:
-    phases = jax.vmap(nudge)(betas)
-  else:
-    phases = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *[nudge(b) for b in betas])
+  phases = jax.vmap(nudge)(betas)
 
   def phi(p, states, b):
     return nudged_primitive(spec, p, x, states, targets, b, cost_fn)

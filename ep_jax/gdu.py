@@ -228,7 +228,8 @@ def gdu_sweep(spec: NetworkSpec, params: dict, x, targets: dict, *,
     out = {'groups': groups, 'betas': betas, 'holo_points': int(holo_points),
            'references': info, 'estimators': {}}
     for name in estimator_names:
-      reason = holomorphic_unsupported(spec) if name == 'holomorphic' else None
+      reason = (holomorphic_unsupported(spec)
+                if estimators.stencil_shape(name, holo_points).complex else None)
       entry = {'skipped': None, 'results': []}
       out['estimators'][name] = entry
       if reason is not None:

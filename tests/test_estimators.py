@@ -234,17 +234,6 @@ def test_stencil_phases_equal_the_sequential_estimators(x64, estimator, activati
   assert estimator == 'holomorphic' or all(int(r.steps) < 60 for r in out.nudged)
 
 
-def test_stencil_per_phase_path_equals_vmapped(monkeypatch):
-  """float32: the nudged phases vmapped or run one after the other give the same estimate."""
-  spec, params, x, targets = _tiny('hard_sigmoid', '3,M', jnp.float32)
-  kw = dict(beta=0.2, estimator='symmetric', free_steps=40, nudged_steps=20, tol=1e-4)
-  vmapped = estimators.ep_gradient(spec, params, x, targets, **kw)
-  monkeypatch.setattr(estimators, '_VMAP_PHASES', False)
-  looped = estimators.ep_gradient(spec, params, x, targets, **kw)
-  for a, b in zip(jax.tree_util.tree_leaves(vmapped), jax.tree_util.tree_leaves(looped)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
-
-
 def test_stencil_table_points_and_weights():
   """Each stencil estimates -f'(0): Σ w_k β_k = 1, with the documented bias order."""
   for name, order in (('one_sided', 1), ('symmetric', 2), ('holomorphic', 4)):
