@@ -11,8 +11,8 @@ fixed points nudged towards the target. The library:
                    the extra edges (`Edge`) they add to Φ and the dynamics.
   relaxation       the fixed-point dynamics (`relax`: `while_loop` with a tolerance;
                    `relax_fixed`: a fixed number of steps), sync/async updates, damping.
-  estimators       the EP gradient estimators (`ep_gradient`, `jitted_ep_gradient`) and the
-                   BPTT baseline; `EPConfig`.
+  estimators       the EP gradient estimators as β stencils (`STENCILS`, `ep_gradient`,
+                   `jitted_ep_gradient`) and the BPTT baseline; `EPConfig`.
   inference        `predict`: relax from zero states, then the readout's logits.
   reference_grads  BPTT and implicit (fixed-point) gradients, to measure EP against.
   initialization   init modes: PyTorch, He-style, per-layer gains, data-dependent calibration.

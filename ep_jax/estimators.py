@@ -1,23 +1,51 @@
-"""Equilibrium Propagation gradient estimators.
+"""Equilibrium Propagation gradient estimators as β stencils.
 
 With `f(β) = ∂_θ Φ^β(s^β)` (a parameter pytree; `s^β` the fixed point under Φ^β reached from
-the free fixed point `s^0`), the EP theorem says `-f'(0) = ∂_θ ℒ(s^0)`. The estimators:
+the free fixed point `s^0`), the EP theorem says `-f'(0) = ∂_θ ℒ(s^0)`. An EP estimator is a
+finite-difference stencil for that derivative: nudging points β_k (real or complex) and weights
+w_k, and the estimate
 
-  one-sided    -(f(β) - f(0)) / β                     bias O(β)
-  random-sign  one-sided with β's sign drawn per batch bias O(β), unbiased in sign
-  symmetric    -(f(β) - f(-β)) / (2β)                 bias O(β²)
-  holomorphic  -(1/K) Σ_k Re[f(β_k) / β_k],  β_k = |β| e^{2πik/K}   bias O(|β|^K)
+    g = -Re Σ_k w_k (f(β_k) - f(0)),
 
-and, as the baseline EP is measured against, 'bptt': not EP but the exact gradient of
-`mean ℒ(s_T)` by backpropagation through the T1 unrolled free-phase updates (no nudged phase;
-β unused). Training the same CRNN with it separates what EP's estimate costs from what the
-recurrent network itself can learn.
+which is `-f'(0) + O(|β|^p)` when `Σ_k w_k β_k = 1` and `Σ_k w_k β_k^m = 0` for m = 2..p.
+`STENCILS` maps each estimator's name to `(beta, holo_points) -> (betas, weights)`:
+
+  one_sided    β_k: (β,)              w_k: (1/β,)                          bias O(β)
+  random_sign  one_sided at sβ, with the sign s = ±1 drawn per batch         bias O(β), unbiased
+               in sign
+  symmetric    (β, -β)                (1/(2β), -1/(2β))                     bias O(β²)
+  holomorphic  β e^{2πik/K}, k < K    1/(K β_k)                             bias O(|β|^K)
+
+The free term `f(0)` enters with weight `-Σ_k w_k`; it is computed only for stencils whose
+weights do not sum to zero (one_sided: `-(f(β) - f(0))/β`; symmetric and holomorphic do not
+need it). A stencil with complex points relaxes complex states (holomorphic EP: it needs a
+holomorphic activation and average pooling). All nudged phases of a stencil start from `s^0`
+and run as one `jax.vmap`-ed relaxation over the β_k. To add an estimator, add an entry,
+e.g. the 4-point central difference (bias O(β⁴)):
+
+    STENCILS['central4'] = lambda beta, holo_points: (
+        (beta, -beta, 2 * beta, -2 * beta),
+        (2 / (3 * beta), -2 / (3 * beta), -1 / (12 * beta), 1 / (12 * beta)))
+
+A stencil function must work for a Python float and for a traced scalar β (build the points
+with arithmetic on β, not with `float(beta)`); its structure (the number of points, whether
+they are complex, whether the weights sum to zero) must not depend on β's value.
+
+'bptt' is not a stencil and not EP: the exact gradient of `mean ℒ(s_T)` by backpropagation
+through the T1 unrolled free-phase updates (no nudged phase; β unused), the baseline EP is
+measured against. Training the same CRNN with it separates what EP's estimate costs from what
+the recurrent network itself can learn.
 
 `∂_θΦ` is local: the update of layer l's weights is a contrast of `s_l` and `s_{l-1}` between
 phases (for a conv layer, `s_{l-1} ⋆ P^T(s_l)` with P's argmax routing; for a dense layer
 `s_{l-1} s_l^T`). We obtain it with `jax.grad` of Φ w.r.t. the parameters at fixed states, which
 computes exactly those outer products. Gradients are divided by the batch size: they estimate
 the gradient of the *mean* loss over the batch.
+
+β and the tolerance are values, not structure: `ep_gradient` takes them as Python floats or
+traced scalars, so one compiled function serves every β (`jitted_ep_gradient`,
+`train_step.make_train_step(...)(state, batch, EPHyper(beta, tol))`) and `jax.vmap` over β
+gives a β sweep in one program.
 """
 
 from __future__ import annotations
@@ -28,6 +56,7 @@ from typing import Mapping, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ep_jax import activations
 from ep_jax.energy import CostFn, example_losses, logits, nudged_primitive, output_cost
@@ -35,7 +64,63 @@ from ep_jax.network import NetworkSpec, init_states
 from ep_jax import relaxation
 from ep_jax.relaxation import MODES, RelaxResult, relax
 
-ESTIMATORS = ('one_sided', 'random_sign', 'symmetric', 'holomorphic', 'bptt')
+
+def one_sided(beta, holo_points: int = 4) -> tuple:
+  """β_k = (β,), w_k = (1/β,): `-(f(β) - f(0)) / β`."""
+  del holo_points
+  return (beta,), (1 / beta,)
+
+
+def symmetric(beta, holo_points: int = 4) -> tuple:
+  """β_k = (β, -β), w_k = (1/(2β), -1/(2β)): `-(f(β) - f(-β)) / (2β)`."""
+  del holo_points
+  return (beta, -beta), (1 / (2 * beta), -1 / (2 * beta))
+
+
+def holomorphic(beta, holo_points: int = 4) -> tuple:
+  """β_k = β e^{2πik/K}, w_k = 1/(K β_k), k < K: `-(1/K) Σ_k Re[f(β_k) / β_k]`."""
+  k = holo_points
+  betas = tuple(beta * complex(math.cos(2 * math.pi * i / k), math.sin(2 * math.pi * i / k))
+                for i in range(k))
+  return betas, tuple(1 / (k * b) for b in betas)
+
+
+# name -> (beta, holo_points) -> (betas, weights): the estimate is -Re Σ_k w_k (f(β_k) - f(0)).
+# 'random_sign' is 'one_sided' at a β whose sign `ep_gradient` draws per call.
+STENCILS = {'one_sided': one_sided, 'random_sign': one_sided, 'symmetric': symmetric,
+            'holomorphic': holomorphic}
+ESTIMATORS = tuple(STENCILS) + ('bptt',)  # the built-in ones; `validate` reads STENCILS
+
+
+class StencilShape(NamedTuple):
+  """What a stencil's structure fixes: its number of points, whether they are complex, and
+  whether its weights sum to zero (then `f(0)` is not needed)."""
+  points: int
+  complex: bool
+  balanced: bool
+
+
+def stencil_shape(estimator: str, holo_points: int = 4) -> StencilShape:
+  """The structure of `STENCILS[estimator]`, read off its points at β = 1."""
+  with jax.ensure_compile_time_eval():
+    betas, weights = STENCILS[estimator](1.0, holo_points)
+    betas, weights = np.asarray(betas), np.asarray(weights)
+  if betas.ndim != 1 or betas.shape != weights.shape or not betas.size:
+    raise ValueError(f'stencil {estimator!r} must give equally many (>= 1) betas and weights, '
+                     f'got shapes {betas.shape} and {weights.shape}')
+  total = abs(np.sum(weights))
+  return StencilShape(betas.size, bool(np.any(np.imag(betas) != 0)),
+                      bool(total <= 1e-9 * np.sum(np.abs(weights))))
+
+
+def stencil_points(estimator: str, beta, holo_points: int = 4, dtype=jnp.float32) -> tuple:
+  """`(betas (P,), weights (P,))` of `STENCILS[estimator]` at |β| = beta, as arrays of `dtype`
+  (real stencils) or of its complex counterpart (complex ones)."""
+  shape = stencil_shape(estimator, holo_points)
+  dtype = _complex_dtype(dtype) if shape.complex else jnp.dtype(dtype)
+  betas, weights = STENCILS[estimator](beta, holo_points)
+  return (jnp.stack([jnp.asarray(b).astype(dtype) for b in betas]),
+          jnp.stack([jnp.asarray(w).astype(dtype) for w in weights]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +128,7 @@ class EPConfig:
   """Static EP hyperparameters (hashable; jit treats it as static).
 
   Attributes:
-    estimator: one of ESTIMATORS.
+    estimator: a name in STENCILS, or 'bptt'.
     beta: nudging strength |β| > 0.
     free_steps: T1, the free phase's step limit.
     nudged_steps: T2, each nudged phase's step limit.
@@ -84,7 +169,8 @@ class EPOutput(NamedTuple):
 
   grads: pytree like `params`, the estimate of `∂_θ mean_batch ℒ`.
   logits: `(B, num_classes)` free-phase readout. losses: `(B,)` output loss ℓ at `s^0`.
-  free: the free phase's `RelaxResult`. nudged: one `RelaxResult` per nudged phase.
+  free: the free phase's `RelaxResult`. nudged: one `RelaxResult` per nudged phase, in the
+  order of the stencil's points β_k (each with its own step count and residual).
   """
   grads: dict
   logits: jax.Array
@@ -102,8 +188,8 @@ def describe(ep: EPConfig) -> str:
 
 def validate(estimator: str, beta, mode: str = 'sync', holo_points: int = 4) -> None:
   """Raises ValueError for an unknown estimator or mode, or a concrete β <= 0."""
-  if estimator not in ESTIMATORS:
-    raise ValueError(f'unknown estimator {estimator!r}; known: {ESTIMATORS}')
+  if estimator not in STENCILS and estimator != 'bptt':
+    raise ValueError(f'unknown estimator {estimator!r}; known: {tuple(STENCILS) + ("bptt",)}')
   if mode not in MODES:
     raise ValueError(f'unknown relaxation mode {mode!r}; known: {MODES}')
   if estimator == 'holomorphic' and holo_points < 2:
@@ -154,10 +240,11 @@ def ep_gradient(spec: NetworkSpec, params: dict, x: jax.Array,
       uses). x: inputs `(B, H, W, C)`. targets: the integer labels `(B,)`, or a dict the cost
       reads with at least `'label'` (a plain array `y` is taken as `{'label': y}`).
     beta: |β| > 0, a Python float or a (traced) scalar, so `vmap` over β works.
-    estimator: 'one_sided', 'random_sign', 'symmetric', 'holomorphic', or 'bptt' (exact
-      gradient through exactly `free_steps` unrolled free steps, static; tol, β, T2 unused;
-      `nudged` is then empty).
-    free_steps, nudged_steps: T1, T2 (step limits; may be traced). tol: residual tolerance.
+    estimator: a name in `STENCILS` ('one_sided', 'random_sign', 'symmetric', 'holomorphic'
+      or an added one), or 'bptt' (exact gradient through exactly `free_steps` unrolled free
+      steps, static; tol, β, T2 unused; `nudged` is then empty).
+    free_steps, nudged_steps: T1, T2 (step limits; may be traced). tol: residual tolerance
+      (may be traced).
     mode: 'sync' or 'async'. holo_points: K for the holomorphic estimator.
     cost_fn: the nudging cost ℒ (default: the output loss). rng: needed by 'random_sign'.
     state_dtype: dtype of the states (default: the parameters' dtype).
@@ -175,45 +262,45 @@ def ep_gradient(spec: NetworkSpec, params: dict, x: jax.Array,
   if estimator == 'bptt':
     return _bptt(spec, params, x, targets, cost_fn, free_steps, mode, dtype, compute_dtype,
                  damping)
+  shape = stencil_shape(estimator, holo_points)
+  if shape.complex:
+    _check_holomorphic(spec)
+  if estimator == 'random_sign' and rng is None:
+    raise ValueError("the 'random_sign' estimator needs an rng key")
   free = relax(spec, params, x, init_states(spec, batch, dtype), max_steps=free_steps, tol=tol,
                mode=mode, compute_dtype=compute_dtype, damping=damping)
   s0 = jax.tree_util.tree_map(jax.lax.stop_gradient, free.states)
+  real_dtype = jnp.real(s0[0]).dtype
+  if estimator == 'random_sign':
+    beta = beta * jax.random.rademacher(rng, (), jnp.float32).astype(real_dtype)
+  betas, weights = stencil_points(estimator, beta, holo_points, real_dtype)
+  start = tuple(s.astype(betas.dtype) for s in s0)
 
-  def nudge(b, start):
+  def nudge(b):
     result = relax(spec, params, x, start, targets=targets, beta=b, cost_fn=cost_fn,
                    max_steps=nudged_steps, tol=tol, mode=mode, compute_dtype=compute_dtype,
                    damping=damping)
     return result._replace(states=jax.tree_util.tree_map(jax.lax.stop_gradient, result.states))
 
+  # All nudged phases at once: the while loop runs until every phase has stopped, each phase's
+  # states and step count frozen at its own stop.
+  phases = jax.vmap(nudge)(betas)
+
   def phi(p, states, b):
     return nudged_primitive(spec, p, x, states, targets, b, cost_fn)
 
-  if estimator in ('one_sided', 'random_sign'):
-    b = beta
-    if estimator == 'random_sign':
-      if rng is None:
-        raise ValueError("the 'random_sign' estimator needs an rng key")
-      b = beta * jax.random.rademacher(rng, (), jnp.float32).astype(jnp.real(s0[0]).dtype)
-    plus = nudge(b, s0)
-    contrast = lambda p: (phi(p, plus.states, b) - phi(p, s0, None)) / b
-    nudged = (plus,)
-  elif estimator == 'symmetric':
-    plus, minus = nudge(beta, s0), nudge(-beta, s0)
-    contrast = lambda p: (phi(p, plus.states, beta) - phi(p, minus.states, -beta)) / (2 * beta)
-    nudged = (plus, minus)
-  else:
-    _check_holomorphic(spec)
-    cdtype = _complex_dtype(jnp.real(s0[0]).dtype)
-    start = tuple(s.astype(cdtype) for s in s0)
-    betas = [beta * complex(math.cos(2 * math.pi * k / holo_points),
-                            math.sin(2 * math.pi * k / holo_points))
-             for k in range(holo_points)]
-    nudged = tuple(nudge(b, start) for b in betas)
-    contrast = lambda p: sum(jnp.real(phi(p, r.states, b) / b)
-                             for r, b in zip(nudged, betas)) / holo_points
+  def contrast(p):
+    """Re Σ_k w_k (Φ^{β_k}(s^{β_k}) - Φ(s^0)): its θ-gradient is -(the estimate)."""
+    terms = jax.vmap(lambda s, b: phi(p, s, b))(phases.states, betas)
+    total = jnp.sum(jnp.real(weights * terms))
+    if not shape.balanced:
+      total = total - jnp.real(jnp.sum(weights)) * phi(p, s0, None)
+    return total
 
   grads = jax.grad(contrast)(params)
   grads = jax.tree_util.tree_map(lambda g: -g / batch, grads)
+  nudged = tuple(jax.tree_util.tree_map(lambda a, k=k: a[k], phases)
+                 for k in range(shape.points))
   z = logits(spec, params, s0)
   losses = example_losses(spec, params, s0, targets['label'])
   return EPOutput(grads, z, losses, free, nudged)

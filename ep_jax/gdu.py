@@ -175,7 +175,7 @@ def gdu_sweep(spec: NetworkSpec, params: dict, x, targets: dict, *,
       reads). x: the batch's inputs `(B, H, W, C)`. targets: at least `'label'` (and whatever
       `cost_fn` reads, e.g. from `LayerSignals.targets`).
     cost_fn: the nudging cost ℒ (default: the output loss).
-    betas: the |β| values. estimator_names: from `estimators.ESTIMATORS`.
+    betas: the |β| values. estimator_names: from `estimators.STENCILS`.
     holo_points: K of the holomorphic estimator.
     max_steps, tol: step limit and residual tolerance of every relaxation (free, nudged and
       the implicit adjoint); the nudged phases use the same limits, so each estimate is that
@@ -193,9 +193,9 @@ def gdu_sweep(spec: NetworkSpec, params: dict, x, targets: dict, *,
   """
   log = log or (lambda _: None)
   for name in estimator_names:
-    if name not in estimators.ESTIMATORS or name == 'bptt':
+    if name not in estimators.STENCILS:
       raise ValueError(f'unknown EP estimator {name!r} (BPTT is a reference here); known: '
-                       f'{tuple(e for e in estimators.ESTIMATORS if e != "bptt")}')
+                       f'{tuple(estimators.STENCILS)}')
   betas = [float(b) for b in betas]
   if not betas or any(not (math.isfinite(b) and b > 0) for b in betas):
     raise ValueError(f'betas must be finite numbers > 0, got {betas}')
@@ -220,7 +220,8 @@ def gdu_sweep(spec: NetworkSpec, params: dict, x, targets: dict, *,
     out = {'groups': groups, 'betas': betas, 'holo_points': int(holo_points),
            'references': info, 'estimators': {}}
     for name in estimator_names:
-      reason = holomorphic_unsupported(spec) if name == 'holomorphic' else None
+      reason = (holomorphic_unsupported(spec)
+                if estimators.stencil_shape(name, holo_points).complex else None)
       entry = {'skipped': None, 'results': []}
       out['estimators'][name] = entry
       if reason is not None:

@@ -1,7 +1,9 @@
 """Train and eval steps: energy + relaxation + EP estimator + nudging cost + optax update.
 
-`make_train_step` returns a pure `(state, batch) -> (state, metrics)`; `jit` it once (the
-training loop does, with the state donated). A batch is `{'image': (B, H, W, C) float,
+`make_train_step` returns a pure `(state, batch, hyper=None) -> (state, metrics)`; `jit` it
+once (the training loop does, with the state donated). `hyper`, an `EPHyper(beta, tol)`, makes
+β and the relaxation tolerance traced arguments, so one compiled step serves every value (and
+`jax.vmap` over `hyper` runs a β sweep); without it the step uses the `EPConfig`'s values. A batch is `{'image': (B, H, W, C) float,
 'label': (B,) int}`. The nudging cost defaults to the output loss; the learning signals of
 `ep_jax.signals` plug in through the `Nudging` protocol (targets built per batch inside the
 step, cost used by the nudged phases, extra metrics).
@@ -13,7 +15,7 @@ the first nudged phase, and the fraction of saturated units (at 0 or 1).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, NamedTuple, Optional, Protocol
 
 import flax.struct
 import jax
@@ -23,6 +25,18 @@ import optax
 from ep_jax import energy, inference
 from ep_jax.estimators import EPConfig, ep_gradient
 from ep_jax.network import NetworkSpec
+
+
+class EPHyper(NamedTuple):
+  """The EP hyperparameters a train step takes as traced values: β (|β| > 0) and the
+  relaxation tolerance (<= 0: fixed step counts). Scalars, or `(n,)` arrays under `vmap`."""
+  beta: Any
+  tol: Any
+
+
+def ep_hyper(ep: EPConfig, dtype=jnp.float32) -> EPHyper:
+  """`EPHyper` of `ep`'s β and tolerance as `dtype` scalars."""
+  return EPHyper(jnp.asarray(ep.beta, dtype), jnp.asarray(ep.tol, dtype))
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -86,9 +100,15 @@ def input_dependence_of(s: jax.Array) -> jax.Array:
 def make_train_step(spec: NetworkSpec, ep: EPConfig, tx: optax.GradientTransformation, *,
                     nudging: Optional[Nudging] = None, steps_per_epoch: int = 1,
                     state_dtype=None) -> Callable:
-  """The EP train step `(state, batch) -> (state, metrics)` (not jitted)."""
+  """The EP train step `(state, batch, hyper=None) -> (state, metrics)` (not jitted).
 
-  def train_step(state: TrainState, batch: dict):
+  `ep` fixes the structure (estimator, step counts, mode, dtypes, damping). hyper: an
+  `EPHyper` of β and tol, traced under `jit` (a new value does not recompile); None: `ep.beta`
+  and `ep.tol`, constants of the compiled step.
+  """
+
+  def train_step(state: TrainState, batch: dict, hyper: Optional[EPHyper] = None):
+    beta, tol = (ep.beta, ep.tol) if hyper is None else hyper
     x, labels = batch['image'], batch['label']
     rng, step_rng = jax.random.split(state.rng)
     epoch = state.step // steps_per_epoch
@@ -98,8 +118,8 @@ def make_train_step(spec: NetworkSpec, ep: EPConfig, tx: optax.GradientTransform
       targets = nudging.targets(state.frozen, state.params, batch, epoch)
       cost_fn = nudging.cost
     out = ep_gradient(spec, state.params, x.astype(state_dtype or x.dtype), targets,
-                      beta=ep.beta, estimator=ep.estimator, free_steps=ep.free_steps,
-                      nudged_steps=ep.nudged_steps, tol=ep.tol, mode=ep.mode,
+                      beta=beta, estimator=ep.estimator, free_steps=ep.free_steps,
+                      nudged_steps=ep.nudged_steps, tol=tol, mode=ep.mode,
                       holo_points=ep.holo_points, cost_fn=cost_fn, rng=step_rng,
                       state_dtype=state_dtype, compute_dtype=ep.compute_dtype,
                       damping=ep.damping)

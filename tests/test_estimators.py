@@ -154,3 +154,129 @@ def test_bad_estimator_and_holomorphic_requirements():
     estimators.ep_gradient(smooth, params, x, t, beta=0.1, estimator='holomorphic')
   with pytest.raises(ValueError, match='rng'):
     estimators.ep_gradient(spec, params, x, t, beta=0.1, estimator='random_sign')
+
+
+def _sequential(spec, params, x, targets, estimator, beta, *, free_steps, nudged_steps, tol,
+                holo_points=4, rng=None, mode='sync'):
+  """The estimators phase by phase, each contrast written out (the formulation of METHOD.md's
+  table): `(grads, nudged RelaxResults)`."""
+  import math
+  from ep_jax.energy import nudged_primitive, output_cost
+  cost = output_cost(spec)
+  batch = x.shape[0]
+  free = relaxation.relax(spec, params, x, network.init_states(spec, batch, x.dtype),
+                          max_steps=free_steps, tol=tol, mode=mode)
+  s0 = free.states
+
+  def nudge(b, start):
+    return relaxation.relax(spec, params, x, start, targets=targets, beta=b, cost_fn=cost,
+                            max_steps=nudged_steps, tol=tol, mode=mode)
+
+  def phi(p, states, b):
+    return nudged_primitive(spec, p, x, states, targets, b, cost)
+
+  if estimator in ('one_sided', 'random_sign'):
+    b = beta
+    if estimator == 'random_sign':
+      b = beta * jax.random.rademacher(rng, (), jnp.float32).astype(s0[0].dtype)
+    plus = nudge(b, s0)
+    contrast = lambda p: (phi(p, plus.states, b) - phi(p, s0, None)) / b
+    nudged = (plus,)
+  elif estimator == 'symmetric':
+    plus, minus = nudge(beta, s0), nudge(-beta, s0)
+    contrast = lambda p: (phi(p, plus.states, beta) - phi(p, minus.states, -beta)) / (2 * beta)
+    nudged = (plus, minus)
+  else:
+    start = tuple(s.astype(jnp.complex128) for s in s0)
+    betas = [beta * complex(math.cos(2 * math.pi * k / holo_points),
+                            math.sin(2 * math.pi * k / holo_points))
+             for k in range(holo_points)]
+    nudged = tuple(nudge(b, start) for b in betas)
+    contrast = lambda p: sum(jnp.real(phi(p, r.states, b) / b)
+                             for r, b in zip(nudged, betas)) / holo_points
+  grads = jax.tree_util.tree_map(lambda g: -g / batch, jax.grad(contrast)(params))
+  return grads, nudged
+
+
+def _tiny(activation, layout='3,A', dtype=jnp.float64):
+  spec = network.make_spec(layout, input_shape=(6, 6, 1), num_classes=3, dense=(4,),
+                           activation=activation)
+  params = network.init_params(spec, jax.random.PRNGKey(0), dtype=dtype)
+  params = jax.tree_util.tree_map(lambda p: 2.0 * p, params)
+  x = jax.random.uniform(jax.random.PRNGKey(1), (3, 6, 6, 1), dtype)
+  return spec, params, x, {'label': jnp.array([0, 1, 2])}
+
+
+@pytest.mark.parametrize('estimator,activation,layout', [
+    ('one_sided', 'hard_sigmoid', '3,M'), ('symmetric', 'hard_sigmoid', '3,M'),
+    ('random_sign', 'smooth_sigmoid', '3,A'), ('holomorphic', 'smooth_sigmoid', '3,A')])
+def test_stencil_phases_equal_the_sequential_estimators(x64, estimator, activation, layout):
+  """The vmapped nudged phases give the phase-by-phase estimate; with a tolerance each phase
+  keeps its own step count and states."""
+  spec, params, x, targets = _tiny(activation, layout)
+  kw = dict(free_steps=200, nudged_steps=60, tol=1e-7)
+  rng = jax.random.PRNGKey(3)
+  ref, ref_nudged = _sequential(spec, params, x, targets, estimator, 0.3, rng=rng, **kw)
+  out = estimators.ep_gradient(spec, params, x, targets, beta=0.3, estimator=estimator,
+                               rng=rng, **kw)
+  assert relative_error(out.grads, ref) < 1e-11
+  assert len(out.nudged) == len(ref_nudged)
+  for r, s in zip(out.nudged, ref_nudged):
+    assert int(r.steps) == int(s.steps)
+    assert r.layer_residuals.shape == s.layer_residuals.shape
+    for a, b in zip(r.states, s.states):
+      np.testing.assert_allclose(a, b, rtol=0, atol=1e-13)
+  # The real phases stop at the tolerance (the complex ones of this net need more steps).
+  assert estimator == 'holomorphic' or all(int(r.steps) < 60 for r in out.nudged)
+
+
+def test_stencil_table_points_and_weights():
+  """Each stencil estimates -f'(0): Σ w_k β_k = 1, with the documented bias order."""
+  for name, order in (('one_sided', 1), ('symmetric', 2), ('holomorphic', 4)):
+    betas, weights = (np.asarray(a) for a in estimators.STENCILS[name](0.3, 4))
+    moments = [np.sum(weights * betas ** m) for m in range(order + 2)]
+    np.testing.assert_allclose(moments[1], 1.0, atol=1e-12)
+    np.testing.assert_allclose(moments[2:order + 1], 0.0, atol=1e-12)
+    assert abs(moments[order + 1]) > 1e-3
+    shape = estimators.stencil_shape(name, 4)
+    assert shape.points == len(betas) and shape.complex == (name == 'holomorphic')
+    assert shape.balanced == (name != 'one_sided')
+  assert estimators.STENCILS['random_sign'] is estimators.STENCILS['one_sided']
+  betas, weights = estimators.stencil_points('holomorphic', jnp.float32(0.5), 3)
+  assert betas.dtype == weights.dtype == jnp.complex64 and betas.shape == (3,)
+
+
+def _central4(beta, holo_points):
+  return ((beta, -beta, 2 * beta, -2 * beta),
+          (2 / (3 * beta), -2 / (3 * beta), -1 / (12 * beta), 1 / (12 * beta)))
+
+
+def test_added_stencil_central_difference_has_fourth_order_bias(x64, monkeypatch):
+  """An estimator added to the table: the 4-point central difference, bias O(β⁴)."""
+  monkeypatch.setitem(estimators.STENCILS, 'central4', _central4)
+  spec, params, x, targets, implicit = _problem('smooth_sigmoid', '4,A', dense=(5,))
+  errors = {name: [relative_error(_ep(spec, params, x, targets, name, b).grads, implicit)
+                   for b in (0.05, 0.025)] for name in ('central4', 'symmetric')}
+  assert errors['central4'][0] / errors['central4'][1] > 12, errors  # 16 in theory
+  assert errors['central4'][1] < errors['symmetric'][1] / 10, errors
+  assert len(_ep(spec, params, x, targets, 'central4', 0.05).nudged) == 4
+  with pytest.raises(ValueError, match='beta must be'):
+    estimators.EPConfig(estimator='central4', beta=-1.0)
+
+
+def test_vmap_over_beta_equals_separate_calls(x64):
+  """A β sweep as one vmapped program (nested in the vmapped phases, with a tolerance) gives
+  each β's own estimate, phase step counts included."""
+  spec, params, x, targets = _tiny('hard_sigmoid', '3,M')
+  kw = dict(free_steps=200, nudged_steps=60, tol=1e-7)
+  betas = jnp.array([0.05, 0.2, 0.6])
+  for estimator in ('one_sided', 'symmetric'):
+    sweep = jax.jit(jax.vmap(lambda b, e=estimator: estimators.ep_gradient(
+        spec, params, x, targets, beta=b, estimator=e, **kw)))(betas)
+    for i, b in enumerate(betas):
+      single = estimators.jitted_ep_gradient(spec, params, x, targets, beta=b,
+                                             estimator=estimator, **kw)
+      for a, s in zip(jax.tree_util.tree_leaves(sweep), jax.tree_util.tree_leaves(single)):
+        np.testing.assert_allclose(a[i], s, rtol=1e-10, atol=1e-13)
+    norms = [float(jnp.linalg.norm(g)) for g in sweep.grads['readout']['w']]
+    assert len(set(norms)) == 3

@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from ep_jax import inference, network, optim, train_step
+from ep_jax import estimators, inference, network, optim, train_step
 from ep_jax.estimators import EPConfig
 
 
@@ -242,3 +242,56 @@ def test_train_step_diagnostics_are_those_of_its_free_fixed_point():
                              [float(jnp.mean((s <= 0) | (s >= 1))) for s in free], atol=1e-3)
   assert np.all(np.asarray(metrics['layer_nudge_norm']) > 0)
   assert np.all(np.asarray(metrics['layer_mean_abs_state']) > 0.01)
+
+
+def _keep_grads() -> optax.GradientTransformation:
+  """An 'optimiser' that leaves the parameters and keeps the last gradient as its state."""
+  return optax.GradientTransformation(
+      lambda params: jax.tree_util.tree_map(jnp.zeros_like, params),
+      lambda grads, state, params=None: (jax.tree_util.tree_map(jnp.zeros_like, grads), grads))
+
+
+@pytest.mark.parametrize('estimator', ['symmetric', 'random_sign'])
+def test_one_compiled_train_step_serves_several_betas(estimator):
+  """β and tol are traced arguments of the step (`EPHyper`): one trace for every value, and
+  each step's gradient is `ep_gradient`'s at that β and tol."""
+  spec, ep, _, state, batch = _setup(estimator)
+  tx = _keep_grads()
+  state = train_step.create_train_state(state.params, tx, state.rng)
+  chex.clear_trace_counter()  # the counter is per function code, shared by the tests
+  step_fn = jax.jit(chex.assert_max_traces(train_step.make_train_step(spec, ep, tx), n=1))
+  grads = {}
+  for beta, tol in ((0.01, 0.0), (0.5, 0.0), (1.0, 1e-3)):
+    new, metrics = step_fn(state, batch, train_step.EPHyper(jnp.float32(beta), jnp.float32(tol)))
+    grads[beta] = new.opt_state
+    step_rng = jax.random.split(state.rng)[1]
+    ref = estimators.jitted_ep_gradient(spec, state.params, batch['image'], batch['label'],
+                                        beta=beta, estimator=estimator, tol=tol, rng=step_rng,
+                                        free_steps=ep.free_steps, nudged_steps=ep.nudged_steps)
+    chex.assert_trees_all_close(new.opt_state, ref.grads, rtol=1e-5, atol=1e-7)
+    assert float(metrics['nudged_steps']) == np.mean([int(r.steps) for r in ref.nudged])
+  assert float(metrics['nudged_steps']) < ep.nudged_steps  # tol 1e-3 stops the phases early
+  flat = {b: jnp.concatenate([jnp.ravel(g) for g in jax.tree_util.tree_leaves(t)])
+          for b, t in grads.items()}
+  assert float(jnp.linalg.norm(flat[0.01] - flat[0.5])) > 1e-3 * float(jnp.linalg.norm(flat[0.5]))
+  # Without hyper the step uses the EPConfig's β and tol (a second trace, of another signature).
+  plain, _ = jax.jit(train_step.make_train_step(spec, ep, tx))(state, batch)
+  same, _ = step_fn(state, batch, train_step.ep_hyper(ep))
+  chex.assert_trees_all_close(plain.opt_state, same.opt_state, rtol=1e-5, atol=1e-7)
+
+
+def test_train_step_vmaps_over_beta():
+  """A β sweep of one train step in one program: `jax.vmap` over the `EPHyper`."""
+  spec, ep, _, state, batch = _setup()
+  tx = _keep_grads()
+  state = train_step.create_train_state(state.params, tx, state.rng)
+  step_fn = train_step.make_train_step(spec, ep, tx)
+  betas = jnp.array([0.1, 0.5])
+  swept, metrics = jax.jit(jax.vmap(step_fn, in_axes=(None, None, 0)))(
+      state, batch, train_step.EPHyper(betas, jnp.zeros(2)))
+  assert metrics['loss'].shape == (2,)
+  for i, beta in enumerate((0.1, 0.5)):
+    one, _ = jax.jit(step_fn)(state, batch, train_step.EPHyper(jnp.float32(beta),
+                                                               jnp.float32(0.0)))
+    chex.assert_trees_all_close(jax.tree_util.tree_map(lambda a: a[i], swept.opt_state),
+                                one.opt_state, rtol=1e-4, atol=1e-6)
