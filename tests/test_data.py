@@ -5,8 +5,6 @@ import json
 import re
 import subprocess
 import sys
-import threading
-import time
 
 import numpy as np
 import pytest

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import cosines, implicit_problem, relative_error
-from ep_jax import estimators, network, reference_grads
+from ep_jax import estimators, network, reference_grads, relaxation
 
 T = 3000
 TOL = 1e-13

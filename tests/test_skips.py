@@ -7,7 +7,6 @@ run that saves and resumes.
 
 import dataclasses
 import json
-import os
 import shutil
 
 import jax
