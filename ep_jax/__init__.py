@@ -18,10 +18,15 @@ fixed points nudged towards the target. The library:
   initialization   init modes: PyTorch, He-style, per-layer gains, data-dependent calibration.
   optim            optax SGD/Adam with per-layer learning rates and schedules.
   train_step       the jittable train and eval steps and the per-layer diagnostics.
-  signals, kappa, teacher   layer-wise learning signals (local errors, distillation), their
-                   κ schedules, the backprop teacher.
-  data, checkpointing, metrics_io, train, sweep, gdu   the training application.
-  configs          the experiment configs (`ep_jax.configs.quickstart.get_config()`, ...).
+  signals, kappa   layer-wise learning signals (local errors, distillation) and their κ
+                   schedules.
+  feedforward      the feed-forward twin (the BP teacher and baseline).
+  gdu              gradient-alignment diagnostics (EP estimates vs BPTT and implicit gradients).
+
+These modules are the math: they need jax, optax, flax and numpy only. The training
+application lives in `ep_jax.app` (input pipeline, trainer, checkpoints, metrics, teacher
+training and I/O, sweeps, objects built from an `ml_collections` config); the experiment
+configs and scripts are in the repository's `experiments/`.
 
 `import ep_jax` imports no submodule; each loads on first access (`ep_jax.estimators`) or with
 `from ep_jax import estimators`. The math is in docs/METHOD.md.
@@ -32,18 +37,24 @@ import importlib as _importlib
 __version__ = '0.1.0'
 
 __all__ = [
-    'activations', 'checkpointing', 'configs', 'connections', 'data', 'energy', 'estimators',
-    'gdu',
-    'inference', 'initialization', 'kappa', 'metrics_io', 'network', 'optim',
-    'reference_grads', 'relaxation', 'signals', 'sweep', 'teacher', 'train', 'train_step',
+    'activations', 'app', 'connections', 'energy', 'estimators', 'feedforward', 'gdu',
+    'inference', 'initialization', 'kappa', 'network', 'optim', 'reference_grads', 'relaxation',
+    'signals', 'train_step',
 ]
 
 
-def __getattr__(name: str):
-  if name in __all__:
-    return _importlib.import_module(f'{__name__}.{name}')
-  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+def lazy_submodules(package: str, names, namespace: dict):
+  """`(__getattr__, __dir__)` for a package whose submodules `names` load on first access."""
+
+  def getattr_(name: str):
+    if name in names:
+      return _importlib.import_module(f'{package}.{name}')
+    raise AttributeError(f'module {package!r} has no attribute {name!r}')
+
+  def dir_():
+    return sorted(set(namespace) | set(names))
+
+  return getattr_, dir_
 
 
-def __dir__():
-  return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_submodules(__name__, __all__, globals())

@@ -18,7 +18,7 @@ The nudging cost of the nudged phases becomes (METHOD.md §3), summed over the b
                depends on the other examples' s_l); it is still local in the layer. Summed over
                the batch it contributes `B · m ‖ΔS‖²_F / B²`, so that ℒ / B is the batch mean.
 * KD on layer l: `ℓ_l = ½ ‖s_l - t_l(x)‖² / n_l`, `t_l` the activation of the feed-forward
-  teacher (`ep_jax.teacher`) at layer l, `n_l` the units per example of layer l
+  teacher (`ep_jax.app.teacher`) at layer l, `n_l` the units per example of layer l
   (`kd.normalize='layer'`), or `½ ‖s_l - t_l(x)‖²` (`'unit'`).
 
 Signal strength. A signal teaches layer l only as far as its force `-β κ_l ∂ℓ_l/∂s_l` moves
@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ep_jax import energy, kappa, teacher
+from ep_jax import energy, feedforward, kappa
 from ep_jax.network import NetworkSpec
 
 HEADS = ('fixed', 'learned')
@@ -230,7 +230,7 @@ class LayerSignals:
     if self.les is not None and self.les.head == 'fixed':
       targets['les_heads'] = frozen['les']
     if self.kd is not None:
-      acts, z_teacher = teacher.forward(self.teacher_spec, frozen['teacher'], batch['image'])
+      acts, z_teacher = feedforward.forward(self.teacher_spec, frozen['teacher'], batch['image'])
       acts, z_teacher = lax.stop_gradient((acts, z_teacher))
       targets['kd_targets'] = {self._name(l): acts[l] for l in self.kd.layers}
       if self.kd.output:
@@ -371,10 +371,10 @@ def build_signals(signals_config, spec: NetworkSpec, *, num_epochs: int,
   """Builds the learning signals from a `config.signals` ConfigDict.
 
   Args:
-    signals_config: fields `les.*`, `kd.*`, `kappa.*` (see `ep_jax/configs/default.py`).
+    signals_config: fields `les.*`, `kd.*`, `kappa.*` (see `experiments/configs/default.py`).
     spec: the CRNN. num_epochs: E_total of the κ schedule. rng: key for the LES heads.
     teacher_params, teacher_spec: a teacher given directly (tests); otherwise KD loads it from
-      `signals_config.kd.teacher_workdir` with `ep_jax.teacher.load_teacher`.
+      `signals_config.kd.teacher_workdir` with `ep_jax.app.teacher.load_teacher`.
   Returns:
     a `SignalSetup`; `nudging` is None when neither LES nor KD is enabled.
   Raises:
@@ -413,6 +413,7 @@ def build_signals(signals_config, spec: NetworkSpec, *, num_epochs: int,
       if not kd_cfg.teacher_workdir:
         raise ValueError('signals.kd.enabled needs signals.kd.teacher_workdir (a workdir of '
                          '`python -m experiments.train_teacher`)')
+      from ep_jax.app import teacher  # pylint: disable=g-import-not-at-top  (disk I/O)
       teacher_spec, teacher_params, _ = teacher.load_teacher(kd_cfg.teacher_workdir)
     check_teacher(teacher_spec, spec, output=kd.output)
     frozen['teacher'] = teacher_params

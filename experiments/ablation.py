@@ -1,6 +1,6 @@
 r"""Ablation of the layer-wise learning signals on one deep CRNN and data set.
 
-  python -m experiments.ablation --config=ep_jax/configs/ablation_deep.py --workdir=runs/ablation \
+  python -m experiments.ablation --config=experiments/configs/ablation_deep.py --workdir=runs/ablation \
       [--runs=teacher,ep,ep_les,ep_kd,ep_les_kd] [--config.FIELD=VALUE ...]
 
 The config defines the shared network, data and EP / signal settings. Into `--workdir`:
@@ -47,7 +47,7 @@ from typing import Callable, Optional, Sequence
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ep_jax.metrics_io import read_metrics
+from ep_jax.app.metrics_io import read_metrics
 from experiments import cli
 
 TEACHER = 'teacher'
@@ -154,7 +154,7 @@ def teacher_done(teacher_dir: str, config) -> bool:
 
 def ep_done(run_dir: str, config) -> bool:
   """The run reached its last epoch or was stopped for good (`diverged.json`)."""
-  from ep_jax import sweep  # pylint: disable=g-import-not-at-top
+  from ep_jax.app import sweep  # pylint: disable=g-import-not-at-top
   if sweep.is_diverged(run_dir):
     return True
   epochs = [r.get('epoch') for r in read_metrics(run_dir)]
@@ -172,7 +172,7 @@ def run_all(config, workdir: str, runs: Sequence[str] = RUNS,
             print_fn: Callable[[str], None] = print, extras: Sequence[str] = ()) -> str:
   """Trains the selected runs and the `extras` (`--extra` strings; skipping finished runs),
   writes the report; returns its path."""
-  from ep_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  from ep_jax.app import train as train_lib  # pylint: disable=g-import-not-at-top
 
   unknown = sorted(set(runs) - set(RUNS))
   if unknown:
@@ -237,8 +237,8 @@ def _run_extra(config, workdir, name, variant, overrides, print_fn) -> None:
 def _train_ep(config, run_dir: str, prefix: str, print_fn) -> None:
   """Trains (or resumes) one EP run; a run stopped by `NonFiniteError` (or non-convergence)
   gets `diverged.json` and the ablation goes on."""
-  from ep_jax import sweep  # pylint: disable=g-import-not-at-top
-  from ep_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  from ep_jax.app import sweep  # pylint: disable=g-import-not-at-top
+  from ep_jax.app import train as train_lib  # pylint: disable=g-import-not-at-top
   try:
     train_lib.train_and_evaluate(config, run_dir, print_fn=lambda line: print_fn(prefix + line))
   except train_lib.NonFiniteError as e:
@@ -264,7 +264,7 @@ def _duration(seconds) -> str:
 
 def summarize_ep(run_dir: str) -> Optional[dict]:
   """Final/best accuracy, epochs, wall time and last-epoch per-layer diagnostics of a run."""
-  from ep_jax import sweep  # pylint: disable=g-import-not-at-top
+  from ep_jax.app import sweep  # pylint: disable=g-import-not-at-top
   records = read_metrics(run_dir)
   if not records:
     stopped = sweep.diverged_message(run_dir)

@@ -6,7 +6,7 @@
 # 1. Speed: experiments/gpu_benchmark.sh on the reference network (vgg5, batch 128, T1 = 250,
 #    T2 = 25, symmetric EP, β = 1), float32 and mixed bfloat16, fixed steps and the adaptive
 #    tolerance: OUT/bench/gpu_benchmark.jsonl (examples/s, s per 50,000-image epoch).
-# 2. Training: the cifar10_vgg5 recipe (ep_jax/configs/cifar10_vgg5.py: geometry, normalisation,
+# 2. Training: the cifar10_vgg5 recipe (experiments/configs/cifar10_vgg5.py: geometry, normalisation,
 #    augmentation, β, T1/T2, rates) on the CIFAR-10 shards in DATA_DIR: trains on
 #    cifar10_train_0.npz and cifar10_train_1.npz (20,000 images), evaluates each epoch on
 #    cifar10_heldout4_2000.npz (2,000 images of shard 4, never trained on). As many epochs as
@@ -58,7 +58,7 @@ EOF
 )
 echo "training for $EPOCHS epoch(s)" | tee "$OUT/train.log"
 WORK="${TMPDIR:-/tmp}/accelerator_train_$$"
-timeout "$((BUDGET + 60))" python -m experiments.train --config=ep_jax/configs/cifar10_vgg5.py \
+timeout "$((BUDGET + 60))" python -m experiments.train --config=experiments/configs/cifar10_vgg5.py \
   --workdir="$WORK" --config.data.dataset="npz:$DATA" \
   --config.data.train_files="('cifar10_train_0.npz','cifar10_train_1.npz')" \
   --config.data.test_files="('cifar10_heldout4_2000.npz',)" \

@@ -147,7 +147,7 @@ def build(args):
                             eta_min=1e-5)
   state = train_step.create_train_state(params, tx, skey)
   if args.data == 'digits':
-    from ep_jax import data  # pylint: disable=g-import-not-at-top
+    from ep_jax.app import data  # pylint: disable=g-import-not-at-top
     train_split, _, info = data.load_dataset('digits')
     if tuple(spec.input_shape) != tuple(info.input_shape) or spec.num_classes != 10:
       raise ValueError(f'--data=digits needs --input_shape=8,8,1 --num_classes=10, got '

@@ -25,8 +25,8 @@ EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 # The checkout these scripts belong to, and its configs: found from this file, so that a
 # script runs from any directory.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG_DIR = os.path.join(REPO_ROOT, 'ep_jax', 'configs')
-CONFIG_FIELDS_HINT = 'the fields and their defaults are in ep_jax/configs/default.py'
+CONFIG_DIR = os.path.join(REPO_ROOT, 'experiments', 'configs')
+CONFIG_FIELDS_HINT = 'the fields and their defaults are in experiments/configs/default.py'
 
 
 def quiet_logging() -> None:
@@ -137,7 +137,7 @@ def config_value(config_flag) -> Any:
     path = flags.FLAGS[config_flag.name].config_filename
     if os.path.split(path.split(':')[0])[1] and not os.path.isfile(path.split(':')[0]):
       raise FileNotFoundError(f'config file {path.split(":")[0]!r} not found '
-                              f'(configs are in ep_jax/configs/)') from e
+                              f'(configs are in experiments/configs/)') from e
     cause = e.__cause__ or e
     raise ValueError(f'config file {path!r} did not load: {describe(cause)}') from e
 
@@ -190,5 +190,5 @@ def _help_and_exit(args: list[str]) -> None:
   detail = None
   if 'config' in flags.FLAGS:
     detail = (f'Config fields: --config.FIELD=VALUE overrides any field; {CONFIG_FIELDS_HINT} '
-              '(configs for named recipes are in ep_jax/configs/).')
+              '(configs for named recipes are in experiments/configs/).')
   app.usage(shorthelp=not full, writeto_stdout=True, detailed_error=detail, exitcode=0)

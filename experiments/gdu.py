@@ -1,6 +1,6 @@
 r"""Gradient alignment (the GDU property) of the EP estimators on one batch.
 
-  python -m experiments.gdu --config=ep_jax/configs/ablation_digits.py --workdir=runs/gdu \
+  python -m experiments.gdu --config=experiments/configs/ablation_digits.py --workdir=runs/gdu \
       [--betas=0.01,0.03,0.1,0.3,1.0] [--batch_size=8] [--network=config|smooth] \
       [--estimators=one_sided,symmetric,holomorphic] [--config.FIELD=VALUE ...] \
       [--params_from=RUN_DIR [--params_step=N]]
@@ -82,8 +82,9 @@ def run(config, workdir: str, *, betas, batch_size: int = 8,
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from ep_jax import data, gdu, network, signals  # pylint: disable=g-import-not-at-top
-  from ep_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  from ep_jax import gdu, network, signals  # pylint: disable=g-import-not-at-top
+  from ep_jax.app import data  # pylint: disable=g-import-not-at-top
+  from ep_jax.app import train as train_lib  # pylint: disable=g-import-not-at-top
 
   start = time.time()
   restore = source = None
@@ -167,8 +168,8 @@ def load_run_params(run_dir: str, step=None, flag: str = '--params_from'):
   trained signal heads under `'signals'`. Errors name `flag`, the caller's option."""
   import ml_collections  # pylint: disable=g-import-not-at-top
 
-  from ep_jax import train as train_lib  # pylint: disable=g-import-not-at-top
-  from ep_jax.checkpointing import Checkpointer  # pylint: disable=g-import-not-at-top
+  from ep_jax.app import train as train_lib  # pylint: disable=g-import-not-at-top
+  from ep_jax.app.checkpointing import Checkpointer  # pylint: disable=g-import-not-at-top
 
   path = os.path.join(run_dir, 'config.json')
   if not os.path.isfile(path):

@@ -2,7 +2,7 @@ r"""Per-layer training diagnostics over epochs, overlaying several runs.
 
   python -m experiments.plots --workdir=runs/a [--workdir=runs/b ...] [--out=DIR]
 
-Reads each workdir's `metrics.jsonl` (written by `ep_jax.train`; a teacher workdir of
+Reads each workdir's `metrics.jsonl` (written by `ep_jax.app.train`; a teacher workdir of
 `experiments.train_teacher` contributes its accuracy history from `teacher.json`) and draws,
 into `--out` (default: the first workdir), one PNG per diagnostic:
 
@@ -31,7 +31,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 from absl import app, flags
 
-from ep_jax.metrics_io import read_metrics
+from ep_jax.app.metrics_io import read_metrics
 from experiments import cli
 
 LAYER_KEYS = ('layer_mean_abs_state', 'layer_mean_abs_param', 'layer_nudge_norm',

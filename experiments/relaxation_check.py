@@ -79,8 +79,9 @@ def run(run_dir: str, *, step: Optional[int] = None, batch_size: int = 128,
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
-  from ep_jax import data, network, relaxation  # pylint: disable=g-import-not-at-top
-  from ep_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  from ep_jax import network, relaxation  # pylint: disable=g-import-not-at-top
+  from ep_jax.app import data  # pylint: disable=g-import-not-at-top
+  from ep_jax.app import train as train_lib  # pylint: disable=g-import-not-at-top
 
   for mode in modes:
     if mode not in relaxation.MODES:

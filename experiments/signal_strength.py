@@ -1,6 +1,6 @@
 r"""How far each learning signal moves each layer: the per-unit nudge of the nudged phase.
 
-  python -m experiments.signal_strength --config=ep_jax/configs/ablation_digits.py \
+  python -m experiments.signal_strength --config=experiments/configs/ablation_digits.py \
       --teacher_workdir=DIR [--kappas=0.1,1] [--batch_size=64] [--out=FILE.json]
 
 Builds the config's network at its initialisation (`model.init`, seed `config.seed`), relaxes
@@ -24,8 +24,9 @@ import jax.numpy as jnp
 from absl import app, flags
 from ml_collections import config_flags
 
-from ep_jax import data, energy, network, relaxation, signals
-from ep_jax import train as train_lib
+from ep_jax import energy, network, relaxation, signals
+from ep_jax.app import data
+from ep_jax.app import train as train_lib
 from experiments import cli
 
 

@@ -1,13 +1,13 @@
 r"""Hyper-parameter sweeps over a grid of config fields, times seeds.
 
-  python -m experiments.sweep [--config=ep_jax/configs/NAME.py] [--config.FIELD=VALUE ...]
+  python -m experiments.sweep [--config=experiments/configs/NAME.py] [--config.FIELD=VALUE ...]
       --grid='optim.learning_rates=[0.05,0.1];ep.beta=[0.5,1.0]' [--seeds=3] [--vmap_seeds]
       [--launcher=local|slurm] --workdir=DIR
 
 --grid: `FIELD=[V1,V2,...]` entries separated by `;`; FIELD is a config path, the values a
 Python list literal (a scalar for a tuple field such as optim.learning_rates is a 1-tuple).
 --seeds=N runs seeds config.seed + i, i < N. Each run has its own folder
-DIR/<point>/seed=<s>/ (see ep_jax/sweep.py).
+DIR/<point>/seed=<s>/ (see ep_jax/app/sweep.py).
 
 --launcher=local (default) runs the configurations one after another; running the same command
 again skips finished runs and resumes interrupted ones. --vmap_seeds trains the seeds of one
@@ -38,7 +38,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
-  from ep_jax import sweep  # pylint: disable=g-import-not-at-top  (after flag parsing)
+  from ep_jax.app import sweep  # pylint: disable=g-import-not-at-top  (after flag parsing)
   config = cli.config_value(_CONFIG)
   try:
     plan = sweep.make_sweep(config, _GRID.value, _SEEDS.value, _WORKDIR.value)

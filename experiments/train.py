@@ -1,6 +1,6 @@
 r"""Trains a CRNN with Equilibrium Propagation.
 
-  python -m experiments.train [--config=ep_jax/configs/NAME.py] [--config.FIELD=VALUE ...]
+  python -m experiments.train [--config=experiments/configs/NAME.py] [--config.FIELD=VALUE ...]
       [--workdir=DIR]
 
 With no flags: the quick-start config (embedded 8x8 digits, no download), written to a fresh
@@ -32,7 +32,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   cli.quiet_logging()
   config = cli.config_value(_CONFIG)
-  from ep_jax import train  # after flag parsing: keeps --help fast
+  from ep_jax.app import train  # after flag parsing: keeps --help fast
   workdir = _WORKDIR.value or default_workdir(flags.FLAGS['config'].config_filename)
   train.train_and_evaluate(config, workdir)
 

@@ -1,12 +1,12 @@
 r"""Trains the backprop teacher (the CRNN's feed-forward twin) and saves it for distillation.
 
-    python -m experiments.train_teacher --config=ep_jax/configs/default.py \
+    python -m experiments.train_teacher --config=experiments/configs/default.py \
         --workdir=/tmp/teacher_digits --config.teacher.epochs=5
 
 The teacher has the CRNN's layers (`config.model`), is trained with SGD momentum + cosine
 learning rate on cross-entropy (`config.teacher.*`, including its own `init_scale`; momentum,
 weight decay and eta_min from `config.optim`), and is saved to `workdir`
-(`ep_jax.teacher.save_teacher`). Point `config.signals.kd.teacher_workdir` at that workdir.
+(`ep_jax.app.teacher.save_teacher`). Point `config.signals.kd.teacher_workdir` at that workdir.
 Its test accuracy is the BP baseline; the last line printed is `final test_accuracy=<float>`.
 """
 
@@ -20,8 +20,8 @@ from typing import Callable
 from absl import app, flags
 from ml_collections import config_flags
 
-from ep_jax import teacher
-from ep_jax import train as train_lib
+from ep_jax.app import teacher
+from ep_jax.app import train as train_lib
 from experiments import cli
 
 

@@ -1,4 +1,4 @@
-"""Tests for ep_jax.checkpointing (orbax wrapper)."""
+"""Tests for ep_jax.app.checkpointing (orbax wrapper)."""
 
 import gc
 import hashlib
@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from ep_jax.checkpointing import CheckpointError, Checkpointer
+from ep_jax.app.checkpointing import CheckpointError, Checkpointer
 
 # When a restore fails, orbax/tensorstore leaves some read coroutines
 # un-awaited; their GC-time "never awaited" noise is orbax-internal.
@@ -307,7 +307,7 @@ def test_sigkill_right_after_save_is_safe(tmp_path):
         import os, signal, sys
         sys.path.insert(0, {repo!r})
         import jax.numpy as jnp
-        from ep_jax.checkpointing import Checkpointer
+        from ep_jax.app.checkpointing import Checkpointer
         c = Checkpointer({str(tmp_path)!r})
         c.save(1, {{"a": jnp.arange(1000.0)}}, extra={{"epoch": 1}}, metrics={{"test_accuracy": 0.5}})
         os.kill(os.getpid(), signal.SIGKILL)

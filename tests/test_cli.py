@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from ep_jax import train
+from ep_jax.app import train
 from experiments import cli
 
 
@@ -44,4 +44,4 @@ def test_help_exits_zero_and_points_to_the_config_fields(flag):
   done = subprocess.run([sys.executable, '-m', 'experiments.train', flag], cwd=root,
                         capture_output=True, text=True, timeout=120, check=False)
   assert done.returncode == 0, done.stderr
-  assert 'ep_jax/configs/default.py' in done.stdout and '--workdir' in done.stdout
+  assert 'experiments/configs/default.py' in done.stdout and '--workdir' in done.stdout

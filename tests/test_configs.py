@@ -8,10 +8,11 @@ import os
 import ml_collections
 import pytest
 
-from ep_jax import data, network, optim, train
-from ep_jax.data import DatasetInfo
+from ep_jax import network, optim
+from ep_jax.app import data, train
+from ep_jax.app.data import DatasetInfo
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'ep_jax', 'configs')
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'experiments', 'configs')
 NAMES = sorted(os.path.splitext(os.path.basename(p))[0]
                for p in glob.glob(os.path.join(CONFIG_DIR, '*.py')) if '__init__' not in p)
 SHAPES = {'digits': ((8, 8, 1), 10), 'mnist': ((28, 28, 1), 10),
@@ -29,7 +30,7 @@ def test_required_configs_exist():
 
 @pytest.mark.parametrize('name', NAMES)
 def test_config_builds_a_network(name):
-  config = importlib.import_module(f'ep_jax.configs.{name}').get_config()
+  config = importlib.import_module(f'experiments.configs.{name}').get_config()
   assert isinstance(config, ml_collections.ConfigDict)
   dataset = config.data.dataset
   shape, classes = SHAPES.get(dataset, ((32, 32, 3), 10))  # npz: the CIFAR-10 shards
@@ -44,7 +45,7 @@ def test_config_builds_a_network(name):
 def test_config_passes_check_config(name, tmp_path):
   """`train.check_config` (what every script runs before loading data) accepts every shipped
   config; the distillation configs only lack their teacher, and say so."""
-  config = importlib.import_module(f'ep_jax.configs.{name}').get_config()
+  config = importlib.import_module(f'experiments.configs.{name}').get_config()
   config.train.num_devices = 1  # the tests run on 4 fake CPU devices; a plain CPU has one
   if config.signals.kd.enabled:
     config.signals.kd.teacher_workdir = str(tmp_path / 'no_teacher')
@@ -59,7 +60,7 @@ def test_cifar10_vgg5_is_the_reference_recipe(name):
   """Laborieux et al. (2021): vgg5 with paddings 1,1,1,0, 3·std inputs, edge-padded crops,
   symmetric EP β = 1, T1/T2 = 250/25 fixed, per-layer rates and 3e-4 decay, cosine per epoch
   over 100 of 120 epochs."""
-  config = importlib.import_module(f'ep_jax.configs.{name}').get_config()
+  config = importlib.import_module(f'experiments.configs.{name}').get_config()
   info = data.DatasetInfo('cifar10', (32, 32, 3), 10, 50000, 10000, (0.5,) * 3, (0.25,) * 3)
   spec = train.build_spec(config, info)
   assert spec.paddings == ('SAME', 'SAME', 'SAME', 'VALID') and spec.kernel_sizes == (3,) * 4

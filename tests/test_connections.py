@@ -18,9 +18,10 @@ import pytest
 
 from conftest import (assert_async_step_is_a_sweep, assert_sync_and_async_agree, cosines,
                       implicit_problem, max_diff, random_input, random_params, random_states)
-from ep_jax import (activations, connections, data, energy, estimators, initialization, network,
-                    optim, relaxation, teacher, train, train_step)
-from ep_jax.configs import quickstart
+from ep_jax import (activations, connections, energy, estimators, feedforward, initialization,
+                    network, optim, relaxation, train_step)
+from ep_jax.app import data, teacher, train
+from experiments.configs import quickstart
 from ep_jax.connections import ConnectionKind, Edge
 
 T = 3000
@@ -195,8 +196,8 @@ def test_symmetric_ep_matches_the_implicit_gradient(x64):
 def test_teacher_forward_uses_the_upward_edges(x64, tmp_path):
   spec = _spec()
   params, x = random_params(spec), random_input()
-  acts, _ = teacher.forward(spec, params, x)
-  plain, _ = teacher.forward(_spec(edges=()), params, x)
+  acts, _ = feedforward.forward(spec, params, x)
+  plain, _ = feedforward.forward(_spec(edges=()), params, x)
   assert max_diff(acts[:3], plain[:3]) == 0.0 and max_diff(acts[3:], plain[3:]) > 1e-3
   # dense1 by hand: its chain drive plus conv2's dense edge (the lateral edge is left out).
   sigma = activations.get(spec.activation)

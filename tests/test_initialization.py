@@ -7,7 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ep_jax import data, initialization, network, relaxation
+from ep_jax import initialization, network, relaxation
+
+
+from ep_jax.app import data
 
 
 def _spec(layout='8,8,M,16,16,M,16,16,M,16,16', activation='hard_sigmoid'):
@@ -99,8 +102,8 @@ def test_data_init_rejects_a_bad_target():
 def test_data_init_is_calibrated_once_and_not_again_on_resume(tmp_path):
   """`train.calibrated_config` turns init='data' into the gains it chooses (the same
   parameters as calibrating in place); a run resumed from a checkpoint does not calibrate."""
-  from ep_jax import train as train_lib
-  from ep_jax.configs import default
+  from ep_jax.app import train as train_lib
+  from experiments.configs import default
   config = default.get_config()
   config.model.layout = '4,M,4'
   config.model.init = 'data'

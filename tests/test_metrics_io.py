@@ -1,4 +1,4 @@
-"""Tests for ep_jax.metrics_io."""
+"""Tests for ep_jax.app.metrics_io."""
 
 import glob
 import json
@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from ep_jax.metrics_io import MetricsWriter, ProgressReporter, plot_curves, read_metrics
+from ep_jax.app.metrics_io import MetricsWriter, ProgressReporter, plot_curves, read_metrics
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

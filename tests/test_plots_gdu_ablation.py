@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ep_jax import gdu, network, train
-from ep_jax.configs import ablation_deep, ablation_digits, quickstart
+from ep_jax import gdu, network
+from ep_jax.app import train
+from experiments.configs import ablation_deep, ablation_digits, quickstart
 from experiments import ablation, plots
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import cosine
-from ep_jax import data, energy, network, relaxation
+from ep_jax import energy, network, relaxation
+from ep_jax.app import data
 from ep_jax.estimators import EPConfig, ep_gradient
 
 

@@ -5,8 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from ep_jax import data, network, relaxation
-from ep_jax import train
+from ep_jax import network, relaxation
+from ep_jax.app import data
+from ep_jax.app import train
 from experiments import relaxation_check
 from test_relaxation import _net
 from test_train import tiny_config

@@ -1,6 +1,6 @@
 """experiments.signal_strength: per-layer nudges of each signal setting."""
 
-from ep_jax.configs import default
+from experiments.configs import default
 from experiments import signal_strength
 
 

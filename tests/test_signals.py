@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from conftest import cosines, relative_error
-from ep_jax import (energy, estimators, kappa, network, optim, reference_grads, relaxation,
-                    signals, teacher, train_step)
-from ep_jax.configs import default
+from ep_jax import energy, estimators, kappa, network, optim, reference_grads, relaxation, signals, train_step
+from ep_jax.app import teacher
+from experiments.configs import default
 from ep_jax.estimators import EPConfig
 
 T = 3000

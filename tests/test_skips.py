@@ -17,9 +17,10 @@ import pytest
 from conftest import (assert_async_step_is_a_sweep, assert_sync_and_async_agree, cosines,
                       implicit_problem, max_diff, random_input, random_params, random_states,
                       relative_error)
-from ep_jax import (activations, energy, estimators, gdu, network, optim, reference_grads, relaxation,
-                    teacher, train)
-from ep_jax.configs import quickstart
+from ep_jax import (activations, energy, estimators, feedforward, gdu, network, optim,
+                    reference_grads, relaxation)
+from ep_jax.app import teacher, train
+from experiments.configs import quickstart
 
 SKIPS = ((0, 2), (1, 3))  # conv1 (8x8) -> conv3 (4x4): k = 1; conv2 -> conv4 (4x4): k = 0
 T = 3000
@@ -169,9 +170,9 @@ def test_bptt_matches_the_implicit_gradient(x64):
 def test_teacher_forward_has_the_crnn_shapes_and_uses_the_skips(x64):
   spec = _spec()
   params, x = random_params(spec), random_input()
-  acts, z = teacher.forward(spec, params, x)
+  acts, z = feedforward.forward(spec, params, x)
   assert [a.shape[1:] for a in acts] == list(spec.state_shapes) and z.shape == (4, 4)
-  plain_acts, _ = teacher.forward(dataclasses.replace(spec, skips=()), params, x)
+  plain_acts, _ = feedforward.forward(dataclasses.replace(spec, skips=()), params, x)
   assert max_diff(acts[:2], plain_acts[:2]) == 0.0  # below the first skip's target
   assert max_diff(acts[2:], plain_acts[2:]) > 1e-3
   # conv3's activation by hand: σ(drive_3(a_2) + meanpool2(a_1) V_13).

@@ -1,5 +1,5 @@
 """Sweeps: grid parsing and errors, resume of a partly finished sweep, vmapped-seed equivalence,
-the generated sbatch script (ep_jax/sweep.py, experiments/sweep.py)."""
+the generated sbatch script (ep_jax/app/sweep.py, experiments/sweep.py)."""
 
 import csv
 import json
@@ -13,14 +13,14 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from ep_jax import metrics_io
-from ep_jax import sweep
-from ep_jax import train
-from ep_jax.configs import default
-from ep_jax.metrics_io import read_metrics
+from ep_jax.app import metrics_io
+from ep_jax.app import sweep
+from ep_jax.app import train
+from experiments.configs import default
+from ep_jax.app.metrics_io import read_metrics
 from test_train import REPO, tiny_config
 
-QUICKSTART = os.path.join(REPO, 'ep_jax', 'configs', 'quickstart.py')
+QUICKSTART = os.path.join(REPO, 'experiments', 'configs', 'quickstart.py')
 
 
 def _env():

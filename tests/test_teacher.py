@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ep_jax import activations, energy, network, signals, teacher
-from ep_jax.configs import default
+from ep_jax import activations, energy, feedforward, network, signals
+from ep_jax.app import teacher
+from experiments.configs import default
 from experiments import train_teacher
 
 
@@ -40,7 +41,7 @@ def test_forward_is_the_feed_forward_twin():
   spec = _spec()
   params = _params(spec, 0)
   x = _x()
-  acts, z = jax.jit(teacher.forward, static_argnums=0)(spec, params, x)
+  acts, z = jax.jit(feedforward.forward, static_argnums=0)(spec, params, x)
   assert tuple(a.shape[1:] for a in acts) == spec.state_shapes
   sigma = activations.get(spec.activation)
   drives = energy.layer_drives(spec, params, x, acts)  # drive_l of a_{l-1}
@@ -64,8 +65,8 @@ def test_save_load_roundtrip_and_targets_shaped_like_crnn_states(tmp_path):
   for a, b in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(newer)):
     np.testing.assert_array_equal(a, b)
   # The teacher's forward pass after loading is the saved network's, not the first save's.
-  np.testing.assert_array_equal(teacher.forward(spec, loaded, _x())[1],
-                                teacher.forward(tspec, newer, _x())[1])
+  np.testing.assert_array_equal(feedforward.forward(spec, loaded, _x())[1],
+                                feedforward.forward(tspec, newer, _x())[1])
 
   cfg = default.get_config().signals
   cfg.kd.enabled, cfg.kd.teacher_workdir = True, workdir
@@ -75,7 +76,7 @@ def test_save_load_roundtrip_and_targets_shaped_like_crnn_states(tmp_path):
   hidden = crnn.state_shapes[:-1]
   assert [targets['kd_targets'][n].shape[1:] for n in crnn.layer_names[:-1]] == list(hidden)
   assert targets['teacher_logits'].shape == (4, 3)
-  acts, _ = teacher.forward(tspec, newer, batch['image'])
+  acts, _ = feedforward.forward(tspec, newer, batch['image'])
   np.testing.assert_allclose(targets['kd_targets']['conv1'], acts[0], rtol=1e-6)
 
   other = _spec(layout='4,M,7,A')

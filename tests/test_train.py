@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from ep_jax import train
-from ep_jax.checkpointing import CheckpointError
-from ep_jax.configs import default
+from ep_jax.app import train
+from ep_jax.app.checkpointing import CheckpointError
+from experiments.configs import default
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['--config.data.train_subset=256', '--config.data.test_subset=100',

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from ep_jax import train as train_lib
-from ep_jax.configs import default
+from ep_jax.app import train as train_lib
+from experiments.configs import default
 
 
 def _config(validation, seed=0):

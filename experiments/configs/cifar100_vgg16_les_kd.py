@@ -1,10 +1,10 @@
 """CIFAR-100, VGG-16 CRNN, symmetric EP + local error signals + knowledge distillation.
 
-Teacher first: python -m experiments.train_teacher --config=ep_jax/configs/cifar100_vgg16_les_kd.py
+Teacher first: python -m experiments.train_teacher --config=experiments/configs/cifar100_vgg16_les_kd.py
     --workdir=runs/teacher_cifar100_vgg16
 """
 
-from ep_jax.configs import cifar100_vgg16
+from experiments.configs import cifar100_vgg16
 
 
 def get_config():

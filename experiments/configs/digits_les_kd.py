@@ -1,6 +1,6 @@
 """Digits-scale twin of cifar10_vgg13_les_kd (teacher first, as for digits_kd)."""
 
-from ep_jax.configs import digits_kd
+from experiments.configs import digits_kd
 
 
 def get_config():

@@ -6,7 +6,7 @@ PNG data; the normalisation is the reference's fixed statistics, not the shards'
 Pass the folder: --config.data.dataset=npz:/path/to/cifar10 (default ../shared/data/cifar10).
 """
 
-from ep_jax.configs import cifar10_vgg5
+from experiments.configs import cifar10_vgg5
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """The digits-scale twin of `ablation_deep`: 8 conv layers on the embedded 8x8 digits.
 
-    python -m experiments.ablation --config=ep_jax/configs/ablation_digits.py --workdir=DIR
+    python -m experiments.ablation --config=experiments/configs/ablation_digits.py --workdir=DIR
 
 The deep-CRNN recipe (docs/RESULTS.md, "Deep CRNNs"): a twin wide enough for its BP twin to
 reach 97.8% (16,16,M,32,32,M,32,32,M,32,32: 8 conv layers, 8x8 -> 4x4 -> 2x2 -> 1x1), the
@@ -18,7 +18,7 @@ The settings the recipe replaces (its baseline in docs/RESULTS.md): --config.mod
 --config.teacher.init_scale=4.0 --config.teacher.epochs=10.
 """
 
-from ep_jax.configs import ablation_deep
+from experiments.configs import ablation_deep
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """CIFAR-10, VGG-13 CRNN, symmetric EP + local error signals (fixed random heads, GAP, CE)."""
 
-from ep_jax.configs import cifar10_vgg13
+from experiments.configs import cifar10_vgg13
 
 
 def get_config():

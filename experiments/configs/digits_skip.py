@@ -1,6 +1,6 @@
 """`ablation_digits`' deep CRNN with skip links inside the energy (Hopfield-ResNet style).
 
-    python -m experiments.train --config=ep_jax/configs/digits_skip.py --workdir=DIR
+    python -m experiments.train --config=experiments/configs/digits_skip.py --workdir=DIR
 
 The same network and recipe as `ablation_digits` (16,16,M,32,32,M,32,32,M,32,32: 8 conv layers
 on the embedded 8x8 digits, data-dependent init, zero readout, async updates, 20 epochs) plus
@@ -16,7 +16,7 @@ updates sweep the three colour classes of the layer graph. Its accuracy, if meas
 docs/RESULTS.md.
 """
 
-from ep_jax.configs import ablation_digits
+from experiments.configs import ablation_digits
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """CIFAR-100 on a VGG-16 CRNN with standard symmetric EP (no learning signals)."""
 
-from ep_jax.configs import cifar10_vgg5
+from experiments.configs import cifar10_vgg5
 
 
 def get_config():

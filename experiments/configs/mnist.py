@@ -8,7 +8,7 @@ accuracy of a fixed T1 = 250 with 2.75x fewer free steps (docs/BENCHMARKS.md §2
 `python -m experiments.relaxation_check`).
 """
 
-from ep_jax.configs import default
+from experiments.configs import default
 
 
 def get_config():

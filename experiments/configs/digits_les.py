@@ -1,6 +1,6 @@
 """Digits-scale twin of cifar10_vgg13_les: the 4-conv digits CRNN + local error signals."""
 
-from ep_jax.configs import digits_deep
+from experiments.configs import digits_deep
 
 
 def get_config():

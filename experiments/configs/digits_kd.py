@@ -1,8 +1,8 @@
 """Digits-scale twin of cifar10_vgg13_kd. Teacher first:
-  python -m experiments.train_teacher --config=ep_jax/configs/digits_kd.py --workdir=runs/teacher_digits
+  python -m experiments.train_teacher --config=experiments/configs/digits_kd.py --workdir=runs/teacher_digits
 """
 
-from ep_jax.configs import digits_deep
+from experiments.configs import digits_deep
 
 
 def get_config():

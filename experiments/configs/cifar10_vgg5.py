@@ -21,7 +21,7 @@ stops a run whose free phase oscillates, which the reference does not check (0 t
 the test set is evaluated in batches of 500 (the reference's 200: the same result).
 """
 
-from ep_jax.configs import default
+from experiments.configs import default
 
 
 def get_config():

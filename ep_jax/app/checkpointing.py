@@ -67,7 +67,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocp_managers
 
-from ep_jax.metrics_io import jsonable
+from ep_jax.app.metrics_io import jsonable
 
 __all__ = ["CheckpointError", "Checkpointer"]
 

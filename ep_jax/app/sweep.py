@@ -42,11 +42,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ep_jax import data as data_lib
+from ep_jax.app import data as data_lib
 from ep_jax import estimators, optim
-from ep_jax import train as train_lib
-from ep_jax.checkpointing import Checkpointer
-from ep_jax.metrics_io import MetricsWriter, ProgressReporter, read_metrics
+from ep_jax.app import train as train_lib
+from ep_jax.app.checkpointing import Checkpointer
+from ep_jax.app.metrics_io import MetricsWriter, ProgressReporter, read_metrics
 from ep_jax.train_step import make_eval_step, make_train_step
 
 PLAN_FILE = 'sweep.json'
@@ -624,7 +624,7 @@ def write_slurm(sweep: Sweep, config_file: str, base_overrides: dict, *,
       *[f'#SBATCH {opt}' for opt in sbatch_options],
       f'# {len(sweep.points)} configuration(s) x seeds {list(sweep.seeds)}'
       f'{" (vmapped)" if vmap_seeds else ""}; one array task per configuration.',
-      '# Written by ep_jax.sweep.write_slurm. Submit with: sbatch ' + shlex.quote(
+      '# Written by ep_jax.app.sweep.write_slurm. Submit with: sbatch ' + shlex.quote(
           os.path.join(sweep.workdir, SLURM_FILE)),
       'set -euo pipefail',
       f'REPO={shlex.quote(repo)}',

@@ -1,6 +1,6 @@
 """CIFAR-10 on a VGG-13 CRNN with standard symmetric EP (no learning signals)."""
 
-from ep_jax.configs import cifar10_vgg5
+from experiments.configs import cifar10_vgg5
 
 
 def get_config():

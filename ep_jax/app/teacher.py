@@ -1,21 +1,8 @@
-"""The backprop teacher: the feed-forward twin of the CRNN (METHOD.md §3, knowledge distillation).
+"""Training the feed-forward twin (`ep_jax.feedforward`) as the backprop teacher, and its I/O.
 
-Same layers, pools, activation and parameter pytree as the CRNN of `spec`, but run once
-bottom-up instead of relaxed to a fixed point:
-
-    a_0 = x,   a_l = σ(drive_l(a_{l-1}) + Σ_{links i -> l, i < l} D_il(θ_il, a_i)),
-    z = W_out flat(a_N) + b_out
-
-with `drive_l` the bottom-up drive of `ep_jax.energy` (`P_l(W_l ⋆ a_{l-1} + b_l)` for a conv
-layer, `W_l flat(a_{l-1}) + b_l` for a dense one) and the drives `D_il` of the skip links
-(`energy.skip_drive`) and edges (`spec.edges`) that go upwards into layer l. Lateral and
-downward edges (src >= dst) have no feed-forward counterpart and are left out of the pass
-(their parameters get no gradient there). The activations have the CRNN states'
-shapes and range, so they serve as layer-wise targets `t_l(x)`; trained by backprop with optax
-(SGD momentum, cosine learning rate, cross-entropy) the twin is also the BP baseline.
-
-On disk (`save_teacher` / `load_teacher`), a teacher workdir holds
-`checkpoints/<step>/` (the parameters, through `ep_jax.checkpointing.Checkpointer`) and
+`train` fits the twin with optax (SGD momentum, cosine learning rate, cross-entropy);
+on disk (`save_teacher` / `load_teacher`), a teacher workdir holds
+`checkpoints/<step>/` (the parameters, through `ep_jax.app.checkpointing.Checkpointer`) and
 `teacher.json` (the spec's fields, the step to load, the test accuracy and other info).
 """
 
@@ -29,78 +16,15 @@ from typing import Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from ep_jax import activations, connections, data, energy, network, optim
-from ep_jax.checkpointing import Checkpointer
+from ep_jax import connections, network, optim
+from ep_jax.app import data
+from ep_jax.app.checkpointing import Checkpointer
+from ep_jax.feedforward import make_eval_step, make_train_step
 from ep_jax.network import NetworkSpec
 
 TEACHER_JSON = 'teacher.json'
 CHECKPOINT_DIR = 'checkpoints'
-
-
-def forward(spec: NetworkSpec, params: dict, x: jax.Array) -> tuple[tuple, jax.Array]:
-  """One bottom-up pass.
-
-  Args:
-    spec: the network (the CRNN's spec or its twin's). params: `network.init_params` layout.
-    x: inputs `(B, H, W, C)`.
-  Returns:
-    `(activations, logits)`: one array per dynamical layer, `(B, *spec.state_shapes[l])`,
-    and the readout `(B, num_classes)` (the last activation with an MSE readout).
-  """
-  sigma = activations.get(spec.activation)
-  a = x
-  acts = []
-  links = energy.links(spec)
-  for l, p in enumerate(params['layers']):
-    u = energy.layer_drive(spec, l, p, a)
-    for link in links:
-      if link.dst == l and link.src < l:
-        u = u + connections.drive(link.kind, params[link.group][link.index], acts[link.src])
-    a = sigma(u)
-    acts.append(a)
-  acts = tuple(acts)
-  return acts, energy.logits(spec, params, acts)
-
-
-def loss_fn(spec: NetworkSpec, params: dict, x: jax.Array, labels: jax.Array) -> jax.Array:
-  """Mean output loss of the feed-forward pass (cross-entropy for a softmax readout)."""
-  acts, _ = forward(spec, params, x)
-  return jnp.mean(energy.example_losses(spec, params, acts, labels))
-
-
-def make_train_step(spec: NetworkSpec, tx: optax.GradientTransformation) -> Callable:
-  """`(params, opt_state, batch) -> (params, opt_state, metrics)`, backprop (not jitted)."""
-
-  def train_step(params, opt_state, batch):
-    x, labels = batch['image'], batch['label']
-
-    def loss_and_logits(p):
-      acts, z = forward(spec, p, x)
-      return jnp.mean(energy.example_losses(spec, p, acts, labels)), z
-
-    (loss, z), grads = jax.value_and_grad(loss_and_logits, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    return params, opt_state, {'loss': loss, 'accuracy': jnp.mean(jnp.argmax(z, -1) == labels)}
-
-  return train_step
-
-
-def make_eval_step(spec: NetworkSpec) -> Callable:
-  """`(params, batch) -> sums` of loss and correct predictions over real (masked) examples."""
-
-  def eval_step(params, batch):
-    x, labels = batch['image'], batch['label']
-    mask = batch.get('mask', jnp.ones(labels.shape, jnp.float32))
-    acts, z = forward(spec, params, x)
-    losses = energy.example_losses(spec, params, acts, labels)
-    return {'loss_sum': jnp.sum(losses * mask),
-            'correct': jnp.sum((jnp.argmax(z, -1) == labels) * mask),
-            'count': jnp.sum(mask)}
-
-  return eval_step
 
 
 def evaluate(spec: NetworkSpec, params: dict, split: data.Split, info: data.DatasetInfo, *,
@@ -232,7 +156,7 @@ def load_teacher(workdir: str, kinds: Sequence[connections.ConnectionKind] = ()
 
   Raises:
     FileNotFoundError: no `teacher.json` in `workdir` (with how to make one).
-    ep_jax.checkpointing.CheckpointError: a missing, corrupt or mismatched checkpoint.
+    ep_jax.app.checkpointing.CheckpointError: a missing, corrupt or mismatched checkpoint.
   """
   path = os.path.join(workdir, TEACHER_JSON)
   if not os.path.isfile(path):

@@ -782,7 +782,7 @@ _augment = augment  # `augment` is also a keyword argument of train_batches
 
 
 def _grain():
-    import grain  # lazy: keeps `import ep_jax.data` light
+    import grain  # lazy: keeps `import ep_jax.app.data` light
 
     return grain
 

@@ -1,6 +1,6 @@
 """The ablation's deep network: a VGG-style CRNN with 8 convolutional layers on CIFAR-10.
 
-`python -m experiments.ablation --config=ep_jax/configs/ablation_deep.py --workdir=DIR` trains
+`python -m experiments.ablation --config=experiments/configs/ablation_deep.py --workdir=DIR` trains
 standard symmetric EP, EP + LES, EP + KD, EP + LES + KD and the BP teacher on this network and
 data (the ablation switches `signals.les.enabled` / `signals.kd.enabled` itself).
 
@@ -18,7 +18,7 @@ one rate 0.05 for every layer, a He-scale (4.9) BP teacher. Its settings come fr
 twin (`ablation_digits`); its CIFAR-10 runs are in docs/RESULTS.md.
 """
 
-from ep_jax.configs import default
+from experiments.configs import default
 
 
 def get_config():

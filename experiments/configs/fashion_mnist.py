@@ -1,6 +1,6 @@
 """Fashion-MNIST (tfds): the MNIST recipe on Fashion-MNIST."""
 
-from ep_jax.configs import mnist
+from experiments.configs import mnist
 
 
 def get_config():

@@ -1,11 +1,11 @@
 """CIFAR-10, VGG-13 CRNN, symmetric EP + layer-wise and output knowledge distillation.
 
 Train the teacher (the CRNN's feed-forward twin, by backprop) first:
-  python -m experiments.train_teacher --config=ep_jax/configs/cifar10_vgg13_kd.py \
+  python -m experiments.train_teacher --config=experiments/configs/cifar10_vgg13_kd.py \
       --workdir=runs/teacher_cifar10_vgg13
 """
 
-from ep_jax.configs import cifar10_vgg13
+from experiments.configs import cifar10_vgg13
 
 
 def get_config():

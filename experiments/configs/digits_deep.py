@@ -1,6 +1,6 @@
 """Digits-scale twin of the deep configs: a 4-conv CRNN on the embedded 8x8 digits, plain EP."""
 
-from ep_jax.configs import default
+from experiments.configs import default
 
 
 def get_config():

@@ -1,10 +1,10 @@
 """CIFAR-10, VGG-13 CRNN, symmetric EP + local error signals + knowledge distillation.
 
-Teacher first: python -m experiments.train_teacher --config=ep_jax/configs/cifar10_vgg13_les_kd.py
+Teacher first: python -m experiments.train_teacher --config=experiments/configs/cifar10_vgg13_les_kd.py
     --workdir=runs/teacher_cifar10_vgg13
 """
 
-from ep_jax.configs import cifar10_vgg13_kd
+from experiments.configs import cifar10_vgg13_kd
 
 
 def get_config():

@@ -31,11 +31,11 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from ep_jax import data as data_lib
+from ep_jax.app import data as data_lib
 from ep_jax import estimators, initialization, network, optim
-from ep_jax.checkpointing import Checkpointer
+from ep_jax.app.checkpointing import Checkpointer
 from ep_jax.estimators import EPConfig
-from ep_jax.metrics_io import MetricsWriter, ProgressReporter, jsonable
+from ep_jax.app.metrics_io import MetricsWriter, ProgressReporter, jsonable
 from ep_jax.train_step import TrainState, create_train_state, make_eval_step, make_train_step
 
 CHECKPOINT_DIR = 'checkpoints'
@@ -144,7 +144,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     make_mesh(t.batch_size, t.eval_batch_size, t.num_devices)
   kd = config.signals.kd
   if kd.enabled:
-    from ep_jax import teacher  # pylint: disable=g-import-not-at-top
+    from ep_jax.app import teacher  # pylint: disable=g-import-not-at-top
     if not kd.teacher_workdir:
       raise ValueError('signals.kd.enabled needs signals.kd.teacher_workdir (a workdir of '
                        'experiments.train_teacher)')
@@ -435,7 +435,7 @@ def build_run(config: ml_collections.ConfigDict, spec: network.NetworkSpec,
   """Parameters, learning signals, optimiser and train state of a run with `config.seed`.
 
   `PRNGKey(seed)` splits into init / state / signal keys, so the same seed always gives the
-  same initial state (`ep_jax.sweep`'s vmapped seeds rely on it). `model.init='data'` must
+  same initial state (`ep_jax.app.sweep`'s vmapped seeds rely on it). `model.init='data'` must
   be resolved first (`calibrated_config`, or `template_config` when a checkpoint follows).
   """
   num_epochs = int(config.train.epochs)

@@ -1,0 +1,19 @@
+"""The training application built on the `ep_jax` core.
+
+  data            datasets in memory and the grain input pipeline (shuffled, augmented,
+                  checkpointable batches; per-process shards).
+  train           the EP trainer driven by an `ml_collections` config (`train_and_evaluate`),
+                  and the objects it builds from a config (spec, EP config, optimiser, signals).
+  checkpointing   orbax checkpoints (`Checkpointer`: keep the last N and the best).
+  metrics_io      `metrics.jsonl`, TensorBoard events, progress lines, curves.
+  teacher         training the feed-forward twin by backprop, and its save/load.
+  sweep           hyperparameter sweeps: grids, seeds (vmapped), local and SLURM launchers.
+
+Each submodule loads on first access (`ep_jax.app.train`) or with `from ep_jax.app import train`.
+"""
+
+from ep_jax import lazy_submodules as _lazy_submodules
+
+__all__ = ['checkpointing', 'data', 'metrics_io', 'sweep', 'teacher', 'train']
+
+__getattr__, __dir__ = _lazy_submodules(__name__, __all__, globals())
