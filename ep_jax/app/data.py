@@ -574,7 +574,8 @@ def _resolve_npz_files(path_spec: str, train_files, test_files) -> tuple[list[st
         raise _err(
             f"npz:{path_spec}: no such directory (an npz dataset is a folder of .npz files, "
             "each with 'image' uint8 N x H x W x C and 'label' N; the CIFAR-10 configs "
-            "expect the shards cifar10_train_0..4.npz: see the README)"
+            "expect the shards cifar10_train_0..4.npz: see the README); point "
+            "--config.data.dataset=npz:DIR at such a folder"
         )
     train_pats, test_pats = _as_list(train_files), _as_list(test_files)
     if not train_pats or not test_pats:
