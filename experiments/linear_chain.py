@@ -25,7 +25,7 @@ import math
 from typing import Sequence
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from experiments import cli
 

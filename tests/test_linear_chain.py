@@ -28,3 +28,20 @@ def test_table_rows():
   assert rows[2]['spectral_radius'] > 1 and rows[2]['sync_steps_to_tol'] is None
   with pytest.raises(ValueError, match='gain'):
     linear_chain.attenuation(0.6)
+
+
+def test_drive_normalisation_runs_and_records_every_round():
+  from experiments import drive_normalisation
+  from experiments.configs import quickstart
+  config = quickstart.get_config()
+  config.model.layout = '4,M,4'
+  lines = []
+  history = drive_normalisation.normalise(config, target_std=0.3, centre=1.0, rounds=2,
+                                          rate=0.25, damping=0.5, batch_size=16, max_steps=40,
+                                          tol=1e-4, print_fn=lines.append)
+  assert [h['round'] for h in history] == [0, 1, 2] and len(lines) == 3
+  for h in history:
+    assert len(h['input_dependence']) == len(h['drive_std']) == 2
+  # A round moves the drives' batch-std towards the target.
+  first, last = history[0]['drive_std'], history[-1]['drive_std']
+  assert all(abs(b - 0.3) < abs(a - 0.3) for a, b in zip(first, last)), (first, last)

@@ -4,6 +4,8 @@
                   checkpointable batches; per-process shards).
   train           the EP trainer driven by an `ml_collections` config (`train_and_evaluate`),
                   and the objects it builds from a config (spec, EP config, optimiser, signals).
+  loop            the steps of an epoch, their means and the evaluation pass, shared by the
+                  EP trainer, the vmapped-seeds trainer and the backprop teacher.
   checkpointing   orbax checkpoints (`Checkpointer`: keep the last N and the best).
   metrics_io      `metrics.jsonl`, TensorBoard events, progress lines, curves.
   teacher         training the feed-forward twin by backprop, and its save/load.
@@ -14,6 +16,6 @@ Each submodule loads on first access (`ep_jax.app.train`) or with `from ep_jax.a
 
 from ep_jax import lazy_submodules as _lazy_submodules
 
-__all__ = ['checkpointing', 'data', 'metrics_io', 'sweep', 'teacher', 'train']
+__all__ = ['checkpointing', 'data', 'loop', 'metrics_io', 'sweep', 'teacher', 'train']
 
 __getattr__, __dir__ = _lazy_submodules(__name__, __all__, globals())

@@ -42,10 +42,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ep_jax.app import data as data_lib
 from ep_jax import estimators, optim
+from ep_jax.app import data as data_lib
 from ep_jax.app import train as train_lib
 from ep_jax.app.checkpointing import Checkpointer
+from ep_jax.app.loop import EpochRun, evaluate, mean_over_steps, run_epoch
 from ep_jax.app.metrics_io import MetricsWriter, ProgressReporter, read_metrics
 from ep_jax.train_step import make_eval_step, make_train_step
 
@@ -381,6 +382,11 @@ def _stack(trees: Sequence[Any]) -> Any:
   return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
 
 
+def _stack_batches(batches: Sequence[dict]) -> dict:
+  """One batch per seed -> one batch with a leading seed axis."""
+  return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+
+
 def train_vmapped_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int], workdir: str,
                         print_fn: Callable[[str], Any] = print) -> list[dict]:
   """Trains every seed of `config` in one compiled program on one device.
@@ -474,27 +480,20 @@ def train_vmapped_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
     iters = [data_lib.train_batches(tr, info, batch_size=batch_size, epoch=epoch, seed=s,
                                     prefetch=d.prefetch, **train_lib.augmentation(config))
              for (tr, _, _), s in zip(splits, seeds)]
-    per_step = []
-    for batches in zip(*iters):
-      batch = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
-      state, metrics = train_step(state, batch)
-      per_step.append(metrics)
-      examples_done += batch_size * len(seeds)
-      progress.update(epoch * steps_per_epoch + len(per_step), examples_done,
-                      jnp.mean(metrics['loss']), jnp.mean(metrics['accuracy']), epoch + 1)
-    train = train_lib.mean_over_steps(per_step)
+    run = run_epoch(train_step, EpochRun(state), map(_stack_batches, zip(*iters)),
+                    num_steps=steps_per_epoch, examples_per_step=batch_size * len(seeds),
+                    progress=progress, first_step=epoch * steps_per_epoch,
+                    examples_before=examples_done, epoch=epoch + 1, reduce=jnp.mean)
+    state, per_step = run.state, run.per_step
+    examples_done += batch_size * len(seeds) * len(per_step)
+    train = mean_over_steps(per_step)
     train_time = time.time() - epoch_start
     finite = np.all(np.stack([np.asarray(m['finite']) for m in jax.device_get(per_step)]),
                     axis=0) & np.isfinite(train['loss'])
 
-    sums = None
     evals = [data_lib.eval_batches(te, info, batch_size=eval_batch_size, prefetch=d.prefetch,
                                    num_batches=num_eval) for (_, te, _) in splits]
-    for batches in zip(*evals):
-      batch = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
-      out = eval_step(state.params, batch)
-      sums = out if sums is None else jax.tree_util.tree_map(jnp.add, sums, out)
-    sums = jax.device_get(sums)
+    sums = evaluate(eval_step, state.params, map(_stack_batches, zip(*evals)))
     step_now = int(np.asarray(state.step)[0])
     rates_now = optim.current_learning_rates(spec, learning_rates=rates, step=step_now,
                                              **lr_kwargs)

@@ -15,10 +15,9 @@ from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ep_jax import connections, network, optim
-from ep_jax.app import data
+from ep_jax.app import data, loop
 from ep_jax.app.checkpointing import Checkpointer
 from ep_jax.feedforward import make_eval_step, make_train_step
 from ep_jax.network import NetworkSpec
@@ -31,13 +30,9 @@ def evaluate(spec: NetworkSpec, params: dict, split: data.Split, info: data.Data
              batch_size: int = 256, eval_step: Optional[Callable] = None) -> dict:
   """`{'loss', 'accuracy'}` over every example of `split`."""
   eval_step = eval_step or jax.jit(make_eval_step(spec))
-  totals = {'loss_sum': 0.0, 'correct': 0.0, 'count': 0.0}
-  for batch in data.eval_batches(split, info, batch_size=batch_size):
-    out = eval_step(params, batch)
-    for k in totals:
-      totals[k] += float(out[k])
-  return {'loss': totals['loss_sum'] / totals['count'],
-          'accuracy': totals['correct'] / totals['count']}
+  sums = loop.evaluate(eval_step, params, data.eval_batches(split, info, batch_size=batch_size))
+  return {'loss': float(sums['loss_sum']) / float(sums['count']),
+          'accuracy': float(sums['correct']) / float(sums['count'])}
 
 
 def train(spec: NetworkSpec, train_split: data.Split, test_split: data.Split,
@@ -65,17 +60,23 @@ def train(spec: NetworkSpec, train_split: data.Split, test_split: data.Split,
   step = jax.jit(make_train_step(spec, tx), donate_argnums=(0, 1))
   eval_step = jax.jit(make_eval_step(spec))
   history, start = [], time.time()
+  batches = data.train_iterator(
+      data.train_dataset(train_split, info, batch_size=batch_size, num_epochs=epochs, seed=seed,
+                         augment=augment, crop_padding=crop_padding, flip=flip,
+                         crop_mode=crop_mode), prefetch=2)
+
+  def pair_step(state, batch):  # the twin's (params, opt_state) as one train state
+    params, opt_state, metrics = step(*state, batch)
+    return (params, opt_state), metrics
+
   for epoch in range(epochs):
-    sums = np.zeros(2)
-    for batch in data.train_batches(train_split, info, batch_size=batch_size, epoch=epoch,
-                                    seed=seed, augment=augment, crop_padding=crop_padding,
-                                    flip=flip, crop_mode=crop_mode):
-      params, opt_state, metrics = step(params, opt_state, batch)
-      sums += np.array([float(metrics['loss']), float(metrics['accuracy'])])
+    run = loop.run_epoch(pair_step, loop.EpochRun((params, opt_state)), batches,
+                    num_steps=steps_per_epoch, examples_per_step=batch_size)
+    (params, opt_state), means = run.state, loop.mean_over_steps(run.per_step)
     test = evaluate(spec, params, test_split, info, batch_size=eval_batch_size,
                     eval_step=eval_step)
-    record = {'epoch': epoch + 1, 'train_loss': sums[0] / steps_per_epoch,
-              'train_accuracy': sums[1] / steps_per_epoch, 'test_loss': test['loss'],
+    record = {'epoch': epoch + 1, 'train_loss': float(means['loss']),
+              'train_accuracy': float(means['accuracy']), 'test_loss': test['loss'],
               'test_accuracy': test['accuracy'], 'seconds': time.time() - start}
     history.append(record)
     if log is not None:

@@ -34,6 +34,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ep_jax.app import data as data_lib
 from ep_jax import estimators, initialization, network, optim
 from ep_jax.app.checkpointing import Checkpointer
+from ep_jax.app.loop import EpochRun, evaluate, mean_over_steps, run_epoch
 from ep_jax.estimators import EPConfig
 from ep_jax.app.metrics_io import MetricsWriter, ProgressReporter, jsonable
 from ep_jax.train_step import TrainState, create_train_state, make_eval_step, make_train_step
@@ -463,25 +464,6 @@ def build_run(config: ml_collections.ConfigDict, spec: network.NetworkSpec,
   return RunSetup(state, tx, nudging, rates, lr_kwargs)
 
 
-def mean_over_steps(per_step: list[dict], prior: dict | None = None) -> dict:
-  """Float64 means over the steps of an epoch, per metric key (keeps any leading axes).
-
-  `prior` (`{'count': n, 'means': {key: value}}`, saved by a mid-epoch checkpoint) holds the
-  means of the epoch's first n steps; the result then covers those steps too.
-  """
-  host = jax.device_get(per_step)
-  count = int(prior['count']) if prior else 0
-  if not host:
-    return {k: np.asarray(v, np.float64) for k, v in prior['means'].items()} if prior else {}
-  means = {k: np.stack([np.asarray(m[k], np.float64) for m in host]).mean(axis=0)
-           for k in host[0]}
-  if not count:
-    return means
-  total = count + len(host)
-  return {k: (np.asarray(prior['means'][k], np.float64) * count + v * len(host)) / total
-          if k in prior['means'] else v for k, v in means.items()}
-
-
 def epoch_record(*, epoch: int, step: int, train: dict, sums: dict, lrs: list,
                  epoch_time: float, train_time: float, examples: int) -> dict:
   """The `metrics.jsonl` record of one epoch (1-based) from train means and eval sums."""
@@ -708,56 +690,51 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, print_fn, resum
       prefetch=config.data.prefetch, state=data_state, start=start_epoch * steps_per_epoch)
   every = int(config.train.get('checkpoint_every_steps', 0))
   examples_done = 0
+  place = lambda batch: to_global(batch, batch_sharding)
   for epoch in range(start_epoch, num_epochs):
     epoch_start = time.time()
-    per_step = []
     first = start_step if epoch == start_epoch else 0
+    prior = partial if epoch == start_epoch else None
+    run = EpochRun(state)
     data_position = None
-
-    def report(i: int, metrics: dict) -> None:
-      # Times the step once its results are there: one step stays queued behind it.
-      jax.block_until_ready(metrics)
-      progress.update(epoch * steps_per_epoch + first + i + 1,
-                      examples_done - (len(per_step) - 1 - i) * batch_size, metrics['loss'],
-                      metrics['accuracy'], epoch + 1)
 
     def save_mid_epoch() -> None:
       nonlocal mid_checkpointer
       if mid_checkpointer is None:
         mid_checkpointer = Checkpointer(os.path.join(workdir, MID_EPOCH_DIR), max_to_keep=1)
-      done = first + len(per_step)
+      done = first + len(run.per_step)
       if done in (0, steps_per_epoch) or epoch * steps_per_epoch + done in (
           mid_checkpointer.all_steps()):
         return
-      means = mean_over_steps(per_step, prior=partial if epoch == start_epoch else None)
-      mid_checkpointer.save(epoch * steps_per_epoch + done, state, extra={
+      means = mean_over_steps(run.per_step, prior=prior)
+      mid_checkpointer.save(epoch * steps_per_epoch + done, run.state, extra={
           'epochs_done': epoch, 'steps_in_epoch': done, 'data_iterator': data_position,
           'train_partial': {'count': done, 'means': {k: np.asarray(v).tolist()
                                                      for k, v in means.items()}},
           'seed': config.seed})
       position.mid_steps = done
 
+    def on_step(run: EpochRun) -> None:
+      nonlocal data_position
+      data_position = batches.get_state()
+      if every > 0 and (first + len(run.per_step)) % every == 0:
+        save_mid_epoch()
+
     position.epoch = epoch + 1
+    if epoch == start_epoch and is_primary:
+      print_fn(f'epoch {epoch + 1}: compiling the train step (the first step takes a while)')
     try:
-      for _ in range(first, steps_per_epoch):
-        batch = next(batches)
-        if epoch == start_epoch and not per_step and is_primary:
-          print_fn(f'epoch {epoch + 1}: compiling the train step (the first step takes a while)')
-        state, metrics = train_step(state, to_global(batch, batch_sharding))
-        data_position = batches.get_state()
-        per_step.append(metrics)
-        examples_done += batch_size
-        if len(per_step) > 1:
-          report(len(per_step) - 2, per_step[-2])
-        if every > 0 and (first + len(per_step)) % every == 0:
-          save_mid_epoch()
+      run_epoch(lambda s, b: train_step(s, place(b)), run, batches,
+                num_steps=steps_per_epoch - first, examples_per_step=batch_size,
+                progress=progress, first_step=epoch * steps_per_epoch + first,
+                examples_before=examples_done, epoch=epoch + 1, on_step=on_step)
     except KeyboardInterrupt:
-      if per_step and _state_is_live(state):
+      if run.per_step and _state_is_live(run.state):
         save_mid_epoch()  # the same command resumes after the last finished step
       raise
-    if per_step:
-      report(len(per_step) - 1, per_step[-1])
-    train = mean_over_steps(per_step, prior=partial if epoch == start_epoch else None)
+    state, per_step = run.state, run.per_step
+    examples_done += len(per_step) * batch_size
+    train = mean_over_steps(per_step, prior=prior)
     train_time = time.time() - epoch_start
     if not (np.all(np.asarray(jax.device_get([m['finite'] for m in per_step])))
             and np.isfinite(train['loss'])):
@@ -774,12 +751,9 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, print_fn, resum
     check_convergence(config, spec, train, epoch=epoch + 1, checkpoints=checkpointer.directory,
                       steps=checkpointer.all_steps())
 
-    sums = None
-    for batch in data_lib.eval_batches(test_split, info, batch_size=local_eval_batch,
-                                       prefetch=config.data.prefetch, num_batches=num_eval):
-      out = eval_step(state.params, to_global(batch, batch_sharding))
-      sums = out if sums is None else jax.tree_util.tree_map(jnp.add, sums, out)
-    sums = jax.device_get(sums)
+    sums = evaluate(eval_step, state.params, map(place, data_lib.eval_batches(
+        test_split, info, batch_size=local_eval_batch, prefetch=config.data.prefetch,
+        num_batches=num_eval)))
     rates_now = optim.current_learning_rates(
         spec, learning_rates=rates, step=int(state.step), **lr_kwargs)
     record = epoch_record(epoch=epoch + 1, step=int(state.step), train=train, sums=sums,
