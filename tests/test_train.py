@@ -329,11 +329,19 @@ def test_mid_epoch_checkpoints_resume_exactly_mid_epoch(tmp_path):
   with pytest.raises(train.Interrupted, match='resume epoch 2 after its step 6'):
     train.train_and_evaluate(config, str(ctrl_c), print_fn=_StopAt(13, KeyboardInterrupt()))
   assert os.listdir(ctrl_c / train.MID_EPOCH_DIR) == ['14']
+  # A checkpoint whenever a step ends 0 s after the last one: one for each step of the epoch.
+  timed = tmp_path / 'timed'
+  with pytest.raises(RuntimeError, match='crash'):
+    train.train_and_evaluate(tiny_config(train__log_every_seconds=0.0,
+                                         train__checkpoint_every_seconds=1e-9),
+                             str(timed), print_fn=_StopAt(5, RuntimeError('crash')))
+  assert os.listdir(timed / train.MID_EPOCH_DIR) == ['6']  # the latest only, after step 6
   # A crash (no Ctrl-C handler) at step 12 with a checkpoint every 3 steps: resumes after 3.
   crash = tmp_path / 'crash'
   with pytest.raises(RuntimeError, match='crash'):
     train.train_and_evaluate(tiny_config(train__epochs=2, train__log_every_seconds=0.0,
-                                         data__augment=True, train__checkpoint_every_steps=3),
+                                         data__augment=True, train__checkpoint_every_steps=3,
+                                         train__checkpoint_every_seconds=0.0),
                              str(crash), print_fn=_StopAt(12, RuntimeError('crash')))
   assert os.listdir(crash / train.MID_EPOCH_DIR) == ['11']  # epoch 2, step 3
   for workdir, steps in ((ctrl_c, 6), (crash, 3)):

@@ -122,9 +122,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   for field in ('epochs', 'batch_size', 'eval_batch_size'):
     if int(t[field]) < 1:
       raise ValueError(f'train.{field} must be >= 1, got {t[field]}')
-  if int(t.get('checkpoint_every_steps', 0)) < 0:
-    raise ValueError(f'train.checkpoint_every_steps must be >= 0 (0: at epoch ends only), got '
-                     f'{t.checkpoint_every_steps}')
+  for field in ('checkpoint_every_steps', 'checkpoint_every_seconds'):
+    if float(t.get(field, 0)) < 0:
+      raise ValueError(f'train.{field} must be >= 0 (0: off), got {t[field]}')
   data_lib.check_dataset_name(config.data.dataset)
   shape = data_lib.known_input_shape(config.data.dataset)
   if shape is not None:  # the spec of an npz dataset needs its files
@@ -158,7 +158,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 # Fields a resumed run may change: they do not change what is computed.
 RESUME_FREE_FIELDS = ('train.log_every_seconds', 'train.checkpoints_to_keep',
-                      'train.checkpoint_every_steps',
+                      'train.checkpoint_every_steps', 'train.checkpoint_every_seconds',
                       'train.eval_batch_size', 'train.num_devices', 'train.multihost',
                       'train.coordinator_address', 'train.num_processes', 'train.process_id',
                       'data.data_dir', 'data.prefetch')
@@ -689,6 +689,11 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, print_fn, resum
                              seed=config.seed, shard=shard, **augmentation(config)),
       prefetch=config.data.prefetch, state=data_state, start=start_epoch * steps_per_epoch)
   every = int(config.train.get('checkpoint_every_steps', 0))
+  # Time-based mid-epoch checkpoints on one process only: processes would disagree on the time,
+  # and every process must join a save.
+  every_s = (float(config.train.get('checkpoint_every_seconds', 0.0))
+             if jax.process_count() == 1 else 0.0)
+  last_save = time.time()
   examples_done = 0
   place = lambda batch: to_global(batch, batch_sharding)
   for epoch in range(start_epoch, num_epochs):
@@ -715,10 +720,12 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, print_fn, resum
       position.mid_steps = done
 
     def on_step(run: EpochRun) -> None:
-      nonlocal data_position
+      nonlocal data_position, last_save
       data_position = batches.get_state()
-      if every > 0 and (first + len(run.per_step)) % every == 0:
+      if ((every > 0 and (first + len(run.per_step)) % every == 0)
+          or (every_s > 0 and time.time() - last_save >= every_s)):
         save_mid_epoch()
+        last_save = time.time()
 
     position.epoch = epoch + 1
     if epoch == start_epoch and is_primary:
@@ -764,6 +771,7 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, print_fn, resum
     checkpointer.save(epoch + 1, state, extra={'epochs_done': epoch + 1, 'seed': config.seed},
                       metrics={'test_accuracy': record['test_accuracy']})
     position.done, position.mid_steps = epoch + 1, 0
+    last_save = time.time()
     if mid_checkpointer is not None:  # superseded by the epoch's checkpoint
       mid_checkpointer.close()
       mid_checkpointer = None

@@ -101,9 +101,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.eval_batch_size = 256
   config.train.log_every_seconds = 5.0
   config.train.checkpoints_to_keep = 3
-  # > 0: also a mid-epoch checkpoint every this many steps (the latest is kept until its epoch
-  # ends; Ctrl-C writes one too), so a run resumes mid-epoch exactly.
+  # Mid-epoch checkpoints, so that a killed run resumes mid-epoch exactly (the latest is kept
+  # until its epoch ends; Ctrl-C writes one too): every this many steps (0: off), and, on one
+  # process, when this many seconds have passed since the last checkpoint (0: off).
   config.train.checkpoint_every_steps = 0
+  config.train.checkpoint_every_seconds = 600.0
   config.train.num_devices = 0  # devices of the data-parallel mesh (0 = all visible)
   config.train.multihost = False  # call jax.distributed.initialize() first
   # Explicit cluster for multihost (else auto-detected): 'host:port' of process 0, the
