@@ -22,6 +22,9 @@ import json
 import math
 import os
 import shutil
+import signal
+import sys
+import threading
 import time
 from typing import Any, NamedTuple
 
@@ -562,11 +565,46 @@ class _Position:
   mid_steps: int = 0
 
 
+class _DeferredInterrupt:
+  """Ctrl-C (SIGINT) as a request, acted on between steps: the first one sets `pending`, and
+  `check()` (called after each train step and after each epoch's checkpoint) raises
+  KeyboardInterrupt, so a checkpoint is never cut off mid-write and the train state is whole;
+  a second Ctrl-C raises at once. Outside the main thread it does nothing."""
+
+  def __init__(self):
+    self.pending = False
+    self._previous = None
+
+  def _handler(self, signum, frame):  # pylint: disable=unused-argument
+    if self.pending:
+      raise KeyboardInterrupt
+    self.pending = True
+    sys.stderr.write('stopping after the current step (Ctrl-C again stops at once)\n')
+
+  def check(self) -> None:
+    if self.pending:
+      raise KeyboardInterrupt
+
+  def install(self) -> None:
+    if self._previous is None and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGINT, self._handler)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGINT, self._previous)
+      self._previous = None
+
+
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, print_fn,
                         resuming: bool) -> dict:
   position = _Position()
+  interrupt = _DeferredInterrupt()  # installed once training starts
   try:
-    return _train_loop(config, workdir, print_fn, resuming, position)
+    with interrupt:
+      return _train_loop(config, workdir, print_fn, resuming, position, interrupt)
   except KeyboardInterrupt:
     if position.mid_steps:
       advice = (f'run the same command to resume epoch {position.done + 1} after its step '
@@ -595,7 +633,7 @@ def _state_is_live(state) -> bool:
 
 
 def _train_loop(config: ml_collections.ConfigDict, workdir: str, print_fn, resuming: bool,
-                position: _Position) -> dict:
+                position: _Position, interrupt: _DeferredInterrupt | None = None) -> dict:
   is_primary = jax.process_index() == 0
   checkpoint_dir = os.path.join(workdir, CHECKPOINT_DIR)
   num_epochs = int(config.train.epochs)
@@ -688,6 +726,8 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, print_fn, resum
       data_lib.train_dataset(train_split, info, batch_size=local_batch, num_epochs=num_epochs,
                              seed=config.seed, shard=shard, **augmentation(config)),
       prefetch=config.data.prefetch, state=data_state, start=start_epoch * steps_per_epoch)
+  if interrupt is not None:
+    interrupt.install()  # from here on Ctrl-C stops between steps
   every = int(config.train.get('checkpoint_every_steps', 0))
   # Time-based mid-epoch checkpoints on one process only: processes would disagree on the time,
   # and every process must join a save.
@@ -726,6 +766,8 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, print_fn, resum
           or (every_s > 0 and time.time() - last_save >= every_s)):
         save_mid_epoch()
         last_save = time.time()
+      if interrupt is not None:
+        interrupt.check()
 
     position.epoch = epoch + 1
     if epoch == start_epoch and is_primary:
@@ -782,6 +824,8 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, print_fn, resum
                f'acc {record["train_accuracy"]:.4f} | test loss {record["test_loss"]:.4f} '
                f'acc {record["test_accuracy"]:.4f} | free steps {record["free_steps_mean"]:.1f}'
                f' | {record["examples_per_s"]:.0f} ex/s | {record["epoch_time_s"]:.1f} s')
+    if interrupt is not None:
+      interrupt.check()
   writer.close()
   return _finish(record, print_fn, is_primary)
 
