@@ -20,6 +20,7 @@ drive's batch-std. It answers whether a data-dependent init can make the top lay
 from __future__ import annotations
 
 import json
+import os
 from typing import Sequence
 
 import numpy as np
@@ -90,7 +91,7 @@ def main(argv: Sequence[str]) -> None:
 def define_flags() -> None:
   global _CONFIG
   _CONFIG = config_flags.DEFINE_config_file(
-      'config', cli.CONFIG_DIR + '/ablation_digits.py', 'Experiment config file.',
+      'config', os.path.join(cli.CONFIG_DIR, 'ablation_digits.py'), 'Experiment config file.',
       lock_config=True)
   flags.DEFINE_float('target_std', 0.3, "Target batch-std of every layer's drive.")
   flags.DEFINE_float('centre', 1.0, "Target mean of the drive (hard_sigmoid's middle is 1).")

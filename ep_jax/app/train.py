@@ -670,23 +670,24 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, print_fn, resum
   batch_sharding = NamedSharding(mesh, P('data'))
   state = jax.device_put(state, replicated)
   start_epoch, start_step, data_state, partial = 0, 0, None, None
+  restored_from = None
   # Restored before anything in the workdir is written.
   if latest is not None:
     state, extra = checkpointer.restore(state, step=latest)
     start_epoch = epochs_done(extra)
+    restored_from = f'{checkpointer.directory}/{latest} after epoch {start_epoch}/{num_epochs}'
   if mid_latest is not None:
     mid_state, mid_extra = mid_checkpointer.restore(state, step=mid_latest)
     if int(mid_extra['epochs_done']) >= start_epoch:  # later than the last epoch's checkpoint
       state, start_epoch = mid_state, int(mid_extra['epochs_done'])
       start_step, data_state = int(mid_extra['steps_in_epoch']), mid_extra['data_iterator']
       partial = mid_extra['train_partial']
+      restored_from = (f'{mid_checkpointer.directory}/{mid_latest} after step '
+                       f'{start_step}/{steps_per_epoch} of epoch {start_epoch + 1}')
   state = jax.device_put(state, replicated)
   position.done, position.mid_steps = start_epoch, start_step
-  if is_primary and (latest is not None or mid_latest is not None):
-    where = (f'after step {start_step}/{steps_per_epoch} of epoch {start_epoch + 1}'
-             if start_step else f'after epoch {start_epoch}/{num_epochs}')
-    print_fn(f'resumed from {checkpointer.directory if not start_step else mid_checkpointer.directory}'
-             f'/{latest if not start_step else mid_latest} {where}'
+  if is_primary and restored_from:
+    print_fn(f'resumed from {restored_from}'
              + (' (the run is complete)' if start_epoch >= num_epochs else ''))
   train_step = jax.jit(
       make_train_step(spec, ep, tx, nudging=nudging, steps_per_epoch=steps_per_epoch,
