@@ -141,15 +141,8 @@ def read_extras(workdir: str) -> dict:
 
 
 def teacher_done(teacher_dir: str, config) -> bool:
-  path = os.path.join(teacher_dir, 'teacher.json')
-  if not os.path.isfile(path):
-    return False
-  try:
-    with open(path, 'r', encoding='utf-8') as f:
-      meta = json.load(f)
-  except (OSError, ValueError):
-    return False
-  return int(meta.get('epochs', -1)) == int(config.teacher.epochs)
+  from ep_jax.app import teacher  # pylint: disable=g-import-not-at-top
+  return teacher.is_trained(teacher_dir, config)
 
 
 def ep_done(run_dir: str, config) -> bool:
@@ -163,8 +156,8 @@ def ep_done(run_dir: str, config) -> bool:
 
 def train_teacher(config, teacher_dir: str, print_fn: Callable[[str], None] = print) -> dict:
   """Trains and saves the BP teacher exactly as `python -m experiments.train_teacher` does."""
-  from experiments import train_teacher as train_teacher_lib  # pylint: disable=g-import-not-at-top
-  return train_teacher_lib.run(config, teacher_dir,
+  from ep_jax.app import teacher  # pylint: disable=g-import-not-at-top
+  return teacher.train_from_config(config, teacher_dir,
                                print_fn=lambda line: print_fn(f'[{TEACHER}] {line}'))
 
 
@@ -325,7 +318,7 @@ def _layer_table(summaries: dict, key: str, which: str, config, spec: str) -> li
 
 def write_report(config, workdir: str, print_fn: Callable[[str], None] = print) -> str:
   """Writes `ablation.md` and the overlay plots from whatever runs exist in `workdir`."""
-  from experiments import train_teacher as train_teacher_lib  # pylint: disable=g-import-not-at-top
+  from ep_jax.app import teacher as teacher_lib  # pylint: disable=g-import-not-at-top
   from experiments import plots  # pylint: disable=g-import-not-at-top
 
   workdir = os.path.abspath(workdir)
@@ -369,7 +362,7 @@ def write_report(config, workdir: str, print_fn: Callable[[str], None] = print) 
       f'- **KD**: layers {tuple(s.kd.layers) or "all hidden"}, output={s.kd.output} '
       f'(α={s.kd.alpha}, τ={s.kd.temperature}); teacher: {config.teacher.epochs} epochs, lr '
       f'{config.teacher.learning_rate}, init scale '
-      f'{train_teacher_lib.init_scale(config)} (EP: init {m.get("init", "pytorch")}, scale '
+      f'{teacher_lib.init_scale(config)} (EP: init {m.get("init", "pytorch")}, scale '
       f'{m.init_scale}, readout scale {m.get("readout_init_scale", 1.0)})',
       f'- **κ**: {s.kappa.schedule}, init {s.kappa.init}, min {s.kappa.min}, gamma '
       f'{s.kappa.gamma}, per_layer {tuple(s.kappa.per_layer) or "-"}',

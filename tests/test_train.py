@@ -296,6 +296,36 @@ def test_check_config_fails_before_the_workdir_is_made(tmp_path):
     assert not (tmp_path / 'run').exists(), expected
 
 
+def test_kd_without_a_teacher_workdir_is_refused_unless_the_run_trains_its_teacher(tmp_path):
+  config = tiny_config()
+  config.signals.kd.enabled = True
+  with pytest.raises(ValueError, match='teacher_workdir .* or signals.kd.train_teacher=True'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()
+
+
+@pytest.mark.slow
+def test_train_teacher_trains_the_twin_into_the_workdir_once(tmp_path):
+  config = tiny_config()
+  config.signals.kd.enabled = True
+  config.signals.kd.train_teacher = True
+  config.teacher.epochs = 1
+  lines = []
+  record = train.train_and_evaluate(config, str(tmp_path), print_fn=lines.append)
+  meta = json.load(open(tmp_path / train.TEACHER_DIR / 'teacher.json'))
+  assert meta['epochs'] == 1 and meta['spec']['layout'] == '8,M'
+  assert any(l.startswith('[teacher] training the BP twin') for l in lines)
+  assert 'kd_loss' in record  # the EP run distilled from it
+  # The saved config is the one given (so the same command resumes), and a resumed or
+  # repeated run reuses the teacher.
+  assert json.load(open(tmp_path / 'config.json'))['signals']['kd']['teacher_workdir'] == ''
+  mtime = os.path.getmtime(tmp_path / train.TEACHER_DIR / 'teacher.json')
+  lines = []
+  train.train_and_evaluate(config, str(tmp_path), print_fn=lines.append)
+  assert os.path.getmtime(tmp_path / train.TEACHER_DIR / 'teacher.json') == mtime
+  assert not any('training the BP twin' in l for l in lines)
+
+
 def test_data_statistics_and_crop_mode_come_from_the_config():
   """`data.mean` / `data.std` replace the dataset's statistics in what `load_data` returns (the
   EP, sweep and teacher paths all load through it); `data.crop_mode` reaches the batches."""

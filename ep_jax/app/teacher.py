@@ -4,6 +4,8 @@
 on disk (`save_teacher` / `load_teacher`), a teacher workdir holds
 `checkpoints/<step>/` (the parameters, through `ep_jax.app.checkpointing.Checkpointer`) and
 `teacher.json` (the spec's fields, the step to load, the test accuracy and other info).
+`train_from_config` trains and saves the twin of a run's config (`config.teacher`), as
+`python -m experiments.train_teacher` and the ablation do.
 """
 
 from __future__ import annotations
@@ -125,6 +127,57 @@ def spec_from_dict(fields: dict, kinds: Sequence[connections.ConnectionKind] = (
                            paddings=tuple(fields.get('paddings', ())),
                            skips=tuple(tuple(pair) for pair in fields.get('skips', ())),
                            edges=edges)
+
+
+def init_scale(config) -> float:
+  """The teacher's weight init scale: `config.teacher.init_scale`, or the CRNN's when 0."""
+  return float(config.teacher.get('init_scale', 0.0)) or float(config.model.init_scale)
+
+
+def is_trained(workdir: str, config) -> bool:
+  """`workdir` holds a teacher trained for `config.teacher.epochs` epochs."""
+  path = os.path.join(workdir, TEACHER_JSON)
+  try:
+    with open(path, 'r', encoding='utf-8') as f:
+      meta = json.load(f)
+  except (OSError, ValueError):
+    return False
+  return int(meta.get('epochs', -1)) == int(config.teacher.epochs)
+
+
+def train_from_config(config, workdir: str, print_fn: Callable[[str], None] = print) -> dict:
+  """Trains the feed-forward twin of `config`'s CRNN on its data with `config.teacher`'s
+  epochs, rate, batch size and init scale (and `config.optim`'s momentum, weight decay and
+  final rate), saves it to `workdir`; returns the info written to `teacher.json`.
+
+  `print_fn` receives every progress line.
+  """
+  from ep_jax.app import train as train_lib  # pylint: disable=g-import-not-at-top
+  start = time.time()
+  t = config.teacher
+  if int(t.epochs) < 1:
+    raise ValueError(f'teacher.epochs must be >= 1, got {t.epochs}')
+  train_split, test_split, info = train_lib.load_data(config)
+  spec = train_lib.build_spec(config, info, readout='softmax')  # the CRNN's layers
+  print_fn(f'teacher: dataset={info.name} train={info.num_train} test={info.num_test} '
+           f'layout={spec.layout!r} dense={spec.dense} activation={spec.activation} '
+           f'init_scale={init_scale(config)} state_shapes={spec.state_shapes}')
+  params, history = train(
+      spec, train_split, test_split, info, epochs=t.epochs, learning_rate=t.learning_rate,
+      batch_size=t.batch_size, seed=config.seed, momentum=config.optim.momentum,
+      weight_decay=config.optim.weight_decay, eta_min=config.optim.eta_min,
+      init_scale=init_scale(config), eval_batch_size=config.train.eval_batch_size,
+      log=print_fn, **train_lib.augmentation(config))
+  final = history[-1]
+  meta = {'test_accuracy': float(final['test_accuracy']), 'test_loss': float(final['test_loss']),
+          'train_accuracy': float(final['train_accuracy']), 'epochs': int(t.epochs),
+          'init_scale': init_scale(config), 'learning_rate': float(t.learning_rate),
+          'batch_size': int(t.batch_size), 'dataset': info.name,
+          'seconds': time.time() - start, 'history': history}
+  step = save_teacher(workdir, spec, params, meta)
+  print_fn(f'saved teacher to {workdir} (step {step}) in {time.time() - start:.1f}s')
+  print_fn(f"final test_accuracy={meta['test_accuracy']:.4f}")
+  return meta
 
 
 def save_teacher(workdir: str, spec: NetworkSpec, params: dict, info: dict) -> int:

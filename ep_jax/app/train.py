@@ -46,6 +46,7 @@ CHECKPOINT_DIR = 'checkpoints'
 # The latest mid-epoch checkpoint (parameters, optimiser, the input iterator's position and
 # the epoch's training metrics so far), named by the global step; removed at each epoch end.
 MID_EPOCH_DIR = 'checkpoints_mid_epoch'
+TEACHER_DIR = 'teacher'  # where signals.kd.train_teacher puts the run's BP teacher
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float64': jnp.float64}
 
 
@@ -150,9 +151,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if kd.enabled:
     from ep_jax.app import teacher  # pylint: disable=g-import-not-at-top
     if not kd.teacher_workdir:
-      raise ValueError('signals.kd.enabled needs signals.kd.teacher_workdir (a workdir of '
-                       'experiments.train_teacher)')
-    if not os.path.isfile(os.path.join(kd.teacher_workdir, teacher.TEACHER_JSON)):
+      if not kd.get('train_teacher', False):
+        raise ValueError('signals.kd.enabled needs signals.kd.teacher_workdir (a workdir of '
+                         'experiments.train_teacher) or signals.kd.train_teacher=True')
+      if config.train.multihost:
+        raise ValueError('signals.kd.train_teacher is single-process: train the teacher '
+                         'first (experiments.train_teacher) and set signals.kd.teacher_workdir')
+    elif not os.path.isfile(os.path.join(kd.teacher_workdir, teacher.TEACHER_JSON)):
       raise FileNotFoundError(
           f'signals.kd.teacher_workdir: no teacher in {kd.teacher_workdir!r} '
           f'({teacher.TEACHER_JSON} not found); train one with `python -m '
@@ -426,6 +431,26 @@ def calibrated_config(config: ml_collections.ConfigDict, train_split, info,
   return resolved
 
 
+def with_teacher(config: ml_collections.ConfigDict, workdir: str,
+                 print_fn=print) -> ml_collections.ConfigDict:
+  """`config` itself, or with `signals.kd.train_teacher` and no `teacher_workdir` a copy whose
+  teacher is `workdir/teacher`, trained there first (`teacher.train_from_config`) unless a
+  teacher of `config.teacher.epochs` epochs is already there."""
+  kd = config.signals.kd
+  if not kd.enabled or kd.teacher_workdir or not kd.get('train_teacher', False):
+    return config
+  from ep_jax.app import teacher  # pylint: disable=g-import-not-at-top
+  teacher_dir = os.path.join(workdir, TEACHER_DIR)
+  if teacher.is_trained(teacher_dir, config):
+    print_fn(f'[teacher] using the teacher in {teacher_dir}')
+  else:
+    print_fn(f'[teacher] training the BP twin into {teacher_dir}')
+    teacher.train_from_config(config, teacher_dir, print_fn=lambda line: print_fn('[teacher] ' + line))
+  resolved = copy.deepcopy(config)
+  resolved.signals.kd.teacher_workdir = teacher_dir
+  return resolved
+
+
 def template_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A copy whose init needs no data: for parameters that a checkpoint then replaces."""
   template = copy.deepcopy(config)
@@ -662,6 +687,7 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, print_fn, resum
   local_eval_batch = eval_batch_size // jax.process_count()
   steps_per_epoch = (len(train_split) // jax.process_count()) // local_batch
   total_steps = steps_per_epoch * num_epochs
+  run_config = with_teacher(run_config, workdir, print_fn if is_primary else (lambda _: None))
   run = build_run(run_config, spec, steps_per_epoch)
   state, tx, nudging = run.state, run.tx, run.nudging
   rates, lr_kwargs = run.rates, run.lr_kwargs

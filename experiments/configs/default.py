@@ -127,6 +127,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.signals.kd = ml_collections.ConfigDict()
   config.signals.kd.enabled = False
   config.signals.kd.teacher_workdir = ''  # a workdir of experiments.train_teacher
+  # With no teacher_workdir: train the feed-forward twin (config.teacher) into WORKDIR/teacher
+  # before the EP run (skipped when it is there, e.g. when the same command resumes).
+  config.signals.kd.train_teacher = False
   config.signals.kd.layers = ()  # 0-based hidden layer indices; () = every hidden layer
   config.signals.kd.output = True  # add the output KD term
   config.signals.kd.alpha = 0.5  # weight of the KD term against the label cross-entropy
