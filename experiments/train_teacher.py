@@ -6,8 +6,9 @@ r"""Trains the backprop teacher (the CRNN's feed-forward twin) and saves it for 
 The teacher has the CRNN's layers (`config.model`), is trained with SGD momentum + cosine
 learning rate on cross-entropy (`config.teacher.*`, including its own `init_scale`; momentum,
 weight decay and eta_min from `config.optim`), and is saved to `workdir`
-(`ep_jax.app.teacher.save_teacher`). Point `config.signals.kd.teacher_workdir` at that workdir (or set
-`signals.kd.train_teacher` and `experiments.train` trains it into WORKDIR/teacher itself).
+(`ep_jax.app.teacher.save_teacher`). Point `config.signals.kd.teacher_workdir` at that
+workdir (or set `signals.kd.train_teacher` and `experiments.train` trains it into
+WORKDIR/teacher itself).
 Its test accuracy is the BP baseline; the last line printed is `final test_accuracy=<float>`.
 """
 

@@ -445,7 +445,8 @@ def with_teacher(config: ml_collections.ConfigDict, workdir: str,
     print_fn(f'[teacher] using the teacher in {teacher_dir}')
   else:
     print_fn(f'[teacher] training the BP twin into {teacher_dir}')
-    teacher.train_from_config(config, teacher_dir, print_fn=lambda line: print_fn('[teacher] ' + line))
+    teacher.train_from_config(config, teacher_dir,
+                              print_fn=lambda line: print_fn('[teacher] ' + line))
   resolved = copy.deepcopy(config)
   resolved.signals.kd.teacher_workdir = teacher_dir
   return resolved
