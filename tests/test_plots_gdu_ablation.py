@@ -13,7 +13,7 @@ import pytest
 
 from ep_jax import gdu, network
 from ep_jax.app import train
-from experiments.configs import ablation_deep, ablation_digits, quickstart
+from experiments.configs import ablation_deep, ablation_digits, digits_skip, quickstart
 from experiments import ablation, plots
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -134,6 +134,14 @@ def test_ablation_configs_are_deep():
     assert config.model.init == 'data' and config.model.readout_init_scale == 0.0
     assert config.ep.mode == 'async'
     assert config.signals.kd.normalize == 'unit' and config.signals.les.normalize == 'unit'
+  # The digits ablation is the plain chain; the CIFAR-10 one and digits_skip carry long links.
+  long_links = ((1, 5), (2, 7), (4, 8))
+  assert ablation_digits.get_config().model.skips == ()
+  assert ablation_deep.get_config().model.skips == long_links
+  skip = digits_skip.get_config()
+  assert skip.model.skips == long_links and skip.model.layout == ablation_digits.get_config(
+  ).model.layout
+  assert skip.signals.kd.enabled and skip.signals.kd.train_teacher
 
 
 def _tiny_ablation_config(layout):

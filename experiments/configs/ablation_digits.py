@@ -29,6 +29,7 @@ def get_config():
   config.data.train_subset = 0
   config.data.test_subset = 0
   config.model.layout = '16,16,M,32,32,M,32,32,M,32,32'
+  config.model.skips = ()  # a plain chain (digits_skip adds the long links)
   config.ep.free_steps = 60
   config.ep.nudged_steps = 20
   config.train.epochs = 20
