@@ -20,7 +20,7 @@ The free term `f(0)` enters with weight `-Σ_k w_k`; it is computed only for ste
 weights do not sum to zero (one_sided: `-(f(β) - f(0))/β`; symmetric and holomorphic do not
 need it). A stencil with complex points relaxes complex states (holomorphic EP: it needs a
 holomorphic activation and average pooling). All nudged phases of a stencil start from `s^0`
-and run as one `jax.vmap`-ed relaxation over the β_k. To add an estimator, add an entry,
+and run one after the other, each to its own stop. To add an estimator, add an entry,
 e.g. the 4-point central difference (bias O(β⁴)):
 
     STENCILS['central4'] = lambda beta, holo_points: (
@@ -282,16 +282,17 @@ def ep_gradient(spec: NetworkSpec, params: dict, x: jax.Array,
                    damping=damping)
     return result._replace(states=jax.tree_util.tree_map(jax.lax.stop_gradient, result.states))
 
-  # All nudged phases at once: the while loop runs until every phase has stopped, each phase's
-  # states and step count frozen at its own stop.
-  phases = jax.vmap(nudge)(betas)
+  # One relaxation per point, one after the other. One vmapped relaxation over the β_k
+  # computes the same, but compiled with the train state donated (as the trainer and the
+  # benchmark compile the step) it ran 10-25% slower on a 2-core CPU (docs/BENCHMARKS.md).
+  phases = [nudge(betas[k]) for k in range(shape.points)]
 
   def phi(p, states, b):
     return nudged_primitive(spec, p, x, states, targets, b, cost_fn)
 
   def contrast(p):
     """Re Σ_k w_k (Φ^{β_k}(s^{β_k}) - Φ(s^0)): its θ-gradient is -(the estimate)."""
-    terms = jax.vmap(lambda s, b: phi(p, s, b))(phases.states, betas)
+    terms = jnp.stack([phi(p, phase.states, betas[k]) for k, phase in enumerate(phases)])
     total = jnp.sum(jnp.real(weights * terms))
     if not shape.balanced:
       total = total - jnp.real(jnp.sum(weights)) * phi(p, s0, None)
@@ -299,8 +300,7 @@ def ep_gradient(spec: NetworkSpec, params: dict, x: jax.Array,
 
   grads = jax.grad(contrast)(params)
   grads = jax.tree_util.tree_map(lambda g: -g / batch, grads)
-  nudged = tuple(jax.tree_util.tree_map(lambda a, k=k: a[k], phases)
-                 for k in range(shape.points))
+  nudged = tuple(phases)
   z = logits(spec, params, s0)
   losses = example_losses(spec, params, s0, targets['label'])
   return EPOutput(grads, z, losses, free, nudged)

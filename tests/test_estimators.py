@@ -211,8 +211,8 @@ def _tiny(activation, layout='3,A', dtype=jnp.float64):
     ('one_sided', 'hard_sigmoid', '3,M'), ('symmetric', 'hard_sigmoid', '3,M'),
     ('random_sign', 'smooth_sigmoid', '3,A'), ('holomorphic', 'smooth_sigmoid', '3,A')])
 def test_stencil_phases_equal_the_sequential_estimators(x64, estimator, activation, layout):
-  """The vmapped nudged phases give the phase-by-phase estimate; with a tolerance each phase
-  keeps its own step count and states."""
+  """The stencil's nudged phases give the estimate written out phase by phase; with a
+  tolerance each phase keeps its own step count and states."""
   spec, params, x, targets = _tiny(activation, layout)
   kw = dict(free_steps=200, nudged_steps=60, tol=1e-7)
   rng = jax.random.PRNGKey(3)
@@ -265,8 +265,8 @@ def test_added_stencil_central_difference_has_fourth_order_bias(x64, monkeypatch
 
 
 def test_vmap_over_beta_equals_separate_calls(x64):
-  """A β sweep as one vmapped program (nested in the vmapped phases, with a tolerance) gives
-  each β's own estimate, phase step counts included."""
+  """A β sweep as one vmapped program (with a tolerance) gives each β's own estimate, phase
+  step counts included."""
   spec, params, x, targets = _tiny('hard_sigmoid', '3,M')
   kw = dict(free_steps=200, nudged_steps=60, tol=1e-7)
   betas = jnp.array([0.05, 0.2, 0.6])
