@@ -140,11 +140,6 @@ def read_extras(workdir: str) -> dict:
     return json.load(f)
 
 
-def teacher_done(teacher_dir: str, config) -> bool:
-  from ep_jax.app import teacher  # pylint: disable=g-import-not-at-top
-  return teacher.is_trained(teacher_dir, config)
-
-
 def ep_done(run_dir: str, config) -> bool:
   """The run reached its last epoch or was stopped for good (`diverged.json`)."""
   from ep_jax.app import sweep  # pylint: disable=g-import-not-at-top
@@ -156,15 +151,16 @@ def ep_done(run_dir: str, config) -> bool:
 
 def train_teacher(config, teacher_dir: str, print_fn: Callable[[str], None] = print) -> dict:
   """Trains and saves the BP teacher exactly as `python -m experiments.train_teacher` does."""
-  from ep_jax.app import teacher  # pylint: disable=g-import-not-at-top
-  return teacher.train_from_config(config, teacher_dir,
-                               print_fn=lambda line: print_fn(f'[{TEACHER}] {line}'))
+  from ep_jax.app import teacher as teacher_lib  # pylint: disable=g-import-not-at-top
+  return teacher_lib.train_from_config(config, teacher_dir,
+                                       print_fn=lambda line: print_fn(f'[{TEACHER}] {line}'))
 
 
 def run_all(config, workdir: str, runs: Sequence[str] = RUNS,
             print_fn: Callable[[str], None] = print, extras: Sequence[str] = ()) -> str:
   """Trains the selected runs and the `extras` (`--extra` strings; skipping finished runs),
   writes the report; returns its path."""
+  from ep_jax.app import teacher as teacher_lib  # pylint: disable=g-import-not-at-top
   from ep_jax.app import train as train_lib  # pylint: disable=g-import-not-at-top
 
   unknown = sorted(set(runs) - set(RUNS))
@@ -183,7 +179,7 @@ def run_all(config, workdir: str, runs: Sequence[str] = RUNS,
   teacher_dir = os.path.join(workdir, TEACHER)
   needs_teacher = TEACHER in runs or any(VARIANTS[r][1] for r in runs if r in VARIANTS)
   if needs_teacher:
-    if teacher_done(teacher_dir, config):
+    if teacher_lib.is_trained(teacher_dir, config):
       print_fn(f'[{TEACHER}] done, skipping ({teacher_dir})')
     else:
       print_fn(f'[{TEACHER}] training the BP teacher into {teacher_dir}')
@@ -212,11 +208,12 @@ def run_all(config, workdir: str, runs: Sequence[str] = RUNS,
 
 
 def _run_extra(config, workdir, name, variant, overrides, print_fn) -> None:
+  from ep_jax.app import teacher as teacher_lib  # pylint: disable=g-import-not-at-top
   c = extra_config(config, name, variant, overrides, workdir)
   prefix = f'[{name}] '
   if VARIANTS[variant][1]:
     teacher_dir = c.signals.kd.teacher_workdir
-    if not teacher_done(teacher_dir, c):
+    if not teacher_lib.is_trained(teacher_dir, c):
       print_fn(f'{prefix}training its BP teacher into {teacher_dir}')
       train_teacher(c, teacher_dir, print_fn=lambda line: print_fn(prefix + line))
   run_dir = os.path.join(workdir, name)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Callable
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -25,24 +24,14 @@ from ep_jax.app import teacher
 from experiments import cli
 
 
-def init_scale(config) -> float:
-  """The teacher's weight init scale (`ep_jax.app.teacher.init_scale`)."""
-  return teacher.init_scale(config)
-
-
-def run(config, workdir: str, print_fn: Callable[[str], None] = print) -> dict:
-  """Trains and saves the teacher (`ep_jax.app.teacher.train_from_config`); returns the info
-  written to teacher.json."""
-  return teacher.train_from_config(config, workdir, print_fn=print_fn)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not _WORKDIR.value:
     raise app.UsageError('--workdir is required')
   cli.quiet_logging()
-  run(cli.config_value(_CONFIG), _WORKDIR.value, print_fn=functools.partial(print, flush=True))
+  teacher.train_from_config(cli.config_value(_CONFIG), _WORKDIR.value,
+                            print_fn=functools.partial(print, flush=True))
 
 
 def define_flags() -> None:

@@ -12,7 +12,6 @@ import pytest
 from ep_jax import activations, energy, feedforward, network, signals
 from ep_jax.app import teacher
 from experiments.configs import default
-from experiments import train_teacher
 
 
 def _spec(readout='softmax', layout='4,M,6,A', dense=(5,)):
@@ -91,7 +90,8 @@ def test_load_without_teacher_fails_clearly(tmp_path):
 
 @pytest.mark.slow
 def test_train_teacher_script_on_digits(tmp_path):
-  """The experiment's run(): BP training of the twin of the quick-start CRNN, saved, loadable."""
+  """train_from_config (what experiments.train_teacher runs): BP training of the twin of the
+  quick-start CRNN, saved, loadable."""
   config = default.get_config()
   config.model.layout = '16,M'  # one conv layer: a quicker compile than the quick start's two
   config.teacher.epochs = 3
@@ -99,7 +99,7 @@ def test_train_teacher_script_on_digits(tmp_path):
   workdir = str(tmp_path / 'digits')
   out = io.StringIO()
   with contextlib.redirect_stdout(out):
-    meta = train_teacher.run(config, workdir)
+    meta = teacher.train_from_config(config, workdir)
   lines = out.getvalue().strip().splitlines()
   assert lines[-1] == f"final test_accuracy={meta['test_accuracy']:.4f}"
   assert sum(line.startswith('epoch ') for line in lines) == 3
@@ -129,7 +129,8 @@ def test_train_teacher_uses_its_own_init_scale(tmp_path, monkeypatch):
   metas = {}
   for scale in (0.0, 3.0):
     config.teacher.init_scale = scale
-    metas[scale] = train_teacher.run(config, str(tmp_path / f's{scale}'), print_fn=lambda _: None)
+    metas[scale] = teacher.train_from_config(config, str(tmp_path / f"s{scale}"),
+                                             print_fn=lambda _: None)
   assert len(initial) == 2
   for a, b in zip(jax.tree_util.tree_leaves(initial[0]), jax.tree_util.tree_leaves(initial[1])):
     np.testing.assert_allclose(b, 3.0 * a, rtol=1e-6)
