@@ -1,7 +1,7 @@
 r"""How far each learning signal moves each layer: the per-unit nudge of the nudged phase.
 
   python -m experiments.signal_strength --config=experiments/configs/ablation_digits.py \
-      --teacher_workdir=DIR [--kappas=0.1,1] [--batch_size=64] [--out=FILE.json]
+      --teacher_workdir=DIR [--kappas=0.1,1] [--batch_size=64] [--out=FILE.json] [--only_teacher]
 
 Builds the config's network at its initialisation (`model.init`, seed `config.seed`), relaxes
 the free phase of `--batch_size` training examples to a residual of 1e-5 (`ep.mode`), then
@@ -11,6 +11,10 @@ the teacher from `--teacher_workdir`), each at every κ of `--kappas`. For each 
 the per-unit root-mean-square nudge `sqrt(mean (s^β_l - s^0_l)²)` (a markdown table, one row
 per setting) and writes all figures to `--out` as JSON. A signal teaches a layer only as far as
 it moves that layer's units, so the table shows which settings nudge every layer comparably.
+
+With a teacher it also prints the KD targets themselves: the teacher's per-layer mean |a_l|,
+input dependence (std over examples / mean |a_l|) and fraction of units at 0 or 1 on the same
+examples (`--only_teacher`: those alone, without relaxing the CRNN).
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ import jax.numpy as jnp
 from absl import app, flags
 from ml_collections import config_flags
 
-from ep_jax import energy, network, relaxation, signals
+from ep_jax import energy, feedforward, network, relaxation, signals, train_step
 from ep_jax.app import data
+from ep_jax.app import teacher as teacher_lib
 from ep_jax.app import train as train_lib
 from experiments import cli
 
@@ -46,13 +51,40 @@ def settings(kappas, with_kd: bool) -> list[tuple[str, dict]]:
   return out
 
 
-def measure(config, teacher_workdir: str, kappas, batch_size: int = 64) -> dict:
+def teacher_activity(teacher_workdir: str, images: jax.Array) -> dict:
+  """The KD targets on `images` (normalised, `(B, H, W, C)`): per layer of the BP teacher,
+  `mean_abs` (mean |a_l|), `input_dependence` (as `layer_input_dependence` of the CRNN's
+  metrics) and `saturated_frac` (units at 0 or 1)."""
+  spec, params, _ = teacher_lib.load_teacher(teacher_workdir)
+  acts, _ = feedforward.forward(spec, params, images)
+  return {'layers': list(spec.layer_names),
+          'mean_abs': [float(jnp.mean(jnp.abs(a))) for a in acts],
+          'input_dependence': [float(train_step.input_dependence_of(a)) for a in acts],
+          'saturated_frac': [float(jnp.mean((a <= 0.0) | (a >= 1.0))) for a in acts]}
+
+
+def teacher_table(activity: dict) -> str:
+  names = activity['layers']
+  lines = ['| teacher | ' + ' | '.join(names) + ' |', '|---|' + '---|' * len(names)]
+  for key, label in (('mean_abs', 'mean \\|a_l\\|'), ('input_dependence', 'input dependence'),
+                     ('saturated_frac', 'at 0 or 1')):
+    lines.append(f'| {label} | ' + ' | '.join(f'{v:.3f}' for v in activity[key]) + ' |')
+  return '\n'.join(lines)
+
+
+def measure(config, teacher_workdir: str, kappas, batch_size: int = 64,
+            only_teacher: bool = False) -> dict:
   """`{'layers': names, 'rows': [{'setting', 'rms_nudge': [...]}], ...}` (see module doc)."""
   train_split, _, info = train_lib.load_data(config)
+  x = jnp.asarray(data.normalize(train_split.images[:batch_size], info))
+  teacher = teacher_activity(teacher_workdir, x) if teacher_workdir else None
+  if only_teacher:
+    if teacher is None:
+      raise ValueError('only_teacher needs a teacher_workdir')
+    return {'batch_size': batch_size, 'teacher': teacher, 'rows': []}
   spec = train_lib.build_spec(config, info)
   params = train_lib.init_model_params(train_lib.calibrated_config(config, train_split, info),
                                        spec, train_lib.init_key(config))
-  x = jnp.asarray(data.normalize(train_split.images[:batch_size], info))
   batch = {'image': x, 'label': jnp.asarray(train_split.labels[:batch_size])}
   e = config.ep
   free = relaxation.relax(spec, params, x, network.init_states(spec, batch_size),
@@ -79,7 +111,8 @@ def measure(config, teacher_workdir: str, kappas, batch_size: int = 64) -> dict:
     rows.append({'setting': name, 'rms_nudge': rms, 'nudged_residual': float(nudged.residual)})
   return {'layers': list(spec.layer_names), 'beta': float(e.beta), 'batch_size': batch_size,
           'free_residual': float(free.residual), 'free_steps': int(free.steps),
-          'mean_abs_state': [float(jnp.mean(jnp.abs(s))) for s in free.states], 'rows': rows}
+          'mean_abs_state': [float(jnp.mean(jnp.abs(s))) for s in free.states], 'rows': rows,
+          'teacher': teacher}
 
 
 def table(result: dict) -> str:
@@ -101,11 +134,24 @@ def main(argv):
   kappas = [float(k) for k in _KAPPAS.value]
   if any(k <= 0 for k in kappas):
     raise app.UsageError(f'--kappas must be positive, got {kappas}')
-  result = measure(cli.config_value(_CONFIG), _TEACHER.value, kappas, _BATCH.value)
+  if _ONLY_TEACHER.value and not _TEACHER.value:
+    raise app.UsageError('--only_teacher needs --teacher_workdir')
+  result = measure(cli.config_value(_CONFIG), _TEACHER.value, kappas, _BATCH.value,
+                   only_teacher=_ONLY_TEACHER.value)
+  if result['teacher'] is not None:
+    print(f"the teacher's activations (the KD targets) on {result['batch_size']} training examples:")
+    print(teacher_table(result['teacher']))
+  if _ONLY_TEACHER.value:
+    _write(result)
+    return
   print(f"free phase: {result['free_steps']} steps, residual {result['free_residual']:.1e}; "
         'mean |s_l| ' + ' '.join(f'{a:.3f}' for a in result['mean_abs_state']))
   print(f"per-unit RMS nudge sqrt(mean (s^β - s^0)²) at β = {result['beta']}:")
   print(table(result))
+  _write(result)
+
+
+def _write(result: dict) -> None:
   if _OUT.value:
     with open(_OUT.value, 'w', encoding='utf-8') as f:
       json.dump(result, f, indent=1)
@@ -113,7 +159,7 @@ def main(argv):
 
 def define_flags() -> None:
   """Defines this script's flags (only when run as a script)."""
-  global _CONFIG, _TEACHER, _KAPPAS, _BATCH, _OUT
+  global _CONFIG, _TEACHER, _KAPPAS, _BATCH, _OUT, _ONLY_TEACHER
   _CONFIG = config_flags.DEFINE_config_file('config', os.path.join(cli.CONFIG_DIR,
                                                                        'ablation_digits.py'),
                                             lock_config=False)
@@ -121,6 +167,8 @@ def define_flags() -> None:
   _KAPPAS = flags.DEFINE_list('kappas', ['0.1', '1'], 'κ values of the signal rows.')
   _BATCH = flags.DEFINE_integer('batch_size', 64, 'Training examples measured.')
   _OUT = flags.DEFINE_string('out', '', 'Write the figures to this JSON file.')
+  _ONLY_TEACHER = flags.DEFINE_bool('only_teacher', False,
+                                    "Only the teacher's activations (needs --teacher_workdir).")
 
 
 if __name__ == '__main__':

@@ -16,3 +16,30 @@ def test_unit_normalisation_nudges_the_bottom_layer_harder():
   assert rows['LES unit κ=1'][0] > 4 * rows['LES mean κ=1'][0] > 0
   assert rows['output only'][0] > 0
   assert '| output only |' in signal_strength.table(result)
+
+
+def test_only_teacher_reports_the_teachers_activations_against_a_forward_pass(tmp_path):
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from ep_jax import feedforward, network
+  from ep_jax.app import data, teacher
+  from ep_jax.app import train as train_lib
+  config = default.get_config()
+  config.model.layout = '6,M,6'
+  train_split, _, info = train_lib.load_data(config)
+  spec = train_lib.build_spec(config, info)
+  params = network.init_params(spec, jax.random.PRNGKey(3), scale=4.9)
+  teacher.save_teacher(str(tmp_path), spec, params, {'test_accuracy': 0.5})
+  result = signal_strength.measure(config, str(tmp_path), [1.0], batch_size=16, only_teacher=True)
+  assert result['rows'] == []
+  got = result['teacher']
+  acts, _ = feedforward.forward(
+      spec, params, jnp.asarray(data.normalize(train_split.images[:16], info)))
+  np.testing.assert_allclose(got['mean_abs'], [float(jnp.mean(jnp.abs(a))) for a in acts],
+                             rtol=1e-6)
+  assert got['layers'] == ['conv1', 'conv2']
+  assert all(0 <= f <= 1 for f in got['saturated_frac'])
+  assert all(d > 0 for d in got['input_dependence'])  # the inputs differ, so do the activations
+  table = signal_strength.teacher_table(got)
+  assert table.count('\n') == 4 and 'input dependence' in table
