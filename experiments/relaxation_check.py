@@ -13,7 +13,9 @@ first `--batch_size` examples of `--split`, and runs the free phase from zero st
   (None: not reached within `--max_steps`);
 * `residual_at`: the residual after each T in `--at` (what a fixed T1 leaves);
 * `tail_max`: the largest residual over the last 10% of the steps, and `settles`: whether it is
-  at most the smallest τ (a relaxation that reached τ once but keeps moving does not settle).
+  at most the smallest τ (a relaxation that reached τ once but keeps moving does not settle);
+* `accuracy_at`: the readout's accuracy on these examples after each T in `--at` and after
+  `--max_steps` (whether a longer free phase than training's T1 changes the predictions).
 
 Prints a markdown table and writes everything to `--out` (default
 `<run_dir>/relaxation_check.json`).
@@ -56,17 +58,43 @@ def summarize(trace, *, tols: Sequence[float], at: Sequence[int]) -> dict:
   }
 
 
+def accuracy_at(spec, params, x, labels, states, steps: Sequence[int], *, mode: str,
+                compute_dtype=None) -> dict:
+  """`{str(T): accuracy of the readout after T free steps from states}` for T in `steps`
+  (ascending): one relaxation, read at each T."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  from ep_jax import energy, relaxation  # pylint: disable=g-import-not-at-top
+
+  @jax.jit
+  def advance(s, n):
+    return relaxation.relax(spec, params, x, s, max_steps=n, tol=0.0, mode=mode,
+                            compute_dtype=compute_dtype).states
+
+  out, done = {}, 0
+  for t in steps:
+    states = advance(states, jnp.asarray(t - done))
+    done = t
+    predicted = jnp.argmax(energy.logits(spec, params, states), axis=-1)
+    out[str(t)] = float(jnp.mean(predicted == labels))
+  return out
+
+
 def markdown(report: dict) -> str:
   """A table: one row per mode."""
   tols, at = report['tols'], [t for t in report['at'] if t <= report['max_steps']]
+  acc_at = list(next(iter(report['modes'].values())).get('accuracy_at', {}))
   head = (['mode'] + [f'steps to {t:g}' for t in tols] + [f'residual at {t}' for t in at] +
-          [f'max residual, last 10% of {report["max_steps"]}', 'settles'])
+          [f'max residual, last 10% of {report["max_steps"]}', 'settles'] +
+          [f'accuracy at {t}' for t in acc_at])
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for mode, r in report['modes'].items():
     cells = [mode] + [str(r['steps_to_tol'][f'{t:g}'] or f'> {report["max_steps"]}')
                       for t in tols]
     cells += [f'{r["residual_at"][str(t)]:.2e}' for t in at]
     cells += [f'{r["tail_max"]:.2e}', 'yes' if r['settles'] else 'no']
+    cells += [f'{r["accuracy_at"][t]:.4f}' for t in acc_at]
     lines.append('| ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 
@@ -104,6 +132,7 @@ def run(run_dir: str, *, step: Optional[int] = None, batch_size: int = 128,
   dtype = train_lib.state_dtype(config)
   compute_dtype = train_lib.build_ep_config(config).compute_dtype
   x = jnp.asarray(data.normalize(examples.images[:batch_size], info), dtype)
+  labels = jnp.asarray(examples.labels[:batch_size])
   states = network.init_states(spec, batch_size, dtype)
   report = {'run_dir': run_dir, 'parameters': source, 'split': split, 'batch_size': batch_size,
             'layout': spec.layout, 'max_steps': max_steps, 'tols': list(tols), 'at': list(at),
@@ -112,6 +141,9 @@ def run(run_dir: str, *, step: Optional[int] = None, batch_size: int = 128,
     trace_fn = jax.jit(lambda p, x, s, mode=mode: relaxation.residual_trace(
         spec, p, x, s, steps=max_steps, mode=mode, compute_dtype=compute_dtype))
     report['modes'][mode] = summarize(trace_fn(params, x, states), tols=tols, at=at)
+    report['modes'][mode]['accuracy_at'] = accuracy_at(
+        spec, params, x, labels, states, sorted({t for t in at if t <= max_steps} | {max_steps}),
+        mode=mode, compute_dtype=compute_dtype)
   report['seconds'] = round(time.time() - start, 1)
   out = out or os.path.join(run_dir, 'relaxation_check.json')
   with open(out, 'w', encoding='utf-8') as f:

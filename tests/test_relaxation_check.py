@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from ep_jax import network, relaxation
+from ep_jax import energy, network, relaxation
 from ep_jax.app import data
 from ep_jax.app import train
 from experiments import relaxation_check
@@ -68,6 +68,13 @@ def test_report_of_a_training_run_matches_relax(tmp_path):
       expected = int(out.steps) if float(out.residual) <= tol else None
       assert summary['steps_to_tol'][f'{tol:g}'] == expected, (mode, tol)
     assert set(summary['residual_at']) == {'10', '80'}
+    assert set(summary['accuracy_at']) == {'10', '80'}  # 500 is beyond max_steps
+    for t in (10, 80):  # one relaxation read at 10 and 80 = two relaxations from zero
+      out = relaxation.relax(spec, params, x, network.init_states(spec, 8), max_steps=t,
+                             tol=0.0, mode=mode)
+      expected = float(np.mean(np.argmax(energy.logits(spec, params, out.states), -1) ==
+                               train_split.labels[:8]))
+      assert summary['accuracy_at'][str(t)] == pytest.approx(expected), (mode, t)
 
 
 def test_bad_arguments_name_the_problem(tmp_path):
