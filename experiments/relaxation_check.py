@@ -68,13 +68,13 @@ def accuracy_at(spec, params, x, labels, states, steps: Sequence[int], *, mode: 
   from ep_jax import energy, relaxation  # pylint: disable=g-import-not-at-top
 
   @jax.jit
-  def advance(s, n):
-    return relaxation.relax(spec, params, x, s, max_steps=n, tol=0.0, mode=mode,
+  def advance(p, x, s, n):
+    return relaxation.relax(spec, p, x, s, max_steps=n, tol=0.0, mode=mode,
                             compute_dtype=compute_dtype).states
 
   out, done = {}, 0
   for t in steps:
-    states = advance(states, jnp.asarray(t - done))
+    states = advance(params, x, states, jnp.asarray(t - done))
     done = t
     predicted = jnp.argmax(energy.logits(spec, params, states), axis=-1)
     out[str(t)] = float(jnp.mean(predicted == labels))
