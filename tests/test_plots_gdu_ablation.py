@@ -134,14 +134,18 @@ def test_ablation_configs_are_deep():
     assert config.model.init == 'data' and config.model.readout_init_scale == 0.0
     assert config.ep.mode == 'async'
     assert config.signals.kd.normalize == 'unit' and config.signals.les.normalize == 'unit'
-  # The digits ablation is the plain chain; the CIFAR-10 one and digits_skip carry long links.
+  # Both ablations and digits_skip carry the long links (the plain chain: model.skips=()).
   long_links = ((1, 5), (2, 7), (4, 8))
-  assert ablation_digits.get_config().model.skips == ()
+  assert ablation_digits.get_config().model.skips == long_links
   assert ablation_deep.get_config().model.skips == long_links
   skip = digits_skip.get_config()
   assert skip.model.skips == long_links and skip.model.layout == ablation_digits.get_config(
   ).model.layout
   assert skip.signals.kd.enabled and skip.signals.kd.train_teacher
+  # The digits recipe anneals κ from 0.1 to 0; the CIFAR-10 one keeps it constant.
+  kappa = ablation_digits.get_config().signals.kappa
+  assert (kappa.schedule, kappa.init, kappa.min) == ('cos', 0.1, 0.0)
+  assert ablation_deep.get_config().signals.kappa.schedule == 'constant'
 
 
 def _tiny_ablation_config(layout):
@@ -149,6 +153,7 @@ def _tiny_ablation_config(layout):
   full 8-layer twin runs the same code (python -m experiments.ablation, ~1.5 min)."""
   config = ablation_digits.get_config()
   config.model.layout = layout
+  config.model.skips = ()  # the long links join layers a short layout does not have
   config.optim.learning_rates = (0.1,)
   config.data.train_subset = 64
   config.data.test_subset = 32
@@ -200,10 +205,11 @@ def test_ablation_extra_run_specs():
   assert (name, variant) == ('ep_kd_skip', 'ep_kd')
   assert overrides == {'model.skips': ((1, 3), (3, 5)), 'optim.optimizer': 'adam'}
   config = ablation_digits.get_config()
+  links = config.model.skips
   c = ablation.extra_config(config, name, variant, overrides, '/w')
   assert c.model.skips == ((1, 3), (3, 5)) and c.optim.optimizer == 'adam'
   assert c.signals.kd.enabled and c.signals.kd.teacher_workdir == '/w/teacher_ep_kd_skip'
-  assert config.model.skips == ()  # the shared config is left as it was
+  assert config.model.skips == links != c.model.skips  # the shared config is left as it was
   # Changes that leave the network and data alone keep the shared teacher.
   c = ablation.extra_config(config, 'kd_b1', 'ep_kd', {'ep.beta': 1.0}, '/w')
   assert c.ep.beta == 1.0 and c.signals.kd.teacher_workdir == '/w/teacher'
