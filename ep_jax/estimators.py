@@ -138,6 +138,8 @@ class EPConfig:
     compute_dtype: None, or a dtype name such as 'bfloat16': mixed-precision relaxations (the
       convolutions round their operands to it, states and gradients stay in full precision).
     damping: γ in (0, 1] of the relaxations' `s <- (1 - γ) s + γ σ(force)` (1: undamped).
+    nudged_phases: 'sequential' (the stencil's nudged phases one after the other) or
+      'vmapped' (one relaxation vmapped over the stencil's points); the same estimate.
   """
   estimator: str = 'symmetric'
   beta: float = 0.5
@@ -148,10 +150,12 @@ class EPConfig:
   holo_points: int = 4
   compute_dtype: Optional[str] = None
   damping: float = 1.0
+  nudged_phases: str = 'sequential'
 
   def __post_init__(self):
     validate(self.estimator, self.beta, self.mode, self.holo_points)
     relaxation.check_damping(self.damping)
+    check_nudged_phases(self.nudged_phases)
     if self.compute_dtype is not None:
       try:
         dtype = jnp.dtype(self.compute_dtype)
@@ -184,6 +188,16 @@ def describe(ep: EPConfig) -> str:
   if ep.estimator == 'bptt':
     return f'BPTT through T1={ep.free_steps} steps'
   return f'{ep.estimator} EP beta={ep.beta} T1={ep.free_steps} T2={ep.nudged_steps}'
+
+
+# How a stencil's nudged phases run: one relaxation after the other, or one relaxation vmapped
+# over the stencil's points (the same results; which is faster depends on the device).
+NUDGED_PHASES = ('sequential', 'vmapped')
+
+
+def check_nudged_phases(nudged_phases: str) -> None:
+  if nudged_phases not in NUDGED_PHASES:
+    raise ValueError(f'unknown nudged_phases {nudged_phases!r}; known: {NUDGED_PHASES}')
 
 
 def validate(estimator: str, beta, mode: str = 'sync', holo_points: int = 4) -> None:
@@ -229,7 +243,8 @@ def ep_gradient(spec: NetworkSpec, params: dict, x: jax.Array,
                 estimator: str = 'symmetric', free_steps=250, nudged_steps=25, tol=0.0,
                 mode: str = 'sync', holo_points: int = 4, cost_fn: Optional[CostFn] = None,
                 rng: Optional[jax.Array] = None, state_dtype=None,
-                compute_dtype=None, damping=1.0) -> EPOutput:
+                compute_dtype=None, damping=1.0,
+                nudged_phases: str = 'sequential') -> EPOutput:
   """Runs the free phase and the estimator's nudged phases; returns the EP gradient estimate.
 
   Under `jit` the spec (and estimator, mode, holo_points, cost_fn and the dtypes) must be
@@ -252,8 +267,13 @@ def ep_gradient(spec: NetworkSpec, params: dict, x: jax.Array,
       precision, e.g. `jnp.bfloat16`); the states, the contrast `∂_θΦ` and the gradient stay
       in `state_dtype`. None: everything in `state_dtype`.
     damping: γ in (0, 1] of `s <- (1 - γ) s + γ σ(force)` in every phase (1: undamped).
+    nudged_phases: 'sequential' runs the stencil's nudged phases one after the other;
+      'vmapped' runs them as one relaxation vmapped over the points β_k (each still stops at
+      its own residual: a finished phase is held while the others go on). Both give the same
+      phases and estimate; on a 2-core CPU 'sequential' was 10-25% faster (docs/BENCHMARKS.md).
   """
   validate(estimator, beta, mode, holo_points)
+  check_nudged_phases(nudged_phases)
   if not isinstance(targets, Mapping):
     targets = {'label': targets}
   cost_fn = output_cost(spec) if cost_fn is None else cost_fn
@@ -282,10 +302,14 @@ def ep_gradient(spec: NetworkSpec, params: dict, x: jax.Array,
                    damping=damping)
     return result._replace(states=jax.tree_util.tree_map(jax.lax.stop_gradient, result.states))
 
-  # One relaxation per point, one after the other. One vmapped relaxation over the β_k
-  # computes the same, but compiled with the train state donated (as the trainer and the
-  # benchmark compile the step) it ran 10-25% slower on a 2-core CPU (docs/BENCHMARKS.md).
-  phases = [nudge(betas[k]) for k in range(shape.points)]
+  if nudged_phases == 'vmapped':
+    stacked = jax.vmap(nudge)(betas)
+    phases = [jax.tree_util.tree_map(lambda a, k=k: a[k], stacked) for k in range(shape.points)]
+  else:
+    # One relaxation per point, one after the other: compiled with the train state donated
+    # (as the trainer and the benchmark compile the step), the vmapped relaxation ran 10-25%
+    # slower on a 2-core CPU (docs/BENCHMARKS.md).
+    phases = [nudge(betas[k]) for k in range(shape.points)]
 
   def phi(p, states, b):
     return nudged_primitive(spec, p, x, states, targets, b, cost_fn)
@@ -307,14 +331,14 @@ def ep_gradient(spec: NetworkSpec, params: dict, x: jax.Array,
 
 
 # `ep_gradient` under `jax.jit`, with the network and every argument that sets the structure of
-# the computation static: spec, estimator, mode, holo_points, cost_fn, the dtypes, damping and
-# the step counts (BPTT unrolls exactly `free_steps` steps). beta, tol, params, x, targets and
+# the computation static: spec, estimator, mode, holo_points, cost_fn, the dtypes, damping,
+# nudged_phases and the step counts (BPTT unrolls exactly `free_steps` steps). beta, tol, params, x, targets and
 # rng are traced, so a new β does not recompile. Call it with keywords after the first four
 # positional arguments, as `ep_gradient`.
 jitted_ep_gradient = jax.jit(
     ep_gradient, static_argnames=('spec', 'estimator', 'free_steps', 'nudged_steps', 'mode',
                                   'holo_points', 'cost_fn', 'state_dtype', 'compute_dtype',
-                                  'damping'))
+                                  'damping', 'nudged_phases'))
 
 
 def _bptt(spec, params, x, targets, cost_fn, steps, mode, dtype, compute_dtype, damping):

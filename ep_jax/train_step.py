@@ -102,9 +102,9 @@ def make_train_step(spec: NetworkSpec, ep: EPConfig, tx: optax.GradientTransform
                     state_dtype=None) -> Callable:
   """The EP train step `(state, batch, hyper=None) -> (state, metrics)` (not jitted).
 
-  `ep` fixes the structure (estimator, step counts, mode, dtypes, damping). hyper: an
-  `EPHyper` of β and tol, traced under `jit` (a new value does not recompile); None: `ep.beta`
-  and `ep.tol`, constants of the compiled step.
+  `ep` fixes the structure (estimator, step counts, mode, dtypes, damping, how the nudged
+  phases run). hyper: an `EPHyper` of β and tol, traced under `jit` (a new value does not
+  recompile); None: `ep.beta` and `ep.tol`, constants of the compiled step.
   """
 
   def train_step(state: TrainState, batch: dict, hyper: Optional[EPHyper] = None):
@@ -122,7 +122,7 @@ def make_train_step(spec: NetworkSpec, ep: EPConfig, tx: optax.GradientTransform
                       nudged_steps=ep.nudged_steps, tol=tol, mode=ep.mode,
                       holo_points=ep.holo_points, cost_fn=cost_fn, rng=step_rng,
                       state_dtype=state_dtype, compute_dtype=ep.compute_dtype,
-                      damping=ep.damping)
+                      damping=ep.damping, nudged_phases=ep.nudged_phases)
     updates, opt_state = tx.update(out.grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.tree.norm(out.grads)

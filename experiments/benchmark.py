@@ -65,6 +65,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p.add_argument('--beta', type=float, default=1.0)
   p.add_argument('--tol', type=float, default=0.0, help='0: fixed step counts')
   p.add_argument('--relax_mode', default='sync', choices=('sync', 'async'))
+  p.add_argument('--nudged_phases', default='sequential', choices=('sequential', 'vmapped'),
+                 help="a stencil's nudged phases one after the other, or vmapped over β_k")
   p.add_argument('--activation', default='hard_sigmoid')
   p.add_argument('--steps', type=int, default=5, help='timed training steps')
   p.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'),
@@ -159,7 +161,8 @@ def build(args):
              'label': jax.random.randint(ykey, (args.batch_size,), 0, spec.num_classes)}
   ep = EPConfig(estimator=args.estimator, beta=args.beta, free_steps=args.t1,
                 nudged_steps=args.t2, tol=args.tol, mode=args.relax_mode,
-                compute_dtype=None if args.dtype == 'float32' else args.dtype)
+                compute_dtype=None if args.dtype == 'float32' else args.dtype,
+                nudged_phases=args.nudged_phases)
   state_dtype = jnp.bfloat16 if args.state_dtype == 'bfloat16' else None
 
   if args.mode == 'ep':

@@ -28,7 +28,10 @@ def test_ep_step_reports_contract_keys():
   assert out['free_steps'] == 3 and out['nudged_steps'] == 2
   assert len(out['step_s']) == 1
   assert out['mode'] == 'ep' and out['flags']['estimator'] == 'symmetric'
+  assert out['flags']['nudged_phases'] == 'sequential'
   json.dumps(out)  # serialisable
+  vmapped = benchmark.run(TINY + ['--nudged_phases=vmapped'])
+  assert vmapped['flags']['nudged_phases'] == 'vmapped' and vmapped['examples_per_s'] > 0
 
 
 def test_bptt_and_bfloat16_comparison():

@@ -76,6 +76,9 @@ def test_cifar10_vgg5_is_the_reference_recipe(name):
   ep = train.build_ep_config(config)
   assert (ep.estimator, ep.beta, ep.free_steps, ep.nudged_steps, ep.tol, ep.mode) == (
       'symmetric', 1.0, 250, 25, 0.0, 'sync')
+  assert ep.nudged_phases == 'sequential'
+  config.ep.nudged_phases = 'vmapped'
+  assert train.build_ep_config(config).nudged_phases == 'vmapped'
   o = config.optim
   assert tuple(o.learning_rates) == (0.25, 0.15, 0.1, 0.08, 0.05)
   assert (o.momentum, o.weight_decay, config.train.batch_size, config.train.epochs) == (

@@ -207,18 +207,21 @@ def _tiny(activation, layout='3,A', dtype=jnp.float64):
   return spec, params, x, {'label': jnp.array([0, 1, 2])}
 
 
+@pytest.mark.parametrize('nudged_phases', estimators.NUDGED_PHASES)
 @pytest.mark.parametrize('estimator,activation,layout', [
     ('one_sided', 'hard_sigmoid', '3,M'), ('symmetric', 'hard_sigmoid', '3,M'),
     ('random_sign', 'smooth_sigmoid', '3,A'), ('holomorphic', 'smooth_sigmoid', '3,A')])
-def test_stencil_phases_equal_the_sequential_estimators(x64, estimator, activation, layout):
-  """The stencil's nudged phases give the estimate written out phase by phase; with a
-  tolerance each phase keeps its own step count and states."""
+def test_stencil_phases_equal_the_sequential_estimators(x64, estimator, activation, layout,
+                                                         nudged_phases):
+  """The stencil's nudged phases, one after the other or vmapped over the points, give the
+  estimate written out phase by phase; with a tolerance each phase keeps its own step count
+  and states."""
   spec, params, x, targets = _tiny(activation, layout)
   kw = dict(free_steps=200, nudged_steps=60, tol=1e-7)
   rng = jax.random.PRNGKey(3)
   ref, ref_nudged = _sequential(spec, params, x, targets, estimator, 0.3, rng=rng, **kw)
-  out = estimators.ep_gradient(spec, params, x, targets, beta=0.3, estimator=estimator,
-                               rng=rng, **kw)
+  out = estimators.jitted_ep_gradient(spec, params, x, targets, beta=0.3, estimator=estimator,
+                                      rng=rng, nudged_phases=nudged_phases, **kw)
   assert relative_error(out.grads, ref) < 1e-11
   assert len(out.nudged) == len(ref_nudged)
   for r, s in zip(out.nudged, ref_nudged):
@@ -228,6 +231,14 @@ def test_stencil_phases_equal_the_sequential_estimators(x64, estimator, activati
       np.testing.assert_allclose(a, b, rtol=0, atol=1e-13)
   # The real phases stop at the tolerance (the complex ones of this net need more steps).
   assert estimator == 'holomorphic' or all(int(r.steps) < 60 for r in out.nudged)
+
+
+def test_unknown_nudged_phases_is_refused():
+  spec, params, x, targets = _tiny('hard_sigmoid', '3,M')
+  with pytest.raises(ValueError, match="unknown nudged_phases 'parallel'"):
+    estimators.ep_gradient(spec, params, x, targets, beta=0.3, nudged_phases='parallel')
+  with pytest.raises(ValueError, match='unknown nudged_phases'):
+    estimators.EPConfig(nudged_phases='parallel')
 
 
 def test_stencil_table_points_and_weights():

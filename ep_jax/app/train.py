@@ -284,7 +284,8 @@ def build_ep_config(config: ml_collections.ConfigDict) -> EPConfig:
                   nudged_steps=int(e.nudged_steps), tol=float(e.tol), mode=e.mode,
                   holo_points=int(e.holo_points),
                   compute_dtype=e.get('compute_dtype', '') or None,
-                  damping=float(e.get('damping', 1.0)))
+                  damping=float(e.get('damping', 1.0)),
+                  nudged_phases=e.get('nudged_phases', 'sequential'))
 
 
 def state_dtype(config: ml_collections.ConfigDict):

@@ -73,6 +73,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.ep.holo_points = 4
   # γ in (0, 1]: s <- (1 - γ) s + γ σ(∂Φ/∂s) (same fixed points, smaller steps; 1 = undamped).
   config.ep.damping = 1.0
+  # A stencil's nudged phases: 'sequential' (one after the other; faster on a 2-core CPU) or
+  # 'vmapped' (one relaxation vmapped over the stencil's points); the same estimate.
+  config.ep.nudged_phases = 'sequential'
   # Stop with NonConvergenceError when an epoch's mean final free-phase residual (max |Δs| of
   # the last step) exceeds this: the relaxation oscillates instead of settling. 0 = off.
   config.ep.max_residual = 0.25
