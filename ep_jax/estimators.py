@@ -332,9 +332,9 @@ def ep_gradient(spec: NetworkSpec, params: dict, x: jax.Array,
 
 # `ep_gradient` under `jax.jit`, with the network and every argument that sets the structure of
 # the computation static: spec, estimator, mode, holo_points, cost_fn, the dtypes, damping,
-# nudged_phases and the step counts (BPTT unrolls exactly `free_steps` steps). beta, tol, params, x, targets and
-# rng are traced, so a new β does not recompile. Call it with keywords after the first four
-# positional arguments, as `ep_gradient`.
+# nudged_phases and the step counts (BPTT unrolls exactly `free_steps` steps). beta, tol,
+# params, x, targets and rng are traced, so a new β does not recompile. Call it with keywords
+# after the first four positional arguments, as `ep_gradient`.
 jitted_ep_gradient = jax.jit(
     ep_gradient, static_argnames=('spec', 'estimator', 'free_steps', 'nudged_steps', 'mode',
                                   'holo_points', 'cost_fn', 'state_dtype', 'compute_dtype',

@@ -139,7 +139,8 @@ def main(argv):
   result = measure(cli.config_value(_CONFIG), _TEACHER.value, kappas, _BATCH.value,
                    only_teacher=_ONLY_TEACHER.value)
   if result['teacher'] is not None:
-    print(f"the teacher's activations (the KD targets) on {result['batch_size']} training examples:")
+    print(f"the teacher's activations (the KD targets) on {result['batch_size']} "
+          'training examples:')
     print(teacher_table(result['teacher']))
   if _ONLY_TEACHER.value:
     _write(result)
