@@ -15,7 +15,7 @@ the first nudged phase, and the fraction of saturated units (at 0 or 1).
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional, Protocol
+from typing import Any, Callable, NamedTuple, Optional, Protocol, Sequence
 
 import flax.struct
 import jax
@@ -78,16 +78,23 @@ def layer_diagnostics(spec: NetworkSpec, params: dict, free: tuple, nudged: tupl
   input-driven codes.
   """
   params_by_layer = params['layers']
-  mean_abs_state = jnp.stack([jnp.mean(jnp.abs(s)) for s in free])
   mean_abs_param = jnp.stack([jnp.mean(jnp.abs(p['w'])) for p in params_by_layer])
   nudge_norm = jnp.stack([
       jnp.mean(jnp.sqrt(jnp.sum(jnp.abs(b - a).reshape(a.shape[0], -1) ** 2, axis=-1)))
       for a, b in zip(free, nudged)])
-  saturated = jnp.stack([jnp.mean((s <= 0.0) | (s >= 1.0)) for s in free])
-  input_dependence = jnp.stack([input_dependence_of(s) for s in free])
-  return {'layer_mean_abs_state': mean_abs_state, 'layer_mean_abs_param': mean_abs_param,
-          'layer_nudge_norm': nudge_norm, 'layer_saturated_frac': saturated,
-          'layer_input_dependence': input_dependence}
+  activity = layer_activity(free)
+  return {'layer_mean_abs_state': activity['mean_abs'], 'layer_mean_abs_param': mean_abs_param,
+          'layer_nudge_norm': nudge_norm, 'layer_saturated_frac': activity['saturated_frac'],
+          'layer_input_dependence': activity['input_dependence']}
+
+
+def layer_activity(states: Sequence[jax.Array]) -> dict:
+  """Per-layer activity of states `(B, ...)` (a CRNN's fixed point or a feed-forward pass's
+  activations), each an `(L,)` array: `mean_abs` (mean |s_l|), `saturated_frac` (units at 0
+  or 1) and `input_dependence` (`input_dependence_of`)."""
+  return {'mean_abs': jnp.stack([jnp.mean(jnp.abs(s)) for s in states]),
+          'saturated_frac': jnp.stack([jnp.mean((s <= 0.0) | (s >= 1.0)) for s in states]),
+          'input_dependence': jnp.stack([input_dependence_of(s) for s in states])}
 
 
 def input_dependence_of(s: jax.Array) -> jax.Array:

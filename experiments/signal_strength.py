@@ -53,14 +53,13 @@ def settings(kappas, with_kd: bool) -> list[tuple[str, dict]]:
 
 def teacher_activity(teacher_workdir: str, images: jax.Array) -> dict:
   """The KD targets on `images` (normalised, `(B, H, W, C)`): per layer of the BP teacher,
-  `mean_abs` (mean |a_l|), `input_dependence` (as `layer_input_dependence` of the CRNN's
-  metrics) and `saturated_frac` (units at 0 or 1)."""
+  `mean_abs` (mean |a_l|), `input_dependence` and `saturated_frac` (units at 0 or 1), as the
+  CRNN's `layer_*` metrics (`train_step.layer_activity`)."""
   spec, params, _ = teacher_lib.load_teacher(teacher_workdir)
   acts, _ = feedforward.forward(spec, params, images)
-  return {'layers': list(spec.layer_names),
-          'mean_abs': [float(jnp.mean(jnp.abs(a))) for a in acts],
-          'input_dependence': [float(train_step.input_dependence_of(a)) for a in acts],
-          'saturated_frac': [float(jnp.mean((a <= 0.0) | (a >= 1.0))) for a in acts]}
+  activity = train_step.layer_activity(acts)
+  return dict({k: [float(v) for v in a] for k, a in activity.items()},
+              layers=list(spec.layer_names))
 
 
 def teacher_table(activity: dict) -> str:
