@@ -149,6 +149,64 @@ def kd_layer_cost(s: jax.Array, t: jax.Array, normalize: str = 'layer') -> jax.A
   return total / s[0].size if normalize == 'layer' else total
 
 
+def kd_curvature(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple,
+                 layers: Sequence[int] = (), normalize: str = 'unit', iters: int = 30,
+                 key: Optional[jax.Array] = None) -> list[float]:
+  """The stiffness of the layer-wise KD regression, per hidden layer's weights.
+
+  For each hidden layer l (`layers`, () = all), λ_l is the largest eigenvalue of the
+  Gauss-Newton matrix `(1/B) J_lᵀ J_l` of the KD cost `Σ_k ½ ‖s_k(θ) - t_k‖² (/ n_k)` summed
+  over the KD layers k, with respect to layer l's weights `w_l`, where
+  `s_k(θ) = σ(∂Φ/∂s_k(x, s*; θ))` is one step of the dynamics from the fixed point `states`
+  `s*` (it does not depend on the targets t). Found by `iters` power iterations (jvp, vjp).
+
+  Heavy-ball SGD (rate η, momentum μ) on a quadratic of curvature κ λ is stable only while
+  `η κ λ < 2 (1 + μ)`, so λ_l bounds the κ_l that rate η_l can follow: λ grows with a layer's
+  positions H·W, fan-in and input scale (the KD force is per unit, a conv weight's gradient
+  sums over positions). Returns `[λ_l]` (floats) in the order of `layers`.
+  """
+  from ep_jax import activations  # local: avoids an import cycle at package import
+  _check_choice(normalize, KD_NORMALIZE, 'signals.kd.normalize')
+  layers = resolve_layers(layers, spec, 'kd')
+  sigma = activations.get(spec.activation)
+  states = tuple(states)
+  batch = states[0].shape[0]
+  weights = [1.0 / math.sqrt(states[k][0].size) if normalize == 'layer' else 1.0
+             for k in layers]
+
+  def kd_states(p):
+    drives = jax.grad(lambda s: energy.primitive(spec, p, x, s))(states)
+    return [w * sigma(drives[k]) for w, k in zip(weights, layers)]
+
+  key = jax.random.PRNGKey(0) if key is None else key
+  out = []
+  for l in layers:
+    w_l = params['layers'][l]['w']
+
+    def f(w, l=l):
+      layer_params = list(params['layers'])
+      layer_params[l] = dict(layer_params[l], w=w)
+      return kd_states(dict(params, layers=type(params['layers'])(layer_params)))
+
+    @jax.jit
+    def gauss_newton(v, w_l=w_l, f=f):
+      _, jv = jax.jvp(f, (w_l,), (v,))
+      return jax.vjp(f, w_l)[1](jv)[0] / batch
+
+    v = jax.random.normal(jax.random.fold_in(key, l), w_l.shape, w_l.dtype)
+    v = v / jnp.linalg.norm(v)
+    lam = 0.0
+    for _ in range(iters):
+      w = gauss_newton(v)
+      norm = jnp.linalg.norm(w)
+      lam = float(norm)
+      if lam == 0.0:
+        break
+      v = w / norm
+    out.append(lam)
+  return out
+
+
 def les_scale(shape: Sequence[int], pool: str, normalize: str) -> float:
   """The factor on ℓ_l: H·W for `normalize='unit'` on the pooled features of a conv layer."""
   _check_choice(normalize, LES_NORMALIZE, 'signals.les.normalize')

@@ -2,6 +2,7 @@ r"""How far each learning signal moves each layer: the per-unit nudge of the nud
 
   python -m experiments.signal_strength --config=experiments/configs/ablation_digits.py \
       --teacher_workdir=DIR [--kappas=0.1,1] [--batch_size=64] [--out=FILE.json] [--only_teacher]
+  python -m experiments.signal_strength --config=... --curvature [--margin=1] [--out=FILE.json]
 
 Builds the config's network at its initialisation (`model.init`, seed `config.seed`), relaxes
 the free phase of `--batch_size` training examples to a residual of 1e-5 (`ep.mode`), then
@@ -15,6 +16,15 @@ it moves that layer's units, so the table shows which settings nudge every layer
 With a teacher it also prints the KD targets themselves: the teacher's per-layer mean |a_l|,
 input dependence (std over examples / mean |a_l|) and fraction of units at 0 or 1 on the same
 examples (`--only_teacher`: those alone, without relaxing the CRNN).
+
+`--curvature` measures instead how stiff each layer's KD regression is for its optimiser: per
+hidden layer the largest Gauss-Newton eigenvalue λ_l of the per-unit KD cost with respect to
+the layer's weights (`signals.kd_curvature`, at the same free fixed point), the layer's rate
+η_l (`optim.learning_rates`) and κ_l (`signals.kappa`), the product η_l κ_l λ_l (heavy-ball
+SGD with momentum μ diverges on the KD term where it exceeds 2 (1 + μ)) and the cap
+`κ_l ≤ --margin / (η_l λ_l)`; `--out` gets the figures, and `kappa_cap` pasted into
+`--config.signals.kappa.per_layer` (after taking the smaller of it and κ) keeps every layer's
+product at most `--margin`. Needs no teacher (λ does not depend on the targets).
 """
 
 from __future__ import annotations
@@ -28,7 +38,7 @@ import jax.numpy as jnp
 from absl import app, flags
 from ml_collections import config_flags
 
-from ep_jax import energy, feedforward, network, relaxation, signals, train_step
+from ep_jax import energy, feedforward, kappa, network, optim, relaxation, signals, train_step
 from ep_jax.app import data
 from ep_jax.app import teacher as teacher_lib
 from ep_jax.app import train as train_lib
@@ -81,13 +91,9 @@ def measure(config, teacher_workdir: str, kappas, batch_size: int = 64,
     if teacher is None:
       raise ValueError('only_teacher needs a teacher_workdir')
     return {'batch_size': batch_size, 'teacher': teacher, 'rows': []}
-  spec = train_lib.build_spec(config, info)
-  params = train_lib.init_model_params(train_lib.calibrated_config(config, train_split, info),
-                                       spec, train_lib.init_key(config))
+  spec, params, free = _initial_fixed_point(config, train_split, info, x)
   batch = {'image': x, 'label': jnp.asarray(train_split.labels[:batch_size])}
   e = config.ep
-  free = relaxation.relax(spec, params, x, network.init_states(spec, batch_size),
-                          max_steps=2000, tol=1e-5, mode=e.mode)
   rows = []
   for name, overrides in settings(kappas, bool(teacher_workdir)):
     c = copy.deepcopy(config.signals)
@@ -114,6 +120,57 @@ def measure(config, teacher_workdir: str, kappas, batch_size: int = 64,
           'teacher': teacher}
 
 
+def _initial_fixed_point(config, train_split, info, x):
+  """The config's network at its initialisation and its free fixed point on `x` (residual
+  1e-5, `ep.mode`): `(spec, params, free)`."""
+  spec = train_lib.build_spec(config, info)
+  params = train_lib.init_model_params(train_lib.calibrated_config(config, train_split, info),
+                                       spec, train_lib.init_key(config))
+  free = relaxation.relax(spec, params, x, network.init_states(spec, x.shape[0]),
+                          max_steps=2000, tol=1e-5, mode=config.ep.mode)
+  return spec, params, free
+
+
+def kd_stiffness(config, batch_size: int = 64, margin: float = 1.0) -> dict:
+  """Per hidden layer: `lambda` (λ_l, `signals.kd_curvature`, per-unit KD on every hidden
+  layer), `rate` (η_l), `kappa` (κ_l at epoch 0), `product` (η_l κ_l λ_l) and `kappa_cap`
+  (`margin / (η_l λ_l)`), at the config's initial network and free fixed point on
+  `batch_size` training examples; `divergence_bound` is 2 (1 + μ) (SGD, momentum μ)."""
+  if margin <= 0:
+    raise ValueError(f'margin must be positive, got {margin}')
+  train_split, _, info = train_lib.load_data(config)
+  x = jnp.asarray(data.normalize(train_split.images[:batch_size], info))
+  spec, params, free = _initial_fixed_point(config, train_split, info, x)
+  hidden = signals.num_hidden(spec)
+  lam = signals.kd_curvature(spec, params, x, free.states, normalize='unit')
+  o = config.optim
+  rates = optim.per_group(o.learning_rates if isinstance(o.learning_rates, (int, float))
+                          else tuple(o.learning_rates), spec, 'optim.learning_rates')
+  eta = [rates[name] for name in spec.layer_names[:hidden]]
+  k = config.signals.kappa
+  kap = [float(v) for v in kappa.layer_init(hidden, range(hidden), k.init, k.per_layer)]
+  momentum = float(o.momentum) if o.optimizer == 'sgd' else 0.0
+  return {'layers': list(spec.layer_names[:hidden]), 'batch_size': batch_size,
+          'free_steps': int(free.steps), 'free_residual': float(free.residual),
+          'lambda': lam, 'rate': eta, 'kappa': kap,
+          'product': [r * q * v for r, q, v in zip(eta, kap, lam)],
+          'kappa_cap': [margin / (r * v) if r * v > 0 else float('inf')
+                        for r, v in zip(eta, lam)],
+          'margin': margin, 'optimizer': str(o.optimizer),
+          'divergence_bound': 2.0 * (1.0 + momentum)}
+
+
+def stiffness_table(result: dict) -> str:
+  names = result['layers']
+  rows = [('λ_l (KD Gauss-Newton)', 'lambda', '{:.3g}'), ('η_l', 'rate', '{:g}'),
+          ('κ_l', 'kappa', '{:g}'), ('η_l κ_l λ_l', 'product', '{:.3g}'),
+          (f"κ cap ({result['margin']:g} / η_l λ_l)", 'kappa_cap', '{:.3g}')]
+  lines = ['| | ' + ' | '.join(names) + ' |', '|---|' + '---|' * len(names)]
+  for label, key, fmt in rows:
+    lines.append(f'| {label} | ' + ' | '.join(fmt.format(v) for v in result[key]) + ' |')
+  return '\n'.join(lines)
+
+
 def table(result: dict) -> str:
   names = result['layers']
   lines = ['| setting | ' + ' | '.join(names) + ' | last / first |',
@@ -135,6 +192,16 @@ def main(argv):
     raise app.UsageError(f'--kappas must be positive, got {kappas}')
   if _ONLY_TEACHER.value and not _TEACHER.value:
     raise app.UsageError('--only_teacher needs --teacher_workdir')
+  if _CURVATURE.value:
+    if _MARGIN.value <= 0:
+      raise app.UsageError(f'--margin must be positive, got {_MARGIN.value}')
+    result = kd_stiffness(cli.config_value(_CONFIG), _BATCH.value, _MARGIN.value)
+    print(f"free phase: {result['free_steps']} steps, residual {result['free_residual']:.1e}; "
+          f"{result['optimizer']} diverges on a KD term where η κ λ > "
+          f"{result['divergence_bound']:g}:")
+    print(stiffness_table(result))
+    _write(result)
+    return
   result = measure(cli.config_value(_CONFIG), _TEACHER.value, kappas, _BATCH.value,
                    only_teacher=_ONLY_TEACHER.value)
   if result['teacher'] is not None:
@@ -159,7 +226,7 @@ def _write(result: dict) -> None:
 
 def define_flags() -> None:
   """Defines this script's flags (only when run as a script)."""
-  global _CONFIG, _TEACHER, _KAPPAS, _BATCH, _OUT, _ONLY_TEACHER
+  global _CONFIG, _TEACHER, _KAPPAS, _BATCH, _OUT, _ONLY_TEACHER, _CURVATURE, _MARGIN
   _CONFIG = config_flags.DEFINE_config_file('config', os.path.join(cli.CONFIG_DIR,
                                                                        'ablation_digits.py'),
                                             lock_config=False)
@@ -169,6 +236,9 @@ def define_flags() -> None:
   _OUT = flags.DEFINE_string('out', '', 'Write the figures to this JSON file.')
   _ONLY_TEACHER = flags.DEFINE_bool('only_teacher', False,
                                     "Only the teacher's activations (needs --teacher_workdir).")
+  _CURVATURE = flags.DEFINE_bool('curvature', False,
+                                 "Each layer's KD stiffness λ_l, η_l κ_l λ_l and the κ cap.")
+  _MARGIN = flags.DEFINE_float('margin', 1.0, 'The κ cap keeps η_l κ_l λ_l at most this.')
 
 
 if __name__ == '__main__':

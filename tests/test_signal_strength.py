@@ -43,3 +43,25 @@ def test_only_teacher_reports_the_teachers_activations_against_a_forward_pass(tm
   assert all(d > 0 for d in got['input_dependence'])  # the inputs differ, so do the activations
   table = signal_strength.teacher_table(got)
   assert table.count('\n') == 4 and 'input dependence' in table
+
+
+def test_curvature_reports_each_layers_kd_stiffness_rate_and_kappa_cap():
+  import pytest
+  config = default.get_config()
+  config.model.layout = '6,M,6'
+  config.ep.mode = 'async'
+  config.optim.learning_rates = (0.2, 0.05, 0.1)  # conv1, conv2, readout
+  config.optim.momentum = 0.9
+  config.signals.kappa.init = 0.5
+  config.signals.kappa.per_layer = (0.5, 0.25)
+  result = signal_strength.kd_stiffness(config, batch_size=16, margin=2.0)
+  assert result['layers'] == ['conv1', 'conv2'] and result['free_residual'] <= 1e-5
+  assert result['rate'] == [0.2, 0.05] and result['kappa'] == [0.5, 0.25]
+  assert all(v > 0 for v in result['lambda'])
+  for eta, k, lam, prod, cap in zip(result['rate'], result['kappa'], result['lambda'],
+                                    result['product'], result['kappa_cap']):
+    assert prod == pytest.approx(eta * k * lam) and cap == pytest.approx(2.0 / (eta * lam))
+  assert result['divergence_bound'] == pytest.approx(3.8)
+  assert '| η_l κ_l λ_l |' in signal_strength.stiffness_table(result)
+  with pytest.raises(ValueError, match='margin'):
+    signal_strength.kd_stiffness(config, batch_size=16, margin=0.0)

@@ -385,3 +385,39 @@ def test_unit_normalisation_scales_each_signal_by_its_layer_size():
   with pytest.raises(ValueError, match='signals.les.normalize'):
     signals.build_signals(_config(les={'normalize': 'sum'}), spec, num_epochs=1,
                           rng=jax.random.PRNGKey(0))
+
+
+@pytest.mark.parametrize('normalize', ['unit', 'layer'])
+def test_kd_curvature_is_the_top_eigenvalue_of_the_gauss_newton_matrix(x64, normalize):
+  """Power iteration against the exact spectrum of (1/B) JᵀJ, J = ∂(one step from s*)/∂w_l."""
+  spec = _spec()
+  params = _params(spec, 5, jnp.float64, scale=3.0)
+  x = jnp.asarray(np.random.default_rng(6).normal(size=(B, 8, 8, 2)))
+  free = relaxation.relax(spec, params, x, network.init_states(spec, B, jnp.float64),
+                          max_steps=T, tol=TOL)
+  got = signals.kd_curvature(spec, params, x, free.states, normalize=normalize, iters=300)
+  hidden = signals.num_hidden(spec)
+  assert len(got) == hidden
+  from ep_jax import activations
+  act = activations.get(spec.activation)
+  for l in range(hidden):
+    w0 = params['layers'][l]['w']
+
+    def stacked(w_flat, l=l, w0=w0):
+      layers = list(params['layers'])
+      layers[l] = dict(layers[l], w=w_flat.reshape(w0.shape))
+      drives = jax.grad(lambda s: energy.primitive(spec, dict(params, layers=tuple(layers)), x,
+                                                   s))(free.states)
+      return jnp.concatenate([
+          (act(drives[k]) / (np.sqrt(drives[k][0].size) if normalize == 'layer' else 1.0))
+          .ravel() for k in range(hidden)])
+
+    jac = jax.jacobian(stacked)(w0.ravel())
+    exact = float(jnp.linalg.eigvalsh(jac.T @ jac / B)[-1])
+    assert exact > 0
+    np.testing.assert_allclose(got[l], exact, rtol=1e-6)
+  # KD on the last hidden layer alone: its cost has a subset of the residuals, so its
+  # Gauss-Newton matrix (for the last layer's weights) is smaller.
+  (alone,) = signals.kd_curvature(spec, params, x, free.states, layers=(-1,),
+                                  normalize=normalize, iters=300)
+  assert 0 < alone < got[-1]
