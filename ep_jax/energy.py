@@ -297,6 +297,38 @@ def primitive(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple) -> j
   return phi
 
 
+def drive_sources(spec: NetworkSpec, params: dict, x: jax.Array,
+                  states: tuple) -> dict[str, tuple[jax.Array, ...]]:
+  """Where each dynamical layer's drive `u_l = ∂Φ/∂s_l` comes from, at `states`.
+
+  `'below'`: layer l's own drive of the state (or input) under it, bias included
+  (`layer_drives`); `'above'`: the chain's feedback from layer l+1,
+  `∂/∂s_l < s_{l+1}, drive_{l+1}(s_l) >` (0 for the top dynamical layer; a softmax readout is
+  not part of Φ); `'links'`: the skip links' and edges' terms `∂ edge_energy / ∂s_l`;
+  `'total'`: `∂Φ/∂s_l` by autodiff of `primitive`, equal to the sum of the three. Each a tuple
+  of arrays of the states' shapes `(B, ...)`, in the dtype `primitive` evaluates in. With
+  `s = σ(u)`, a layer is silenced by whichever part makes u negative.
+  """
+  dtype = compute_dtype(states[0].dtype)
+  states = tuple(s.astype(dtype) for s in states)
+  total = jax.grad(lambda s: primitive(spec, params, x, s))(states)
+  below = layer_drives(spec, params, x, states)
+  above = []
+  for l in range(len(states)):
+    if l + 1 < len(states):
+      _, vjp = jax.vjp(lambda s_l, l=l: layer_drive(spec, l + 1, params['layers'][l + 1], s_l),
+                       states[l])
+      above.append(vjp(states[l + 1])[0])
+    else:
+      above.append(jnp.zeros_like(states[l]))
+  if spec.skips or spec.edges:
+    links_part = jax.grad(lambda s: connections.edge_energy(links(spec), params, s))(states)
+  else:
+    links_part = tuple(jnp.zeros_like(s) for s in states)
+  return {'total': tuple(total), 'below': tuple(below), 'above': tuple(above),
+          'links': tuple(links_part)}
+
+
 def logits(spec: NetworkSpec, params: dict, states: tuple) -> jax.Array:
   """Readout `z = W_out flat(s_N) + b_out` (softmax mode) or the output layer `s_N` (MSE)."""
   if spec.readout == 'mse':

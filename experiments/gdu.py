@@ -35,6 +35,7 @@ import datetime
 import json
 import os
 import time
+from typing import Any, NamedTuple
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -189,6 +190,38 @@ def load_run_params(run_dir: str, step=None, flag: str = '--params_from'):
     return dict(state.params), f'checkpoint {chosen} (end of epoch {done}) of {run_dir}'
 
   return config, restore
+
+
+class RunBatch(NamedTuple):
+  """A trained run's network and parameters with the first examples of one of its splits."""
+  config: Any
+  spec: Any
+  params: dict  # without trained signal heads
+  source: str  # which checkpoint
+  images: Any  # `(B, H, W, C)` raw images (`data.normalize` with `info` for the network)
+  labels: Any
+  info: Any
+
+
+def load_run_batch(run_dir: str, step=None, *, split: str, batch_size: int,
+                   flag: str = '--run_dir') -> RunBatch:
+  """The run's parameters (checkpoint `step`, None: the latest) and the first `batch_size`
+  examples of `split` ('train', or 'test': its evaluation split, the validation examples of a
+  run with `data.validation`). Errors name `flag`, `--split` and `--batch_size`."""
+  from ep_jax.app import train as train_lib  # pylint: disable=g-import-not-at-top
+
+  if split not in ('train', 'test'):
+    raise ValueError(f"--split must be 'train' or 'test', got {split!r}")
+  config, restore = load_run_params(run_dir, step, flag=flag)
+  train_split, test_split, info = train_lib.load_data(config)
+  examples = train_split if split == 'train' else test_split
+  if not 1 <= batch_size <= len(examples):
+    raise ValueError(f'--batch_size must be in [1, {len(examples)}], got {batch_size}')
+  spec = train_lib.build_spec(config, info)
+  params, source = restore(spec)
+  params.pop('signals', None)
+  return RunBatch(config, spec, params, source, examples.images[:batch_size],
+                  examples.labels[:batch_size], info)
 
 
 def main(argv):

@@ -31,7 +31,7 @@ from typing import Optional, Sequence
 from absl import app, flags
 
 from experiments import cli
-from experiments.gdu import load_run_params
+from experiments.gdu import load_run_batch, load_run_params
 
 
 def summarize(trace, *, tols: Sequence[float], at: Sequence[int]) -> dict:
@@ -118,21 +118,14 @@ def run(run_dir: str, *, step: Optional[int] = None, batch_size: int = 128,
     raise ValueError(f'--tols must be positive numbers, got {list(tols)}')
   if max_steps < 1:
     raise ValueError(f'--max_steps must be >= 1, got {max_steps}')
-  if split not in ('train', 'test'):
-    raise ValueError(f"--split must be 'train' or 'test', got {split!r}")
   start = time.time()
-  config, restore = load_run_params(run_dir, step, flag='--run_dir')
-  train_split, test_split, info = train_lib.load_data(config)
-  examples = train_split if split == 'train' else test_split
-  if not 1 <= batch_size <= len(examples):
-    raise ValueError(f'--batch_size must be in [1, {len(examples)}], got {batch_size}')
-  spec = train_lib.build_spec(config, info)
-  params, source = restore(spec)
-  params.pop('signals', None)
+  run_batch = load_run_batch(run_dir, step, split=split, batch_size=batch_size)
+  config, spec, params, source = (run_batch.config, run_batch.spec, run_batch.params,
+                                  run_batch.source)
   dtype = train_lib.state_dtype(config)
   compute_dtype = train_lib.build_ep_config(config).compute_dtype
-  x = jnp.asarray(data.normalize(examples.images[:batch_size], info), dtype)
-  labels = jnp.asarray(examples.labels[:batch_size])
+  x = jnp.asarray(data.normalize(run_batch.images, run_batch.info), dtype)
+  labels = jnp.asarray(run_batch.labels)
   states = network.init_states(spec, batch_size, dtype)
   report = {'run_dir': run_dir, 'parameters': source, 'split': split, 'batch_size': batch_size,
             'layout': spec.layout, 'max_steps': max_steps, 'tols': list(tols), 'at': list(at),
