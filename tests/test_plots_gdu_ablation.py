@@ -142,10 +142,15 @@ def test_ablation_configs_are_deep():
   assert skip.model.skips == long_links and skip.model.layout == ablation_digits.get_config(
   ).model.layout
   assert skip.signals.kd.enabled and skip.signals.kd.train_teacher
-  # The digits recipe anneals κ from 0.1 to 0; the CIFAR-10 one keeps it constant.
+  # The digits recipe anneals κ from 0.1 to 0; the CIFAR-10 one keeps a smaller one constant.
   kappa = ablation_digits.get_config().signals.kappa
   assert (kappa.schedule, kappa.init, kappa.min) == ('cos', 0.1, 0.0)
-  assert ablation_deep.get_config().signals.kappa.schedule == 'constant'
+  for digits in (ablation_digits.get_config(), skip):
+    assert tuple(digits.signals.kd.layers) == tuple(digits.signals.les.layers) == ()
+  deep = ablation_deep.get_config().signals
+  assert (deep.kappa.schedule, deep.kappa.init) == ('constant', 0.025)
+  # On CIFAR-10 the signals act on conv5-conv8 (chosen on a validation split).
+  assert tuple(deep.kd.layers) == tuple(deep.les.layers) == (4, 5, 6, 7)
 
 
 def _tiny_ablation_config(layout):

@@ -59,6 +59,10 @@ def get_config():
   config.signals.kappa.schedule = 'cos'
   config.signals.kappa.init = 0.1
   config.signals.kappa.min = 0.0
+  # The signals act on every layer here (ablation_deep keeps them to conv5-conv8, where the
+  # 32x32 maps make every-layer KD at this κ unstable).
+  config.signals.kd.layers = ()
+  config.signals.les.layers = ()
   config.train.batch_size = 32
   config.train.eval_batch_size = 120
   config.train.log_every_seconds = 30.0
