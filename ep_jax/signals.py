@@ -150,24 +150,28 @@ def kd_layer_cost(s: jax.Array, t: jax.Array, normalize: str = 'layer') -> jax.A
 
 
 def kd_curvature(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple,
-                 layers: Sequence[int] = (), normalize: str = 'unit', iters: int = 30,
+                 kd_layers: Sequence[int] = (), weight_layers: Sequence[int] = (),
+                 normalize: str = 'unit', iters: int = 30,
                  key: Optional[jax.Array] = None) -> list[float]:
   """The stiffness of the layer-wise KD regression, per hidden layer's weights.
 
-  For each hidden layer l (`layers`, () = all), λ_l is the largest eigenvalue of the
+  For each hidden layer l of `weight_layers` (() = all), λ_l is the largest eigenvalue of the
   Gauss-Newton matrix `(1/B) J_lᵀ J_l` of the KD cost `Σ_k ½ ‖s_k(θ) - t_k‖² (/ n_k)` summed
-  over the KD layers k, with respect to layer l's weights `w_l`, where
-  `s_k(θ) = σ(∂Φ/∂s_k(x, s*; θ))` is one step of the dynamics from the fixed point `states`
-  `s*` (it does not depend on the targets t). Found by `iters` power iterations (jvp, vjp).
+  over the KD layers k (`kd_layers`, () = all hidden), with respect to layer l's weights
+  `w_l`, where `s_k(θ) = σ(∂Φ/∂s_k(x, s*; θ))` is one step of the dynamics from the fixed
+  point `states` `s*` (it does not depend on the targets t). w_l reaches the cost through
+  layer l's own drive and through its feedback into layer l-1 (and the links). Found by
+  `iters` power iterations (jvp, vjp).
 
   Heavy-ball SGD (rate η, momentum μ) on a quadratic of curvature κ λ is stable only while
   `η κ λ < 2 (1 + μ)`, so λ_l bounds the κ_l that rate η_l can follow: λ grows with a layer's
   positions H·W, fan-in and input scale (the KD force is per unit, a conv weight's gradient
-  sums over positions). Returns `[λ_l]` (floats) in the order of `layers`.
+  sums over positions). Returns `[λ_l]` (floats) for the sorted `weight_layers`.
   """
   from ep_jax import activations  # local: avoids an import cycle at package import
   _check_choice(normalize, KD_NORMALIZE, 'signals.kd.normalize')
-  layers = resolve_layers(layers, spec, 'kd')
+  layers = resolve_layers(kd_layers, spec, 'signals.kd')
+  weight_layers = resolve_layers(weight_layers, spec, 'weight_layers')
   sigma = activations.get(spec.activation)
   states = tuple(states)
   batch = states[0].shape[0]
@@ -180,7 +184,7 @@ def kd_curvature(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple,
 
   key = jax.random.PRNGKey(0) if key is None else key
   out = []
-  for l in layers:
+  for l in weight_layers:
     w_l = params['layers'][l]['w']
 
     def f(w, l=l):

@@ -18,13 +18,14 @@ input dependence (std over examples / mean |a_l|) and fraction of units at 0 or 
 examples (`--only_teacher`: those alone, without relaxing the CRNN).
 
 `--curvature` measures instead how stiff each layer's KD regression is for its optimiser: per
-hidden layer the largest Gauss-Newton eigenvalue λ_l of the per-unit KD cost with respect to
-the layer's weights (`signals.kd_curvature`, at the same free fixed point), the layer's rate
-η_l (`optim.learning_rates`) and κ_l (`signals.kappa`), the product η_l κ_l λ_l (heavy-ball
-SGD with momentum μ diverges on the KD term where it exceeds 2 (1 + μ)) and the cap
-`κ_l ≤ --margin / (η_l λ_l)`; `--out` gets the figures, and `kappa_cap` pasted into
-`--config.signals.kappa.per_layer` (after taking the smaller of it and κ) keeps every layer's
-product at most `--margin`. Needs no teacher (λ does not depend on the targets).
+hidden layer the largest Gauss-Newton eigenvalue λ_l of the per-unit KD cost on the config's
+`signals.kd.layers` with respect to the layer's weights (`signals.kd_curvature`, at the same
+free fixed point), the layer's rate η_l (`optim.learning_rates`) and κ_l (`signals.kappa` at
+epoch 0, 0 off the KD layers), the product η_l κ_l λ_l (SGD with heavy-ball momentum μ
+diverges on a quadratic where it exceeds 2 (1 + μ); Adam has no such bound) and the cap
+`κ_l ≤ --margin / (η_l λ_l)`; `--out` gets the figures, and the smaller of `kappa_cap` and κ
+passed as `--config.signals.kappa.per_layer` keeps every layer's product at most `--margin`.
+Needs no teacher (λ does not depend on the targets).
 """
 
 from __future__ import annotations
@@ -132,24 +133,26 @@ def _initial_fixed_point(config, train_split, info, x):
 
 
 def kd_stiffness(config, batch_size: int = 64, margin: float = 1.0) -> dict:
-  """Per hidden layer: `lambda` (λ_l, `signals.kd_curvature`, per-unit KD on every hidden
-  layer), `rate` (η_l), `kappa` (κ_l at epoch 0), `product` (η_l κ_l λ_l) and `kappa_cap`
-  (`margin / (η_l λ_l)`), at the config's initial network and free fixed point on
-  `batch_size` training examples; `divergence_bound` is 2 (1 + μ) (SGD, momentum μ)."""
+  """Per hidden layer: `lambda` (λ_l, `signals.kd_curvature`, per-unit KD on the config's
+  `signals.kd.layers`), `rate` (η_l), `kappa` (κ_l at epoch 0, 0 off the KD layers),
+  `product` (η_l κ_l λ_l) and `kappa_cap` (`margin / (η_l λ_l)`), at the config's initial
+  network and free fixed point on `batch_size` training examples; `divergence_bound` is
+  2 (1 + μ) for SGD with momentum μ, None for Adam."""
   if margin <= 0:
     raise ValueError(f'margin must be positive, got {margin}')
   train_split, _, info = train_lib.load_data(config)
   x = jnp.asarray(data.normalize(train_split.images[:batch_size], info))
   spec, params, free = _initial_fixed_point(config, train_split, info, x)
   hidden = signals.num_hidden(spec)
-  lam = signals.kd_curvature(spec, params, x, free.states, normalize='unit')
+  kd_layers = signals.resolve_layers(tuple(config.signals.kd.layers), spec, 'signals.kd')
+  lam = signals.kd_curvature(spec, params, x, free.states, kd_layers=kd_layers,
+                             normalize='unit')
   o = config.optim
   rates = optim.per_group(o.learning_rates if isinstance(o.learning_rates, (int, float))
                           else tuple(o.learning_rates), spec, 'optim.learning_rates')
   eta = [rates[name] for name in spec.layer_names[:hidden]]
   k = config.signals.kappa
-  kap = [float(v) for v in kappa.layer_init(hidden, range(hidden), k.init, k.per_layer)]
-  momentum = float(o.momentum) if o.optimizer == 'sgd' else 0.0
+  kap = [float(v) for v in kappa.layer_init(hidden, kd_layers, k.init, k.per_layer)]
   return {'layers': list(spec.layer_names[:hidden]), 'batch_size': batch_size,
           'free_steps': int(free.steps), 'free_residual': float(free.residual),
           'lambda': lam, 'rate': eta, 'kappa': kap,
@@ -157,7 +160,8 @@ def kd_stiffness(config, batch_size: int = 64, margin: float = 1.0) -> dict:
           'kappa_cap': [margin / (r * v) if r * v > 0 else float('inf')
                         for r, v in zip(eta, lam)],
           'margin': margin, 'optimizer': str(o.optimizer),
-          'divergence_bound': 2.0 * (1.0 + momentum)}
+          'divergence_bound': (2.0 * (1.0 + float(o.momentum)) if o.optimizer == 'sgd'
+                               else None)}
 
 
 def stiffness_table(result: dict) -> str:
@@ -196,9 +200,10 @@ def main(argv):
     if _MARGIN.value <= 0:
       raise app.UsageError(f'--margin must be positive, got {_MARGIN.value}')
     result = kd_stiffness(cli.config_value(_CONFIG), _BATCH.value, _MARGIN.value)
+    bound = result['divergence_bound']
     print(f"free phase: {result['free_steps']} steps, residual {result['free_residual']:.1e}; "
-          f"{result['optimizer']} diverges on a KD term where η κ λ > "
-          f"{result['divergence_bound']:g}:")
+          + (f"sgd diverges on a KD term where η κ λ > {bound:g}:" if bound is not None else
+             f"{result['optimizer']}: no η κ λ bound (it applies to SGD):"))
     print(stiffness_table(result))
     _write(result)
     return

@@ -63,5 +63,13 @@ def test_curvature_reports_each_layers_kd_stiffness_rate_and_kappa_cap():
     assert prod == pytest.approx(eta * k * lam) and cap == pytest.approx(2.0 / (eta * lam))
   assert result['divergence_bound'] == pytest.approx(3.8)
   assert '| η_l κ_l λ_l |' in signal_strength.stiffness_table(result)
+  # KD on conv2 only: conv1 has no κ; conv2's weights see a cost with fewer residuals.
+  config.signals.kd.layers = (1,)
+  config.signals.kappa.per_layer = ()
+  config.optim.optimizer = 'adam'
+  top = signal_strength.kd_stiffness(config, batch_size=16, margin=2.0)
+  assert top['kappa'] == [0.0, 0.5] and top['product'][0] == 0.0
+  assert 0 < top['lambda'][1] < result['lambda'][1]
+  assert top['divergence_bound'] is None
   with pytest.raises(ValueError, match='margin'):
     signal_strength.kd_stiffness(config, batch_size=16, margin=0.0)

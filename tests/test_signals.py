@@ -417,7 +417,8 @@ def test_kd_curvature_is_the_top_eigenvalue_of_the_gauss_newton_matrix(x64, norm
     assert exact > 0
     np.testing.assert_allclose(got[l], exact, rtol=1e-6)
   # KD on the last hidden layer alone: its cost has a subset of the residuals, so its
-  # Gauss-Newton matrix (for the last layer's weights) is smaller.
-  (alone,) = signals.kd_curvature(spec, params, x, free.states, layers=(-1,),
-                                  normalize=normalize, iters=300)
-  assert 0 < alone < got[-1]
+  # Gauss-Newton matrix (for the last layer's weights) is smaller; conv1's weights reach
+  # neither the last layer's drive nor its feedback.
+  first, last = signals.kd_curvature(spec, params, x, free.states, kd_layers=(-1,),
+                                     weight_layers=(0, -1), normalize=normalize, iters=300)
+  assert 0 < last < got[-1] and first == 0.0
