@@ -42,6 +42,7 @@ of an MSE readout); heads are keyed by layer name (`spec.layer_names`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 from typing import Callable, NamedTuple, Optional, Sequence
@@ -175,38 +176,38 @@ def kd_curvature(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple,
   sigma = activations.get(spec.activation)
   states = tuple(states)
   batch = states[0].shape[0]
-  weights = [1.0 / math.sqrt(states[k][0].size) if normalize == 'layer' else 1.0
-             for k in layers]
+  scales = [1.0 / math.sqrt(states[k][0].size) if normalize == 'layer' else 1.0
+            for k in layers]
 
-  def kd_states(p):
-    drives = jax.grad(lambda s: energy.primitive(spec, p, x, s))(states)
-    return [w * sigma(drives[k]) for w, k in zip(weights, layers)]
+  # One jitted product per layer l (static): params, x and the states are arguments, so XLA
+  # does not fold them in as constants.
+  @functools.partial(jax.jit, static_argnums=0)
+  def gauss_newton(l, p, x, s_star, v):
+    def kd_states(w):
+      layer_params = list(p['layers'])
+      layer_params[l] = dict(layer_params[l], w=w)
+      q = dict(p, layers=type(p['layers'])(layer_params))
+      drives = jax.grad(lambda s: energy.primitive(spec, q, x, s))(s_star)
+      return [c * sigma(drives[k]) for c, k in zip(scales, layers)]
+
+    w_l = p['layers'][l]['w']
+    _, jv = jax.jvp(kd_states, (w_l,), (v,))
+    return jax.vjp(kd_states, w_l)[1](jv)[0] / batch
 
   key = jax.random.PRNGKey(0) if key is None else key
   out = []
   for l in weight_layers:
     w_l = params['layers'][l]['w']
-
-    def f(w, l=l):
-      layer_params = list(params['layers'])
-      layer_params[l] = dict(layer_params[l], w=w)
-      return kd_states(dict(params, layers=type(params['layers'])(layer_params)))
-
-    @jax.jit
-    def gauss_newton(v, w_l=w_l, f=f):
-      _, jv = jax.jvp(f, (w_l,), (v,))
-      return jax.vjp(f, w_l)[1](jv)[0] / batch
-
     v = jax.random.normal(jax.random.fold_in(key, l), w_l.shape, w_l.dtype)
     v = v / jnp.linalg.norm(v)
     lam = 0.0
     for _ in range(iters):
-      w = gauss_newton(v)
-      norm = jnp.linalg.norm(w)
+      gv = gauss_newton(l, params, x, states, v)
+      norm = jnp.linalg.norm(gv)
       lam = float(norm)
       if lam == 0.0:
         break
-      v = w / norm
+      v = gv / norm
     out.append(lam)
   return out
 
