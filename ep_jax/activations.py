@@ -3,7 +3,9 @@
 `hard_sigmoid` (default) is the reference's `my_hard_sig`: `clip(u/2, 0, 1)`. It and
 `hard_sigmoid_unit` (`clip(u, 0, 1)`) are piecewise linear and real-only. `smooth_sigmoid`,
 `sigmoid(4(u - 1/2))`, is holomorphic (it has a complex extension) and is the choice for
-holomorphic EP and for tests of the estimators' bias orders.
+holomorphic EP and for tests of the estimators' bias orders. `relu`, `max(u, 0)`, is
+unbounded: it is there for feed-forward reference networks (`config.teacher.activation`); a
+CRNN with it has a fixed point only while its feedback contracts.
 """
 
 from typing import Callable
@@ -27,10 +29,16 @@ def smooth_sigmoid(u):
   return 1.0 / (1.0 + jnp.exp(-4.0 * (u - 0.5)))
 
 
+def relu(u):
+  """`max(u, 0)`: unbounded; for feed-forward reference networks."""
+  return jnp.maximum(u, 0.0)
+
+
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     'hard_sigmoid': hard_sigmoid,
     'hard_sigmoid_unit': hard_sigmoid_unit,
     'smooth_sigmoid': smooth_sigmoid,
+    'relu': relu,
 }
 
 HOLOMORPHIC = frozenset({'smooth_sigmoid'})

@@ -147,3 +147,31 @@ def test_spec_dict_roundtrip_keeps_the_geometry():
   assert teacher.spec_from_dict(json.loads(json.dumps(teacher.spec_to_dict(spec)))) == spec
   spec = network.make_spec('vgg5', input_shape=(32, 32, 3), num_classes=10)
   assert teacher.spec_from_dict(json.loads(json.dumps(teacher.spec_to_dict(spec)))) == spec
+
+
+def test_relu_is_max_zero_and_unbounded():
+  u = jnp.array([-3.0, -0.5, 0.0, 0.25, 2.0, 7.5])
+  np.testing.assert_array_equal(activations.get('relu')(u), jnp.array([0, 0, 0, 0.25, 2, 7.5]))
+
+
+@pytest.mark.slow
+def test_train_teacher_with_its_own_activation(tmp_path):
+  """`config.teacher.activation = 'relu'` trains a plain ReLU network of the CRNN's layers (the
+  reference point beside the twin); it is saved as such and refused as a KD teacher."""
+  config = default.get_config()
+  config.model.layout = '16,M'
+  config.teacher.epochs = 1
+  config.teacher.activation = 'relu'
+  workdir = str(tmp_path / 'relu')
+  meta = teacher.train_from_config(config, workdir, print_fn=lambda _: None)
+  spec, params, _ = teacher.load_teacher(workdir)
+  assert spec.activation == 'relu' and meta['test_accuracy'] > 0.3  # chance is 0.1
+  crnn = network.make_spec('16,M', input_shape=spec.input_shape, num_classes=spec.num_classes)
+  assert crnn.activation == 'hard_sigmoid'
+  x = jnp.asarray(np.random.default_rng(0).uniform(0.0, 16.0, (8, *spec.input_shape)),
+                  jnp.float32)
+  states, _ = feedforward.forward(spec, params, x)
+  assert float(jnp.max(states[0])) > 1.0  # unbounded: a hard sigmoid would stop at 1
+  assert float(jnp.min(states[0])) == 0.0
+  with pytest.raises(ValueError, match="activation is 'relu'"):
+    signals.check_teacher(spec, crnn, output=True)

@@ -147,8 +147,9 @@ def is_trained(workdir: str, config) -> bool:
 
 def train_from_config(config, workdir: str, print_fn: Callable[[str], None] = print) -> dict:
   """Trains the feed-forward twin of `config`'s CRNN on its data with `config.teacher`'s
-  epochs, rate, batch size and init scale (and `config.optim`'s momentum, weight decay and
-  final rate), saves it to `workdir`; returns the info written to `teacher.json`.
+  epochs, rate, batch size, init scale and activation (`teacher.activation`, '' = the CRNN's),
+  and `config.optim`'s momentum, weight decay and final rate; saves it to `workdir`; returns
+  the info written to `teacher.json`.
 
   `print_fn` receives every progress line.
   """
@@ -158,7 +159,8 @@ def train_from_config(config, workdir: str, print_fn: Callable[[str], None] = pr
   if int(t.epochs) < 1:
     raise ValueError(f'teacher.epochs must be >= 1, got {t.epochs}')
   train_split, test_split, info = train_lib.load_data(config)
-  spec = train_lib.build_spec(config, info, readout='softmax')  # the CRNN's layers
+  spec = train_lib.build_spec(config, info, readout='softmax',  # the CRNN's layers
+                              activation=t.get('activation', ''))
   print_fn(f'teacher: dataset={info.name} train={info.num_train} test={info.num_test} '
            f'layout={spec.layout!r} dense={spec.dense} activation={spec.activation} '
            f'init_scale={init_scale(config)} state_shapes={spec.state_shapes}')

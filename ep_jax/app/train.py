@@ -241,8 +241,9 @@ class Interrupted(KeyboardInterrupt):
 
 
 def build_spec(config: ml_collections.ConfigDict, info: data_lib.DatasetInfo,
-               readout: str = '') -> network.NetworkSpec:
-  """The network of `config.model` for `info`'s data (`readout` overrides the model's).
+               readout: str = '', activation: str = '') -> network.NetworkSpec:
+  """The network of `config.model` for `info`'s data (`readout` and `activation`, when given,
+  override the model's).
 
   Here and in `load_data` / `augmentation` / `build_run`, fields newer than some saved runs
   are read with their defaults, so an older run's `config.json` still builds.
@@ -252,7 +253,7 @@ def build_spec(config: ml_collections.ConfigDict, info: data_lib.DatasetInfo,
   m = config.model
   return network.make_spec(m.layout, input_shape=info.input_shape, num_classes=info.num_classes,
                            dense=tuple(m.dense), readout=readout or m.readout,
-                           activation=m.activation, kernel_size=m.kernel_size,
+                           activation=activation or m.activation, kernel_size=m.kernel_size,
                            padding=m.padding, pool_ties=m.get('pool_ties', 'first'),
                            kernel_sizes=tuple(m.get('kernel_sizes', ())),
                            paddings=tuple(m.get('paddings', ())),

@@ -151,4 +151,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.teacher.learning_rate = 0.05
   config.teacher.batch_size = 64
   config.teacher.init_scale = 0.0  # the teacher's weight init scale; 0 = model.init_scale
+  # The teacher's activation; '' = model.activation. 'relu' gives a plain ReLU network of the
+  # same layers: a reference point for the twin, not a KD teacher (its states are unbounded).
+  config.teacher.activation = ''
   return config
