@@ -108,6 +108,8 @@ def test_train_teacher_script_on_digits(tmp_path):
   assert spec.state_shapes == ((4, 4, 16),) and spec.readout == 'softmax'
   assert info['test_accuracy'] == meta['test_accuracy']
   assert info['init_scale'] == config.model.init_scale  # teacher.init_scale = 0: the CRNN's
+  assert info['augmentation']['augment'] is False and info['seed'] == config.seed
+  assert json.load(open(f'{workdir}/teacher.json'))['augmentation'] == info['augmentation']
 
 
 @pytest.mark.slow

@@ -149,7 +149,7 @@ def train_from_config(config, workdir: str, print_fn: Callable[[str], None] = pr
   """Trains the feed-forward twin of `config`'s CRNN on its data with `config.teacher`'s
   epochs, rate, batch size, init scale and activation (`teacher.activation`, '' = the CRNN's),
   and `config.optim`'s momentum, weight decay and final rate; saves it to `workdir`; returns
-  the info written to `teacher.json`.
+  the info written to `teacher.json` (with the seed and the data augmentation it trained with).
 
   `print_fn` receives every progress line.
   """
@@ -164,17 +164,19 @@ def train_from_config(config, workdir: str, print_fn: Callable[[str], None] = pr
   print_fn(f'teacher: dataset={info.name} train={info.num_train} test={info.num_test} '
            f'layout={spec.layout!r} dense={spec.dense} activation={spec.activation} '
            f'init_scale={init_scale(config)} state_shapes={spec.state_shapes}')
+  augmentation = train_lib.augmentation(config)
   params, history = train(
       spec, train_split, test_split, info, epochs=t.epochs, learning_rate=t.learning_rate,
       batch_size=t.batch_size, seed=config.seed, momentum=config.optim.momentum,
       weight_decay=config.optim.weight_decay, eta_min=config.optim.eta_min,
       init_scale=init_scale(config), eval_batch_size=config.train.eval_batch_size,
-      log=print_fn, **train_lib.augmentation(config))
+      log=print_fn, **augmentation)
   final = history[-1]
   meta = {'test_accuracy': float(final['test_accuracy']), 'test_loss': float(final['test_loss']),
           'train_accuracy': float(final['train_accuracy']), 'epochs': int(t.epochs),
           'init_scale': init_scale(config), 'learning_rate': float(t.learning_rate),
-          'batch_size': int(t.batch_size), 'dataset': info.name,
+          'batch_size': int(t.batch_size), 'dataset': info.name, 'seed': int(config.seed),
+          'augmentation': dict(augmentation),
           'seconds': time.time() - start, 'history': history}
   step = save_teacher(workdir, spec, params, meta)
   print_fn(f'saved teacher to {workdir} (step {step}) in {time.time() - start:.1f}s')
