@@ -42,6 +42,7 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 HOLOMORPHIC = frozenset({'smooth_sigmoid'})
+UNBOUNDED = frozenset({'relu'})  # no upper bound on a unit's state
 
 
 def get(name: str) -> Callable[[jax.Array], jax.Array]:

@@ -411,7 +411,7 @@ def _check_choice(value, choices, what):
 
 def check_teacher(teacher_spec: NetworkSpec, spec: NetworkSpec, *, output: bool) -> None:
   """Raises ValueError unless the teacher's hidden states have the CRNN's shapes and its
-  activation is bounded like the CRNN's (a ReLU reference network is not a KD teacher)."""
+  activation is bounded where the CRNN's is (a ReLU reference network is not a KD teacher)."""
   hidden = num_hidden(spec)
   want, got = spec.state_shapes[:hidden], teacher_spec.state_shapes[:num_hidden(teacher_spec)]
   if teacher_spec.input_shape != spec.input_shape or want != got:
@@ -424,11 +424,13 @@ def check_teacher(teacher_spec: NetworkSpec, spec: NetworkSpec, *, output: bool)
   if output and teacher_spec.num_classes != spec.num_classes:
     raise ValueError(f'teacher has {teacher_spec.num_classes} classes, the CRNN '
                      f'{spec.num_classes}')
-  if teacher_spec.activation == 'relu' and spec.activation != 'relu':
+  from ep_jax import activations  # local: avoids an import cycle at package import
+  if (teacher_spec.activation in activations.UNBOUNDED
+      and spec.activation not in activations.UNBOUNDED):
     raise ValueError(
-        f"the teacher's activation is 'relu' (unbounded), the CRNN's {spec.activation!r}: its "
-        'states are no targets for the CRNN\'s; train the teacher with the CRNN\'s activation '
-        "(config.teacher.activation = '')")
+        f"the teacher's activation {teacher_spec.activation!r} is unbounded, the CRNN's "
+        f"{spec.activation!r} is not: its states are no targets for the CRNN's; train the "
+        "teacher with the CRNN's activation (config.teacher.activation = '')")
   if teacher_spec.activation != spec.activation:
     logging.warning('teacher activation %r differs from the CRNN\'s %r',
                     teacher_spec.activation, spec.activation)

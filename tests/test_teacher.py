@@ -175,5 +175,5 @@ def test_train_teacher_with_its_own_activation(tmp_path):
   states, _ = feedforward.forward(spec, params, x)
   assert float(jnp.max(states[0])) > 1.0  # unbounded: a hard sigmoid would stop at 1
   assert float(jnp.min(states[0])) == 0.0
-  with pytest.raises(ValueError, match="activation is 'relu'"):
+  with pytest.raises(ValueError, match="activation 'relu' is unbounded"):
     signals.check_teacher(spec, crnn, output=True)

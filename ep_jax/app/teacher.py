@@ -176,7 +176,7 @@ def train_from_config(config, workdir: str, print_fn: Callable[[str], None] = pr
           'train_accuracy': float(final['train_accuracy']), 'epochs': int(t.epochs),
           'init_scale': init_scale(config), 'learning_rate': float(t.learning_rate),
           'batch_size': int(t.batch_size), 'dataset': info.name, 'seed': int(config.seed),
-          'augmentation': dict(augmentation),
+          'augmentation': augmentation,
           'seconds': time.time() - start, 'history': history}
   step = save_teacher(workdir, spec, params, meta)
   print_fn(f'saved teacher to {workdir} (step {step}) in {time.time() - start:.1f}s')
