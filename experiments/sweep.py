@@ -13,7 +13,10 @@ DIR/<point>/seed=<s>/ (see ep_jax/app/sweep.py).
 again skips finished runs and resumes interrupted ones. --vmap_seeds trains the seeds of one
 configuration in a single compiled program (jax.vmap, one device; on CPU it is slower than
 sequential runs, because XLA:CPU's grouped convolutions are slow). Results: DIR/sweep.csv,
-DIR/sweep.md, DIR/sweep_<field>.png.
+DIR/sweep.md, DIR/sweep_<field>.png: mean ± std over the finished seeds (one seed: its value
+alone). The best point is the highest final validation accuracy, so hold out a validation split
+with --config.data.validation=N (the runs then evaluate on it); with data.validation=0 they
+evaluate on the test split and no best point is named.
 
 --launcher=slurm writes DIR/sweep.sbatch (an array job, one task per configuration) and prints
 the sbatch command; it runs nothing. When the array is done, the same command with

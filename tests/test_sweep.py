@@ -155,20 +155,22 @@ def test_resume_partly_finished_sweep_and_results(tmp_path, monkeypatch, no_curv
     table = list(csv.DictReader(f))
   assert [r['name'] for r in table] == [p.name for p in plan.points]
   assert [r['optim.learning_rates'] for r in table] == ['(0.1,)', '(0.05,)', '(1e+38,)']
-  assert [float(table[0][k]) for k in ('final_test_acc_mean', 'best_test_acc_mean',
+  assert [float(table[0][k]) for k in ('final_acc_mean', 'max_acc_mean',
                                         'epoch_time_s_mean')] == [0.25, 0.5, 2.0]
+  assert [r['eval_split'] for r in table] == ['test'] * 3
   records = read_metrics(plan.run_dir(interrupted, 0))
   row = table[1]
-  assert float(row['final_test_acc_mean']) == pytest.approx(records[-1]['test_accuracy'])
-  assert float(row['best_test_acc_mean']) == pytest.approx(
-      max(r['test_accuracy'] for r in records))
-  assert float(row['final_test_acc_std']) == 0.0 and row['finished'] == '1'
+  assert float(row['final_acc_mean']) == pytest.approx(records[-1]['test_accuracy'])
+  assert float(row['max_acc_mean']) == pytest.approx(max(r['test_accuracy'] for r in records))
+  assert np.isnan(float(row['final_acc_std'])) and row['finished'] == '1'  # one seed
   assert (table[2]['finished'], table[2]['diverged']) == ('0', '1')
-  assert np.isnan(float(table[2]['final_test_acc_mean']))
-  assert rows[1]['final_test_acc_mean'] == pytest.approx(float(row['final_test_acc_mean']))
+  assert np.isnan(float(table[2]['final_acc_mean']))
+  assert rows[1]['final_acc_mean'] == pytest.approx(float(row['final_acc_mean']))
   md = open(tmp_path / 'sweep.md').read()
   assert '| optim.learning_rates | seeds done | diverged | final test acc' in md
-  assert '| `(0.1,)` | 1/1 | 0 | 25.00 ± 0.00 | 50.00 ± 0.00 | 2.00 ± 0.00 |' in md
+  assert '| `(0.1,)` | 1/1 | 0 | 25.00 | 50.00 | 2.00 |' in md  # one seed: no spread
+  assert 'No best point: the runs evaluate on the test split' in md
+  assert any(l.startswith('no best point: the runs evaluate on the test split') for l in lines)
   assert (tmp_path / 'sweep_optim.learning_rates.png').stat().st_size > 1000
   plan_json = json.load(open(tmp_path / sweep.PLAN_FILE))
   assert plan_json['points'][0]['runs'] == [f'{done.name}/seed=0']
@@ -186,9 +188,103 @@ def test_mean_and_sample_std_over_seeds(tmp_path):
     with open(os.path.join(plan.run_dir(plan.points[0], seed), 'metrics.jsonl'), 'w') as f:
       f.write(json.dumps({'epoch': 1, 'test_accuracy': acc, 'epoch_time_s': 1.0}) + '\n')
   (row,) = sweep.aggregate(plan, epochs=1, print_fn=lambda _: None)
-  assert row['final_test_acc_mean'] == pytest.approx(0.6)
-  assert row['final_test_acc_std'] == pytest.approx(0.1)  # ddof=1
+  assert row['final_acc_mean'] == pytest.approx(0.6)
+  assert row['final_acc_std'] == pytest.approx(0.1)  # ddof=1
   assert row['finished'] == 3
+
+
+def _fake_run(run_dir, accs, validation=None, seconds=1.0):
+  """A finished run: metrics.jsonl with `accs` per epoch, config.json unless validation=None."""
+  os.makedirs(run_dir)
+  with open(os.path.join(run_dir, 'metrics.jsonl'), 'w') as f:
+    for epoch, acc in enumerate(accs, 1):
+      f.write(json.dumps({'epoch': epoch, 'test_accuracy': acc, 'epoch_time_s': seconds}) + '\n')
+  if validation is not None:
+    with open(os.path.join(run_dir, 'config.json'), 'w') as f:
+      json.dump({'seed': 0, 'data': {'validation': validation}}, f)
+
+
+def _errorbars(fig):
+  """The number of error bars drawn in each axes of `fig`."""
+  from matplotlib.container import ErrorbarContainer
+  return [sum(len(c.lines[2][0].get_segments()) for c in ax.containers
+              if isinstance(c, ErrorbarContainer)) for ax in fig.axes]
+
+
+def test_one_seed_has_no_spread_and_best_is_chosen_on_validation(tmp_path):
+  plan = sweep.make_sweep(default.get_config(), 'ep.beta=[0.5,1.0,2.0]', 1, str(tmp_path))
+  # Point 0 peaks highest (max over epochs) but ends lower than point 1: the final validation
+  # accuracy picks point 1.
+  for point, accs in zip(plan.points, ((0.9, 0.6), (0.5, 0.95), (0.2, 0.3))):
+    _fake_run(plan.run_dir(point, 0), accs, validation=100)
+  lines = []
+  rows = sweep.aggregate(plan, epochs=2, print_fn=lines.append)
+  assert [r['eval_split'] for r in rows] == ['validation=100'] * 3
+  assert all(np.isnan(r['final_acc_std']) and np.isnan(r['max_acc_std']) for r in rows)
+  assert lines[0] == ('best on validation accuracy (validation=100): ep.beta=1.0 final '
+                      'validation accuracy 95.00% (1 seed)')
+  best, _ = sweep.choose_best(rows)
+  assert best['name'] == 'ep.beta=1.0'
+  table = list(csv.DictReader(open(tmp_path / 'sweep.csv')))
+  assert table[1]['final_acc_mean'] == '0.95' and table[1]['eval_split'] == 'validation=100'
+  assert np.isnan(float(table[1]['final_acc_std']))
+  md = open(tmp_path / 'sweep.md').read()
+  assert '±' not in md.split('\n', 3)[3]  # no spread anywhere below the header paragraph
+  assert 'on the validation split (validation=100' in md
+  assert '| ep.beta | seeds done | diverged | final validation acc | max validation acc |' in md
+  assert '| `1.0` | 1/1 | 0 | 95.00 | 95.00 | 1.00 |' in md
+  assert 'Best on validation accuracy (validation=100): ep.beta=1.0' in md
+  assert _errorbars(sweep.field_figure(plan, rows, 'ep.beta')) == [0, 0]
+
+  # Two seeds: mean ± sample std, and error bars.
+  two = sweep.make_sweep(default.get_config(), 'ep.beta=[0.5,1.0]', 2, str(tmp_path / 'two'))
+  for point in two.points:
+    for seed, acc in zip(two.seeds, (0.5, 0.7)):
+      _fake_run(two.run_dir(point, seed), (acc,), validation=100)
+  lines.clear()
+  rows = sweep.aggregate(two, epochs=1, print_fn=lines.append)
+  assert lines[0].endswith('final validation accuracy 60.00 ± 14.14% (2 seeds)')
+  assert '| `0.5` | 2/2 | 0 | 60.00 ± 14.14 | 60.00 ± 14.14 | 1.00 ± 0.00 |' in open(
+      tmp_path / 'two' / 'sweep.md').read()
+  assert _errorbars(sweep.field_figure(two, rows, 'ep.beta')) == [2, 2]
+
+
+def test_no_best_point_without_a_validation_split(tmp_path):
+  config = default.get_config()
+  plan = sweep.make_sweep(config, 'ep.beta=[0.5,1.0]', 1, str(tmp_path / 'test'))
+  for point, acc in zip(plan.points, (0.4, 0.8)):
+    _fake_run(plan.run_dir(point, 0), (acc,), validation=0)
+  lines = []
+  rows = sweep.aggregate(plan, epochs=1, print_fn=lines.append)
+  assert [r['eval_split'] for r in rows] == ['test', 'test']
+  assert sweep.choose_best(rows)[0] is None
+  assert lines[0].startswith('no best point: the runs evaluate on the test split '
+                             '(data.validation=0)')
+  assert '--config.data.validation=N' in lines[0]
+  md = open(tmp_path / 'test' / 'sweep.md').read()
+  assert 'final test acc' in md and 'No best point' in md and 'Best on' not in md
+
+  # Points evaluated on different splits are not compared.
+  mixed = sweep.make_sweep(config, 'data.validation=[0,100]', 1, str(tmp_path / 'mixed'))
+  for point, n in zip(mixed.points, (0, 100)):
+    _fake_run(mixed.run_dir(point, 0), (0.5,), validation=n)
+  lines.clear()
+  rows = sweep.aggregate(mixed, epochs=1, print_fn=lines.append)
+  assert [r['eval_split'] for r in rows] == ['test', 'validation=100']
+  assert lines[0].startswith('no best point: the finished configurations evaluate on '
+                             'different splits (test, validation=100)')
+  md = open(tmp_path / 'mixed' / 'sweep.md').read()
+  assert '| evaluated on | final evaluation acc |' in md and '| validation=100 |' in md
+
+  # Without config.json the split comes from the config, else it is unknown: no best either.
+  bare = sweep.make_sweep(config, 'ep.beta=[0.5]', 1, str(tmp_path / 'bare'))
+  _fake_run(bare.run_dir(bare.points[0], 0), (0.5,))
+  lines.clear()
+  (row,) = sweep.aggregate(bare, epochs=1, print_fn=lines.append)
+  assert row['eval_split'] == '' and 'an unknown split' in lines[0]
+  config.data.validation = 10
+  (row,) = sweep.aggregate(bare, epochs=1, print_fn=lines.append, config=config)
+  assert row['eval_split'] == 'validation=10'
 
 
 # ----------------------------------------------------------------------------- vmapped seeds

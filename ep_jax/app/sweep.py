@@ -17,6 +17,13 @@ resumed from its checkpoint by running it again. A run stopped by `NonFiniteErro
 or `NonConvergenceError`: a relaxation that oscillates instead of settling) gets a
 `diverged.json` marker with the message, is not retried, and is counted as diverged in the
 results.
+
+Results are the mean ± sample std over a point's finished seeds (one seed: its value, no
+spread). A run records its evaluation as `test_accuracy`; with `data.validation = N > 0` that
+is the accuracy on N held-out training examples, not on the test split, and `eval_split`
+(`validation=N` | `test`) says which. The best point is the highest mean final validation
+accuracy; runs evaluated on the test split (`data.validation = 0`) get no best point, with a
+line asking for `--config.data.validation=N` (`choose_best`).
 """
 
 from __future__ import annotations
@@ -372,7 +379,7 @@ def run_local(config: ml_collections.ConfigDict, sweep: Sweep, *, vmap_seeds: bo
         print_fn(f'{header} seed={seed}: diverged ({e}); marked, not retried')
   if not aggregate_results:
     return []
-  return aggregate(sweep, epochs, print_fn=print_fn)
+  return aggregate(sweep, epochs, print_fn=print_fn, config=config)
 
 
 # ----------------------------------------------------------------------------- vmapped seeds
@@ -656,14 +663,30 @@ def write_slurm(sweep: Sweep, config_file: str, base_overrides: dict, *,
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-  """Mean and sample std (ddof=1; 0 for one value); NaN for none."""
+  """Mean and sample std (ddof=1); the std is NaN for one value, both are NaN for none."""
   if not values:
     return math.nan, math.nan
   arr = np.asarray(values, np.float64)
-  return float(arr.mean()), (float(arr.std(ddof=1)) if arr.size > 1 else 0.0)
+  return float(arr.mean()), (float(arr.std(ddof=1)) if arr.size > 1 else math.nan)
 
 
-def _run_summary(run_dir: str, epochs: int) -> dict:
+def split_name(validation: Any) -> str:
+  """What a run's `test_*` metrics measure: `validation=N` for `data.validation = N > 0` (N
+  held-out training examples replace the test split), else `test`."""
+  n = int(validation or 0)
+  return f'validation={n}' if n > 0 else 'test'
+
+
+def _run_split(run_dir: str, fallback: Optional[str]) -> Optional[str]:
+  """The evaluated split from the run's config.json (`fallback` when it has none)."""
+  try:
+    with open(os.path.join(run_dir, 'config.json'), 'r', encoding='utf-8') as f:
+      return split_name(json.load(f).get('data', {}).get('validation', 0))
+  except (OSError, ValueError, AttributeError):
+    return fallback
+
+
+def _run_summary(run_dir: str, epochs: int, split: Optional[str]) -> dict:
   records = read_metrics(run_dir)
   accs = [r.get('test_accuracy') for r in records if r.get('test_accuracy') is not None]
   times = [r['epoch_time_s'] for r in records if r.get('epoch_time_s') is not None]
@@ -671,77 +694,137 @@ def _run_summary(run_dir: str, epochs: int) -> dict:
   return {'finished': done and not is_diverged(run_dir), 'diverged': is_diverged(run_dir),
           'epochs_done': int(records[-1].get('epoch') or 0) if records else 0,
           'final': records[-1].get('test_accuracy') if records else None,
-          'best': max(accs) if accs else None,
-          'epoch_time': float(np.median(times)) if times else None}
+          'max': max(accs) if accs else None,
+          'epoch_time': float(np.median(times)) if times else None,
+          'split': _run_split(run_dir, split)}
 
 
-def aggregate(sweep: Sweep, epochs: int, print_fn: Callable[[str], Any] = print) -> list[dict]:
+def _split_label(split: Optional[str]) -> str:
+  if not split:
+    return 'evaluation'
+  return 'validation' if split.startswith('validation') else split
+
+
+def choose_best(rows: Sequence[dict]) -> tuple[Optional[dict], str]:
+  """The point to pick, and a line that says which and on what, or why there is none.
+
+  The pick is the highest mean final accuracy on a validation split (`data.validation = N`),
+  compared only among points evaluated on the same one. Runs that evaluate on the test split
+  (`data.validation = 0`) have no pick: choosing on the test split would make it part of
+  training, and training accuracy measures the fit, not the generalisation.
+  """
+  done = [r for r in rows if r['finished']]
+  if not done:
+    return None, 'no best point: no configuration has a finished seed'
+  splits = sorted({str(r['eval_split']) for r in done})
+  if len(splits) > 1:
+    return None, (f'no best point: the finished configurations evaluate on different splits '
+                  f'({", ".join(splits)}); give every one the same --config.data.validation=N')
+  split = done[0]['eval_split']
+  if not split or not split.startswith('validation'):
+    what = ('the test split (data.validation=0)' if split == 'test'
+            else 'an unknown split (the runs have no config.json)')
+    return None, (f'no best point: the runs evaluate on {what}, and a choice made on the test '
+                  'split overstates the accuracy it reports; rerun with '
+                  '--config.data.validation=N to hold out N training examples and choose on them')
+  best = max(done, key=lambda r: r['final_acc_mean'])
+  return best, (f'best on validation accuracy ({split}): {best["name"]} final validation '
+                f'accuracy {_pct(best["final_acc_mean"], best["final_acc_std"], best["finished"])}'
+                f'% ({_seeds(best["finished"])})')
+
+
+def aggregate(sweep: Sweep, epochs: int, print_fn: Callable[[str], Any] = print,
+              config: Optional[ml_collections.ConfigDict] = None) -> list[dict]:
   """Writes sweep.csv, sweep.md and sweep_<field>.png; returns the rows (one per point).
 
-  Statistics are over the seeds that finished (not diverged): final test accuracy (last
-  epoch), best test accuracy (over epochs), and the per-seed median epoch wall time.
+  Statistics are over the seeds that finished (not diverged): the final accuracy (last epoch),
+  the highest accuracy over the epochs and the per-seed median epoch wall time; mean and sample
+  std, the std NaN (no spread shown) for a single seed. The accuracies are those the runs record
+  as `test_accuracy`: on the validation split when `data.validation = N > 0`, else on the test
+  split; `eval_split` names it (`validation=N` | `test`), from each run's config.json, or from
+  `config` with the point's overrides for a run without one. The best point is chosen on
+  validation accuracy only (`choose_best`).
   """
   rows = []
   for point in sweep.points:
-    runs = [_run_summary(sweep.run_dir(point, s), epochs) for s in sweep.seeds]
+    fallback = (split_name(apply_overrides(config, point.overrides).data.get('validation', 0))
+                if config is not None else None)
+    runs = [_run_summary(sweep.run_dir(point, s), epochs, fallback) for s in sweep.seeds]
     ok = [r for r in runs if r['finished']]
+    splits = sorted({r['split'] for r in ok if r['split']})
     row = {'name': point.name, **{f: v for f, v in point.overrides},
            'seeds': len(sweep.seeds), 'finished': len(ok),
-           'diverged': sum(r['diverged'] for r in runs)}
-    for key in ('final', 'best', 'epoch_time'):
+           'diverged': sum(r['diverged'] for r in runs),
+           'eval_split': (splits[0] if len(splits) == 1 else 'mixed' if splits
+                          else fallback or '')}
+    for key in ('final', 'max', 'epoch_time'):
       mean, std = _mean_std([r[key] for r in ok if r[key] is not None])
-      label = {'final': 'final_test_acc', 'best': 'best_test_acc',
-               'epoch_time': 'epoch_time_s'}[key]
+      label = {'final': 'final_acc', 'max': 'max_acc', 'epoch_time': 'epoch_time_s'}[key]
       row[f'{label}_mean'], row[f'{label}_std'] = mean, std
     rows.append(row)
-  columns = ['name', *sweep.fields, 'seeds', 'finished', 'diverged', 'final_test_acc_mean',
-             'final_test_acc_std', 'best_test_acc_mean', 'best_test_acc_std',
+  columns = ['name', *sweep.fields, 'seeds', 'finished', 'diverged', 'eval_split',
+             'final_acc_mean', 'final_acc_std', 'max_acc_mean', 'max_acc_std',
              'epoch_time_s_mean', 'epoch_time_s_std']
   with open(os.path.join(sweep.workdir, 'sweep.csv'), 'w', newline='') as f:
     writer = csv.writer(f)
     writer.writerow(columns)
     for row in rows:
       writer.writerow([format_value(row[c]) if c in sweep.fields else row[c] for c in columns])
-  _write_markdown(sweep, rows)
+  best, summary = choose_best(rows)
+  _write_markdown(sweep, rows, summary)
   for field in sweep.fields:
     plot_field(sweep, rows, field)
-  done = [r for r in rows if r['finished']]
-  if done:
-    best = max(done, key=lambda r: r['final_test_acc_mean'])
-    print_fn(f'best: {best["name"]} final test accuracy {100 * best["final_test_acc_mean"]:.2f}'
-             f' ± {100 * best["final_test_acc_std"]:.2f}% ({best["finished"]} seed(s))')
+  print_fn(summary)
   print_fn(f'results: {os.path.join(sweep.workdir, "sweep.md")}')
   return rows
 
 
-def _pct(mean: float, std: float) -> str:
-  return '–' if math.isnan(mean) else f'{100 * mean:.2f} ± {100 * std:.2f}'
+def _seeds(n: int) -> str:
+  return f'{n} seed' if n == 1 else f'{n} seeds'
 
 
-def _write_markdown(sweep: Sweep, rows: list[dict]) -> None:
+def _pct(mean: float, std: float, n: int = 2, scale: float = 100.0) -> str:
+  """`mean ± std`, the mean alone for one seed (n = 1) or a NaN std; `–` for none."""
+  if math.isnan(mean):
+    return '–'
+  if n == 1 or math.isnan(std):
+    return f'{scale * mean:.2f}'
+  return f'{scale * mean:.2f} ± {scale * std:.2f}'
+
+
+def _write_markdown(sweep: Sweep, rows: list[dict], summary: str) -> None:
   head = [*sweep.fields] if sweep.fields else ['config']
+  splits = sorted({str(r['eval_split']) for r in rows if r['eval_split']})
+  one = splits[0] if len(splits) == 1 else None
+  label = _split_label(one)
+  where = (f'on the validation split ({one}: held-out training examples)'
+           if one and one.startswith('validation') else
+           'on the test split' if one == 'test' else 'on the split in the `evaluated on` column')
   lines = [f'# Sweep results: {os.path.basename(sweep.workdir)}', '',
-           f'Seeds {list(sweep.seeds)}; mean ± sample std over the finished seeds. Accuracy in '
-           '%; epoch time = median epoch wall time per seed (for vmapped seeds, the time of '
-           'the epoch of all seeds together).', '',
-           '| ' + ' | '.join([*head, 'seeds done', 'diverged', 'final test acc',
-                              'best test acc', 'epoch time (s)']) + ' |',
-           '|' + '---|' * (len(head) + 5)]
+           f'Seeds {list(sweep.seeds)}; mean ± sample std over the finished seeds (one finished '
+           f'seed: its value alone). Accuracy in %, {where}; max = the highest over the epochs; '
+           'epoch time = median epoch wall time per seed (for vmapped seeds, the time of the '
+           'epoch of all seeds together).', '', summary[0].upper() + summary[1:] + '.', '',
+           '| ' + ' | '.join([*head, 'seeds done', 'diverged',
+                              *([] if one else ['evaluated on']), f'final {label} acc',
+                              f'max {label} acc', 'epoch time (s)']) + ' |',
+           '|' + '---|' * (len(head) + 5 + (0 if one else 1))]
   for r in rows:
     cells = [f'`{format_value(r[f])}`' for f in sweep.fields] if sweep.fields else [r['name']]
-    t = r['epoch_time_s_mean']
-    cells += [f'{r["finished"]}/{r["seeds"]}', str(r['diverged']),
-              _pct(r['final_test_acc_mean'], r['final_test_acc_std']),
-              _pct(r['best_test_acc_mean'], r['best_test_acc_std']),
-              '–' if math.isnan(t) else f'{t:.2f} ± {r["epoch_time_s_std"]:.2f}']
+    n = r['finished']
+    cells += [f'{n}/{r["seeds"]}', str(r['diverged']),
+              *([] if one else [r['eval_split'] or '–']),
+              _pct(r['final_acc_mean'], r['final_acc_std'], n),
+              _pct(r['max_acc_mean'], r['max_acc_std'], n),
+              _pct(r['epoch_time_s_mean'], r['epoch_time_s_std'], n, scale=1.0)]
     lines.append('| ' + ' | '.join(cells) + ' |')
   with open(os.path.join(sweep.workdir, 'sweep.md'), 'w') as f:
     f.write('\n'.join(lines) + '\n')
 
 
-def plot_field(sweep: Sweep, rows: list[dict], field: str) -> str:
-  """`sweep_<field>.png`: final and best test accuracy (mean ± std) against `field`, one line
-  per combination of the other swept fields."""
+def field_figure(sweep: Sweep, rows: list[dict], field: str):
+  """The matplotlib Figure of `plot_field`: error bars only where a point has a spread (two or
+  more finished seeds)."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
 
@@ -755,17 +838,23 @@ def plot_field(sweep: Sweep, rows: list[dict], field: str) -> str:
   groups: dict = {}
   for r in rows:
     groups.setdefault(tuple(format_value(r[f]) for f in others), []).append(r)
+  splits = {str(r['eval_split']) for r in rows if r['eval_split']}
+  label = _split_label(splits.pop() if len(splits) == 1 else None)
   fig = Figure(figsize=(10, 4), dpi=100)
   FigureCanvasAgg(fig)
-  for j, (key, title) in enumerate((('final_test_acc', 'final test accuracy'),
-                                    ('best_test_acc', 'best test accuracy'))):
+  for j, (key, title) in enumerate((('final_acc', f'final {label} accuracy'),
+                                    ('max_acc', f'max {label} accuracy over epochs'))):
     ax = fig.add_subplot(1, 2, j + 1)
     for group, members in groups.items():
-      pts = sorted((xs_of(r[field]), r[f'{key}_mean'], r[f'{key}_std']) for r in members)
-      label = ', '.join(f'{f}={g}' for f, g in zip(others, group)) or None
-      ax.errorbar([p[0] for p in pts], [100 * p[1] for p in pts],
-                  yerr=[100 * (0 if math.isnan(p[2]) else p[2]) for p in pts], marker='o',
-                  capsize=3, label=label)
+      pts = sorted((xs_of(r[field]), 100 * r[f'{key}_mean'], 100 * r[f'{key}_std'])
+                   for r in members)
+      name = ', '.join(f'{f}={g}' for f, g in zip(others, group)) or None
+      (line,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker='o', label=name)
+      spread = [p for p in pts if not math.isnan(p[2])]
+      if spread:
+        ax.errorbar([p[0] for p in spread], [p[1] for p in spread],
+                    yerr=[p[2] for p in spread], fmt='none', ecolor=line.get_color(),
+                    capsize=3)
     if not numeric:
       ax.set_xticks(range(len(values)))
       ax.set_xticklabels([format_value(v) for v in values])
@@ -776,6 +865,12 @@ def plot_field(sweep: Sweep, rows: list[dict], field: str) -> str:
     if others and len(groups) <= 12:
       ax.legend(fontsize=7)
   fig.tight_layout()
+  return fig
+
+
+def plot_field(sweep: Sweep, rows: list[dict], field: str) -> str:
+  """`sweep_<field>.png`: final and highest accuracy (mean, ± std where two or more seeds
+  finished) against `field`, one line per combination of the other swept fields."""
   path = os.path.join(sweep.workdir, f'sweep_{_sanitise(field)}.png')
-  fig.savefig(path, format='png')
+  field_figure(sweep, rows, field).savefig(path, format='png')
   return path
