@@ -18,8 +18,9 @@ alone). The best point is the highest final validation accuracy, so hold out a v
 with --config.data.validation=N (the runs then evaluate on it); with data.validation=0 they
 evaluate on the test split and no best point is named.
 
---launcher=slurm writes DIR/sweep.sbatch (an array job, one task per configuration) and prints
-the sbatch command; it runs nothing. When the array is done, the same command with
+--launcher=slurm writes DIR/sweep.sbatch (an array job, one task per configuration, run by this
+interpreter, sys.executable, unless the job's environment sets PYTHON) and prints the sbatch
+command; it runs nothing. When the array is done, the same command with
 --launcher=local gathers the results (finished runs are skipped).
 """
 

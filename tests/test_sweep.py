@@ -4,6 +4,7 @@ the generated sbatch script (ep_jax/app/sweep.py, experiments/sweep.py)."""
 import csv
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -344,13 +345,22 @@ def test_vmapped_seeds_stop_on_non_converging_relaxation(tmp_path, no_curves):
 # ----------------------------------------------------------------------------- slurm
 
 
-def _run_task(script, task, tmp_path):
-  """Runs array task `task` of `script` with a stub $PYTHON; returns each call's argv."""
+def _stub_python(tmp_path):
+  """An executable that prints its arguments, one a line, then `<END>`."""
   stub = tmp_path / 'stub_python'
   stub.write_text('#!/bin/bash\nprintf "%s\\n" "$@" "<END>"\n')
   stub.chmod(0o755)
-  out = subprocess.run(['bash', script], capture_output=True, text=True, timeout=60,
-                       env=dict(os.environ, SLURM_ARRAY_TASK_ID=str(task), PYTHON=str(stub)))
+  return str(stub)
+
+
+def _run_task(script, task, tmp_path, python_env=True):
+  """Runs array task `task` of `script` (with a stub $PYTHON unless `python_env` is False);
+  returns each call's argv."""
+  env = {k: v for k, v in os.environ.items() if k != 'PYTHON'}
+  env['SLURM_ARRAY_TASK_ID'] = str(task)
+  if python_env:
+    env['PYTHON'] = _stub_python(tmp_path)
+  out = subprocess.run(['bash', script], capture_output=True, text=True, timeout=60, env=env)
   assert out.returncode == 0, out.stderr
   lines = out.stdout.splitlines()
   assert lines[0].startswith(f'task {task}: ')
@@ -425,6 +435,40 @@ def test_slurm_script_vmapped_seeds(tmp_path):
   # The task's single-point grid names the same folder as the full sweep.
   single = sweep.make_sweep(config, argv[4][len('--grid='):], 3, str(tmp_path))
   assert single.points[0].name == plan.points[1].name
+
+
+def _default_python(script):
+  (line,) = [l for l in open(script).read().splitlines() if l.startswith('PYTHON=')]
+  match = re.fullmatch(r'PYTHON=\$\{PYTHON:-(.+)\}', line)
+  assert match, line
+  (path,) = shlex.split(match.group(1))
+  return path
+
+
+def test_slurm_script_names_the_interpreter_that_wrote_it(tmp_path):
+  plan = sweep.make_sweep(default.get_config(), 'ep.beta=[0.5]', 1, str(tmp_path / 'a'))
+  path, _ = sweep.write_slurm(plan, QUICKSTART, {})
+  python = _default_python(path)
+  assert python == sys.executable and os.path.isfile(python) and os.access(python, os.X_OK)
+  check = subprocess.run([python, '-c', 'import ep_jax, experiments'], cwd=REPO, env=_env(),
+                         capture_output=True, timeout=120)
+  assert check.returncode == 0, check.stderr
+  # The default runs when the environment has no PYTHON (a stub here, in a path with a space).
+  stub_dir = tmp_path / 'my env'
+  stub_dir.mkdir()
+  plan = sweep.make_sweep(default.get_config(), 'ep.beta=[0.5]', 1, str(tmp_path / 'b'))
+  path, _ = sweep.write_slurm(plan, QUICKSTART, {}, python=_stub_python(stub_dir))
+  assert _default_python(path) == str(stub_dir / 'stub_python')
+  (argv,) = _run_task(path, 0, tmp_path, python_env=False)
+  assert argv[:2] == ['-m', 'experiments.train']
+  # A missing interpreter stops the task at once, naming it.
+  plan = sweep.make_sweep(default.get_config(), 'ep.beta=[0.5]', 1, str(tmp_path / 'c'))
+  path, _ = sweep.write_slurm(plan, QUICKSTART, {}, python=str(tmp_path / 'gone' / 'python'))
+  env = {k: v for k, v in os.environ.items() if k != 'PYTHON'}
+  out = subprocess.run(['bash', path], capture_output=True, text=True, timeout=60,
+                       env=dict(env, SLURM_ARRAY_TASK_ID='0'))
+  assert out.returncode == 1 and out.stdout == ''
+  assert f'error: no Python interpreter {tmp_path}/gone/python' in out.stderr
 
 
 def test_diverged_marker_round_trip(tmp_path):

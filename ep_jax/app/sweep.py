@@ -41,6 +41,7 @@ import math
 import os
 import re
 import shlex
+import sys
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -588,19 +589,23 @@ def _experiments_checkout() -> str:
 
 def write_slurm(sweep: Sweep, config_file: str, base_overrides: dict, *,
                 vmap_seeds: bool = False, sbatch_options: Sequence[str] = (),
-                job_name: str = 'ep_sweep', repo: str | None = None) -> tuple[str, str]:
+                job_name: str = 'ep_sweep', repo: str | None = None,
+                python: str | None = None) -> tuple[str, str]:
   """Writes `workdir/sweep.sbatch`, an array job with one task per configuration.
 
   Task i takes point i's overrides from the bash array POINT_ARGS and runs, for each seed in
   turn, `python -m experiments.train --config=CONFIG [the command line's --config.F=V]
   [point i's --config.F=V] --config.seed=S --workdir=DIR/<point>/seed=S` (each run resumes or
   finishes what is left), or with `vmap_seeds` one `python -m experiments.sweep
-  --grid=<point i> --seeds=N --vmap_seeds --launcher=local --noaggregate`. `$PYTHON` (default
-  `python`) is the interpreter. The tasks run in `repo`, the checkout whose `experiments`
-  scripts they call (default: the one `import experiments` finds). Returns (script path, the
-  `sbatch` command to submit it).
+  --grid=<point i> --seeds=N --vmap_seeds --launcher=local --noaggregate`. The interpreter is
+  `$PYTHON` where the task's environment sets it, else the `python` argument (default
+  `sys.executable`, the interpreter writing the script: a virtualenv's interpreter finds its
+  packages without activating it); a task whose interpreter does not exist stops with an error.
+  The tasks run in `repo`, the checkout whose `experiments` scripts they call (default: the one
+  `import experiments` finds). Returns (script path, the `sbatch` command to submit it).
   """
   repo = os.path.abspath(repo) if repo else _experiments_checkout()
+  python = python or sys.executable or 'python3'
   write_plan(sweep)
   log_dir = os.path.join(sweep.workdir, 'slurm')
   os.makedirs(log_dir, exist_ok=True)
@@ -636,7 +641,11 @@ def write_slurm(sweep: Sweep, config_file: str, base_overrides: dict, *,
       f'REPO={shlex.quote(repo)}',
       'cd "$REPO"',
       'export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"',
-      'PYTHON=${PYTHON:-python}',
+      '# The interpreter that wrote this script: its virtualenv (if any) needs no activation.',
+      '# A PYTHON set in the environment takes its place.',
+      f'PYTHON=${{PYTHON:-{shlex.quote(python)}}}',
+      'command -v "$PYTHON" >/dev/null || { echo "error: no Python interpreter $PYTHON; set '
+      'PYTHON=/path/to/python" >&2; exit 1; }',
       f'CONFIG={shlex.quote(config_file)}',
       f'SWEEP_DIR={shlex.quote(sweep.workdir)}',
       f'BASE_ARGS={_dq(base)}  # the command line\'s --config overrides',
