@@ -1,7 +1,7 @@
 r"""Trains the backprop teacher (the CRNN's feed-forward twin) and saves it for distillation.
 
     python -m experiments.train_teacher --config=experiments/configs/default.py \
-        --workdir=/tmp/teacher_digits --config.teacher.epochs=5
+        --workdir=runs/teacher_digits --config.teacher.epochs=5
 
 The teacher has the CRNN's layers (`config.model`), is trained with SGD momentum + cosine
 learning rate on cross-entropy (`config.teacher.*`, including its own `init_scale`; momentum,

@@ -422,3 +422,41 @@ def test_kd_curvature_is_the_top_eigenvalue_of_the_gauss_newton_matrix(x64, norm
   first, last = signals.kd_curvature(spec, params, x, free.states, kd_layers=(-1,),
                                      weight_layers=(0, -1), normalize=normalize, iters=300)
   assert 0 < last < got[-1] and first == 0.0
+
+
+def test_recipe_ep_matches_gradient_of_augmented_loss(x64):
+  """The deep-CRNN recipe's ingredients together: a long link inside Φ, asynchronous updates,
+  per-unit layer-wise KD and output KD (hard sigmoid, max pools): symmetric EP at small β
+  equals the implicit gradient of the augmented cost, per tensor."""
+  spec = network.make_spec('4,4,M,6,6', input_shape=(8, 8, 2), num_classes=4,
+                           skips=((0, 3),))
+  cfg = _config(kd={'normalize': 'unit', 'alpha': 0.5, 'temperature': 2.0}, init=0.05)
+  nudging, params, frozen, batch = _setup(cfg, spec, jnp.float64, scale=2.0)
+  params['skips'] = network.init_params(spec, jax.random.PRNGKey(1),
+                                        dtype=jnp.float64)['skips']
+  x = batch['image']
+
+  @jax.jit
+  def grads(p, frozen, batch):
+    targets = nudging.targets(frozen, p, batch, jnp.asarray(2))
+    ep = estimators.ep_gradient(spec, p, x, targets, beta=1e-3, estimator='symmetric',
+                                free_steps=T, nudged_steps=T, tol=TOL, mode='async',
+                                cost_fn=nudging.cost)
+    implicit = reference_grads.implicit_gradient(spec, p, x, targets, ep.free.states,
+                                                 cost_fn=nudging.cost)
+    sig = jax.grad(nudging.signal_cost, argnums=1)(p, ep.free.states, targets)
+    out = jax.grad(nudging.output_cost, argnums=1)(p, ep.free.states, targets)
+    label_only = jnp.sum(energy.example_losses(spec, p, ep.free.states, targets['label']))
+    distilled = nudging.output_cost(p, ep.free.states, targets)
+    return ep, implicit, _norm(sig) / _norm(out), jnp.abs(distilled - label_only)
+
+  ep, implicit, share, output_kd = grads(params, frozen, batch)
+  assert float(output_kd) > 1e-3  # the output cost is the distillation mixture
+  assert float(ep.free.residual) <= TOL and float(implicit.residual) <= 1e-11
+  assert all(float(r.residual) <= TOL for r in ep.nudged)
+  per_tensor = cosines(ep.grads, implicit.grads)
+  assert len(per_tensor) == len(jax.tree_util.tree_leaves(params)) and min(per_tensor) >= 0.999
+  assert relative_error(ep.grads, implicit.grads) < 1e-2
+  assert float(share) > 0.1  # the layer-wise KD is a sizeable part of the nudge
+  skip_grads = jax.tree_util.tree_leaves(ep.grads['skips'])
+  assert skip_grads and all(float(jnp.linalg.norm(g)) > 0 for g in skip_grads)

@@ -1,4 +1,10 @@
-"""CIFAR-100 on a VGG-16 CRNN with standard symmetric EP (no learning signals)."""
+"""CIFAR-100 on a VGG-16 CRNN with standard symmetric EP (no learning signals).
+
+    python -m experiments.train --config=experiments/configs/cifar100_vgg16.py --workdir=DIR
+
+Needs the tfds extra and a GPU-scale budget. Not yet run: no accuracy has been measured with
+this config.
+"""
 
 from experiments.configs import cifar10_vgg5
 

@@ -1,7 +1,12 @@
-"""CIFAR-100, VGG-16 CRNN, symmetric EP + local error signals + knowledge distillation.
+r"""CIFAR-100, VGG-16 CRNN, symmetric EP + local error signals + knowledge distillation.
 
 Teacher first: python -m experiments.train_teacher --config=experiments/configs/cifar100_vgg16_les_kd.py
     --workdir=runs/teacher_cifar100_vgg16
+    python -m experiments.train --config=experiments/configs/cifar100_vgg16_les_kd.py \
+        --workdir=DIR --config.signals.kd.teacher_workdir=runs/teacher_cifar100_vgg16
+
+Needs the tfds extra and a GPU-scale budget. Not yet run: no accuracy has been measured with
+this config.
 """
 
 from experiments.configs import cifar100_vgg16

@@ -4,6 +4,11 @@ set). The shards hold JPEG-decoded CIFAR-10 images, so pixels differ slightly fr
 PNG data; the normalisation is the reference's fixed statistics, not the shards' own.
 
 Pass the folder: --config.data.dataset=npz:/path/to/cifar10 (default ../shared/data/cifar10).
+
+    python -m experiments.train --config=experiments/configs/cifar10_npz_vgg5.py --workdir=DIR
+
+Not yet run: no accuracy has been measured with this config (its speed on the accelerator is
+what `experiments/accelerator_figures.sh` measures).
 """
 
 from experiments.configs import cifar10_vgg5

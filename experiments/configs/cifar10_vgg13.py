@@ -1,4 +1,10 @@
-"""CIFAR-10 on a VGG-13 CRNN with standard symmetric EP (no learning signals)."""
+"""CIFAR-10 on a VGG-13 CRNN with standard symmetric EP (no learning signals).
+
+    python -m experiments.train --config=experiments/configs/cifar10_vgg13.py --workdir=DIR
+
+Needs the tfds extra and a GPU-scale budget. Not yet run: no accuracy has been measured with
+this config.
+"""
 
 from experiments.configs import cifar10_vgg5
 

@@ -1,8 +1,14 @@
-"""CIFAR-10, VGG-13 CRNN, symmetric EP + layer-wise and output knowledge distillation.
+r"""CIFAR-10, VGG-13 CRNN, symmetric EP + layer-wise and output knowledge distillation.
 
 Train the teacher (the CRNN's feed-forward twin, by backprop) first:
   python -m experiments.train_teacher --config=experiments/configs/cifar10_vgg13_kd.py \
       --workdir=runs/teacher_cifar10_vgg13
+Then EP + KD:
+  python -m experiments.train --config=experiments/configs/cifar10_vgg13_kd.py --workdir=DIR \
+      --config.signals.kd.teacher_workdir=runs/teacher_cifar10_vgg13
+(or `--config.signals.kd.train_teacher=True` to train the teacher into DIR/teacher first).
+Needs the tfds extra and a GPU-scale budget. Not yet run: no accuracy has been measured with
+this config.
 """
 
 from experiments.configs import cifar10_vgg13

@@ -1,4 +1,10 @@
-"""CIFAR-10, VGG-13 CRNN, symmetric EP + local error signals (fixed random heads, GAP, CE)."""
+"""CIFAR-10, VGG-13 CRNN, symmetric EP + local error signals (fixed random heads, GAP, CE).
+
+    python -m experiments.train --config=experiments/configs/cifar10_vgg13_les.py --workdir=DIR
+
+Needs the tfds extra and a GPU-scale budget. Not yet run: no accuracy has been measured with
+this config.
+"""
 
 from experiments.configs import cifar10_vgg13
 

@@ -19,6 +19,11 @@ Remaining differences: the last partial training batch of an epoch is dropped (t
 trains on it); shuffling and augmentation draw from numpy, not torch; `ep.max_residual` (0.25)
 stops a run whose free phase oscillates, which the reference does not check (0 turns it off);
 the test set is evaluated in batches of 500 (the reference's 200: the same result).
+
+    python -m experiments.train --config=experiments/configs/cifar10_vgg5.py --workdir=DIR
+
+Needs the tfds extra (CIFAR-10) and a GPU-scale budget (120 epochs at T1 = 250). Not yet run:
+no accuracy has been measured with this config; its step speed is in docs/BENCHMARKS.md.
 """
 
 from experiments.configs import default

@@ -1,4 +1,9 @@
-"""Digits-scale twin of cifar10_vgg13_les: the 4-conv digits CRNN + local error signals."""
+"""Digits-scale twin of cifar10_vgg13_les: the 4-conv digits CRNN + local error signals.
+
+    python -m experiments.train --config=experiments/configs/digits_les.py --workdir=DIR
+
+Not yet run: no accuracy has been measured with this config.
+"""
 
 from experiments.configs import digits_deep
 

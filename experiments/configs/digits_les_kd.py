@@ -1,4 +1,10 @@
-"""Digits-scale twin of cifar10_vgg13_les_kd (teacher first, as for digits_kd)."""
+r"""Digits-scale twin of cifar10_vgg13_les_kd (teacher first, as for digits_kd).
+
+    python -m experiments.train --config=experiments/configs/digits_les_kd.py \
+        --config.signals.kd.teacher_workdir=runs/teacher_digits --workdir=DIR
+
+Not yet run: no accuracy has been measured with this config.
+"""
 
 from experiments.configs import digits_kd
 
