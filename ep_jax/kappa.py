@@ -63,9 +63,10 @@ def linear(kappa_init, total_epochs: int) -> Schedule:
   _check_total(total_epochs)
 
   def schedule(epoch):
+    # κ_init (E_total - E) / E_total: the same value, exactly 0 from E_total on (the form
+    # -κ_init E / E_total + κ_init rounds to -7e-9 there in float32 under jit).
     e = jnp.clip(_float(epoch), 0.0, float(total_epochs))
-    init = _float(kappa_init)
-    return -init * e / float(total_epochs) + init
+    return _float(kappa_init) * ((float(total_epochs) - e) / float(total_epochs))
 
   return schedule
 

@@ -5,7 +5,9 @@ The nudging cost of the nudged phases becomes (METHOD.md §3), summed over the b
     ℒ(s, y) = ℓ_out(z(s_N), y) + Σ_{l ∈ S} κ_l(e) · ℓ_l(s_l)
 
 * ℓ_out: the label loss `ℓ(z, y)` (cross-entropy, or squared error with an MSE readout), or
-  with output KD `(1 - α) ℓ(z, y) + α τ² KL(softmax(z_T/τ) ‖ softmax(z/τ))`.
+  with output KD `(1 - α(e)) ℓ(z, y) + α(e) τ² KL(softmax(z_T/τ) ‖ softmax(z/τ))`, α(e) on a
+  schedule of its own (`kd.alpha_schedule`, the kinds of κ; default constant α = kd.alpha).
+  κ does not scale it: output distillation is a soft-label change of ℓ, not a layer signal.
 * LES on layer l, with `g(s_l)` the global average pool over (H, W) ('gap') or the flattened
   state ('flatten'; dense layers are always taken as they are) and a head `A_l = (W_l, b_l)`,
   either a fixed random projection (`frozen`) or a learned linear head (`params['signals']`):
@@ -19,7 +21,8 @@ The nudging cost of the nudged phases becomes (METHOD.md §3), summed over the b
                the batch it contributes `B · m ‖ΔS‖²_F / B²`, so that ℒ / B is the batch mean.
 * KD on layer l: `ℓ_l = ½ ‖s_l - t_l(x)‖² / n_l`, `t_l` the activation of the feed-forward
   teacher (`ep_jax.app.teacher`) at layer l, `n_l` the units per example of layer l
-  (`kd.normalize='layer'`), or `½ ‖s_l - t_l(x)‖²` (`'unit'`).
+  (`kd.normalize='layer'`), or `½ ‖s_l - t_l(x)‖²` (`'unit'`); `kd.layerwise=False` keeps
+  output distillation only.
 
 Signal strength. A signal teaches layer l only as far as its force `-β κ_l ∂ℓ_l/∂s_l` moves
 the layer's units. With `kd.normalize='layer'` a unit's KD force is `β κ_l (s - t) / n_l`
@@ -32,8 +35,8 @@ Every ℓ_l reads only `s_l` and a target available at layer l (label, head, tea
 so the extra force `-β κ_l ∂ℓ_l/∂s_l` is local and every parameter update stays a contrast of
 the states on both sides of its synapse (a learned head's update `-∂ℒ/∂A_l` needs only `s_l`
 and `y`). κ comes from `ep_jax.kappa` (per epoch, one κ_l per layer, shared by LES and KD
-where both act on layer l). With κ = 0 and no output KD the
-cost equals the plain output cost, so EP is unchanged.
+where both act on layer l); α(e) also comes from `ep_jax.kappa`, both traced per epoch. With
+κ = 0 and α = 0 (or output KD off) the cost equals the plain output cost, so EP is unchanged.
 
 Layer indices are 0-based over the hidden layers (every dynamical layer except the output layer
 of an MSE readout); heads are keyed by layer name (`spec.layer_names`).
@@ -245,7 +248,8 @@ class LESConfig:
 
 @dataclasses.dataclass(frozen=True)
 class KDConfig:
-  """Static KD settings. layers: hidden-layer indices; output: add the output KD term."""
+  """Static KD settings. layers: hidden-layer indices (() = output distillation only);
+  output: add the output KD term; alpha: α_init of its weight α(e)."""
   layers: tuple[int, ...]
   output: bool = True
   alpha: float = 0.5
@@ -261,6 +265,7 @@ class LayerSignals:
     spec: the CRNN. kappa_fn: `epoch -> (N,)` κ per layer (`ep_jax.kappa`), 0 off the signals.
     les, kd: the settings of each signal, or None when off.
     teacher_spec: the teacher's spec (KD); its parameters travel in `frozen['teacher']`.
+    alpha_fn: `epoch -> α` (scalar), the output KD weight; None: constant `kd.alpha`.
 
   Pytrees: learned heads at `params['signals']['les'][name]`, fixed heads at
   `frozen['les'][name]`, the teacher at `frozen['teacher']` (name: `spec.layer_names[l]`).
@@ -270,6 +275,7 @@ class LayerSignals:
   les: Optional[LESConfig] = None
   kd: Optional[KDConfig] = None
   teacher_spec: Optional[NetworkSpec] = None
+  alpha_fn: Optional[Callable] = None
 
   @property
   def layers(self) -> tuple[int, ...]:
@@ -285,8 +291,9 @@ class LayerSignals:
     """`{'label', 'kappa': (N,)}`, plus the fixed heads and the teacher's targets.
 
     'les_heads': `{name: head}` (fixed heads); 'kd_targets': `{name: t_l (B, *state_shape)}`;
-    'teacher_logits': `(B, K)`. Teacher outputs are computed here, inside the step, and are
-    constants of the relaxation (stop_gradient).
+    'teacher_logits': `(B, K)` and 'kd_alpha': α(epoch) (scalar) with output KD. Teacher
+    outputs are computed here, inside the step, and are constants of the relaxation
+    (stop_gradient); κ and α are traced functions of the (traced) epoch.
     """
     del params
     targets = {'label': batch['label'], 'kappa': self.kappa_fn(epoch)}
@@ -298,6 +305,8 @@ class LayerSignals:
       targets['kd_targets'] = {self._name(l): acts[l] for l in self.kd.layers}
       if self.kd.output:
         targets['teacher_logits'] = z_teacher
+        alpha_fn = self.alpha_fn or kappa.constant(self.kd.alpha)
+        targets['kd_alpha'] = alpha_fn(epoch)
     return targets
 
   def _heads(self, params, targets) -> dict:
@@ -334,13 +343,15 @@ class LayerSignals:
     return total
 
   def output_cost(self, params, states: tuple, targets: dict) -> jax.Array:
-    """The output term summed over the batch: ℓ(z, y), or `(1-α) ℓ(z, y) + α τ² KL`."""
+    """The output term summed over the batch: ℓ(z, y), or `(1-α) ℓ(z, y) + α τ² KL` with
+    α = `targets['kd_alpha']` (α = 0: exactly ℓ(z, y))."""
     label_cost = jnp.sum(energy.example_losses(self.spec, params, states, targets['label']))
     if self.kd is None or not self.kd.output:
       return label_cost
     z = energy.logits(self.spec, params, states)
     kd = jnp.sum(kd_divergence(z, targets['teacher_logits'], self.kd.temperature))
-    return (1.0 - self.kd.alpha) * label_cost + self.kd.alpha * kd
+    alpha = targets['kd_alpha'].astype(label_cost.dtype)
+    return (1.0 - alpha) * label_cost + alpha * kd
 
   def cost(self, params, states: tuple, targets: dict) -> jax.Array:
     """ℒ = output term + Σ_l κ_l ℓ_l, summed over the batch (scalar)."""
@@ -348,7 +359,7 @@ class LayerSignals:
 
   def metrics(self, params, states: tuple, targets: dict) -> dict:
     """'kappa' (N,); 'les_loss' / 'kd_loss' (N,) batch-mean ℓ_l (0 off the layers);
-    'kd_output_loss' (mean τ² KL); 'signal_loss' (mean Σ κ_l ℓ_l)."""
+    'kd_output_loss' (mean τ² KL) and 'kd_alpha' (α); 'signal_loss' (mean Σ κ_l ℓ_l)."""
     batch = targets['label'].shape[0]
     n = self.spec.num_layers
 
@@ -367,6 +378,7 @@ class LayerSignals:
         z = energy.logits(self.spec, params, states)
         out['kd_output_loss'] = jnp.mean(
             jnp.real(kd_divergence(z, targets['teacher_logits'], self.kd.temperature)))
+        out['kd_alpha'] = targets['kd_alpha']
     return out
 
 
@@ -454,7 +466,7 @@ def build_signals(signals_config, spec: NetworkSpec, *, num_epochs: int,
   les_cfg, kd_cfg = signals_config.les, signals_config.kd
   if not les_cfg.enabled and not kd_cfg.enabled:
     return SignalSetup(None, {}, {})
-  les = kd = None
+  les = kd = alpha_fn = None
   trainable, frozen = {}, {}
   if les_cfg.enabled:
     _check_choice(les_cfg.head, HEADS, 'signals.les.head')
@@ -470,14 +482,24 @@ def build_signals(signals_config, spec: NetworkSpec, *, num_epochs: int,
     heads = init_heads(rng, spec, les.layers, les.pool, learned)
     (trainable if learned else frozen)['les'] = heads
   if kd_cfg.enabled:
-    if not 0.0 <= float(kd_cfg.alpha) <= 1.0:
-      raise ValueError(f'signals.kd.alpha must be in [0, 1], got {kd_cfg.alpha}')
+    alpha_min = float(kd_cfg.get('alpha_min', 0.0))
+    for field, value in (('alpha', float(kd_cfg.alpha)), ('alpha_min', alpha_min)):
+      if not 0.0 <= value <= 1.0:
+        raise ValueError(f'signals.kd.{field} must be in [0, 1], got {value}')
+    layerwise, output = bool(kd_cfg.get('layerwise', True)), bool(kd_cfg.output)
+    if not layerwise and not output:
+      raise ValueError('signals.kd.enabled with layerwise=False and output=False distils '
+                       'nothing: turn one of them on, or signals.kd.enabled off')
     if not float(kd_cfg.temperature) > 0.0:
       raise ValueError(f'signals.kd.temperature must be > 0, got {kd_cfg.temperature}')
     normalize = kd_cfg.get('normalize', 'layer')
     _check_choice(normalize, KD_NORMALIZE, 'signals.kd.normalize')
-    kd = KDConfig(resolve_layers(kd_cfg.layers, spec, 'signals.kd'), bool(kd_cfg.output),
-                  float(kd_cfg.alpha), float(kd_cfg.temperature), normalize)
+    kd = KDConfig(resolve_layers(kd_cfg.layers, spec, 'signals.kd') if layerwise else (),
+                  output, float(kd_cfg.alpha), float(kd_cfg.temperature), normalize)
+    # α(e) on the κ schedules' machinery (ep_jax.kappa); the default, constant, is kd.alpha.
+    alpha_fn = kappa.make_schedule(kd_cfg.get('alpha_schedule', 'constant'), kd.alpha,
+                                   total_epochs=num_epochs, kappa_min=alpha_min,
+                                   gamma=float(kd_cfg.get('alpha_gamma', 0.1)))
     if (teacher_params is None) != (teacher_spec is None):
       raise ValueError('pass both teacher_params and teacher_spec, or neither')
     if teacher_params is None:
@@ -492,5 +514,6 @@ def build_signals(signals_config, spec: NetworkSpec, *, num_epochs: int,
   kappa_fn = kappa.make_layer_schedule(signals_config.kappa, num_layers=spec.num_layers,
                                        layers=layers, total_epochs=num_epochs)
   nudging = LayerSignals(spec, kappa_fn, les=les, kd=kd,
-                         teacher_spec=teacher_spec if kd is not None else None)
+                         teacher_spec=teacher_spec if kd is not None else None,
+                         alpha_fn=alpha_fn)
   return SignalSetup(nudging, trainable, frozen)

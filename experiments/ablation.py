@@ -1,20 +1,35 @@
-r"""Ablation of the layer-wise learning signals on one deep CRNN and data set.
+r"""Ablation of the learning signals on one deep CRNN and data set: which signal does what.
 
   python -m experiments.ablation --config=experiments/configs/ablation_deep.py --workdir=runs/ablation \
-      [--runs=teacher,ep,ep_les,ep_kd,ep_les_kd] [--config.FIELD=VALUE ...]
+      [--runs=bp,ep,ep_kd_output,ep_kd_layers,ep_kd,ep_les,ep_les_kd] [--seeds=0,1,2] \
+      [--config.FIELD=VALUE ...]
 
-The config defines the shared network, data and EP / signal settings. Into `--workdir`:
+The config defines the shared network, data and EP / signal settings (layers, κ, α, τ); each
+run sets `signals.les.enabled`, `signals.kd.enabled`, `kd.layerwise` and `kd.output` itself.
+Into `--workdir`:
 
-  teacher/     the BP teacher (feed-forward twin, `experiments.train_teacher`), trained first
-  ep/          standard EP (the config's estimator; signals.les and signals.kd off)
-  ep_les/      EP + LES             (signals.les.enabled)
-  ep_kd/       EP + KD              (signals.kd.enabled, teacher_workdir = teacher/)
-  ep_les_kd/   EP + LES + KD
-  ablation.md  final and best test accuracy, epochs, wall time, per-layer activity at the end
-  ablation.json  {"runs": {"bp", "ep", "ep_les", "ep_kd", "ep_les_kd": {final_test_accuracy,
-               best_test_accuracy, epochs_done, status (finished | stopped | unfinished),
-               wall_s}}}
-  *.png        overlays of the runs' per-layer diagnostics (`experiments.plots`)
+  teacher/       bp: the BP twin (feed-forward, `experiments.train_teacher`), the KD teacher
+  ep/            standard EP (the config's estimator; no signal)
+  ep_kd_output/  EP + output distillation only (soft labels, weight α(e); no layer-wise KD)
+  ep_kd_layers/  EP + layer-wise KD only (kd.output off)
+  ep_kd/         EP + layer-wise and output KD
+  ep_les/        EP + LES
+  ep_les_kd/     EP + LES + layer-wise and output KD
+  ablation.md    final and best test accuracy (per seed, mean ± sample std over seeds), epochs,
+                 wall time, per-layer activity at the end
+  ablation.json  {"seeds": [...], "runs": {"bp", "ep", ...: {final_test_accuracy,
+                 best_test_accuracy (means over seeds), final_test_accuracy_std,
+                 best_test_accuracy_std (sample std; null for one seed), num_seeds,
+                 epochs_done (fewest), status (finished | stopped | unfinished | mixed),
+                 wall_s (sum), per_seed: {seed: {the same for that seed}}}}}
+  *.png          overlays of the runs' per-layer diagnostics (`experiments.plots`)
+
+`teacher` is still accepted for `bp` in `--runs` (its folder keeps the name); `ep_kd` and
+`ep_les_kd` are the runs of those names before output KD had a run of its own (the ablation
+configs have `kd.output` on). `--seeds=0,1,2` trains every run for each seed into
+`seed=S/` (same layout; seed S's BP twin, trained with `seed=S`, is its KD teacher and its data
+init is calibrated for it); without `--seeds` the runs use `config.seed` in the layout above.
+Per-layer tables and plots show the first seed.
 
 Extra runs (`--extra='NAME=VARIANT;FIELD=VALUE;...'`, repeatable): variant VARIANT of the
 shared config with the given fields changed, e.g. skip links or another init:
@@ -28,7 +43,7 @@ in both reports under NAME (its teacher under bp_NAME in `ablation.json`).
 Running the same command again skips finished runs (a teacher with `teacher.json` for the
 configured epochs; an EP run whose `metrics.jsonl` reaches `train.epochs`) and resumes
 unfinished EP runs from their checkpoints, then rewrites the report. `--runs` selects runs
-(a KD run trains the teacher it needs even if `teacher` is not listed). An EP run stopped by
+(a KD run trains the teacher it needs even if `bp` is not listed). An EP run stopped by
 `NonFiniteError` or `NonConvergenceError` (its relaxation oscillates) gets `diverged.json`
 with the message, is not retried (delete the file to retry), and is reported as stopped, with
 its last good epoch, while the other runs go on.
@@ -41,6 +56,7 @@ import copy
 import json
 import math
 import os
+import statistics
 import time
 from typing import Callable, Optional, Sequence
 
@@ -50,30 +66,52 @@ from ml_collections import config_flags
 from ep_jax.app.metrics_io import read_metrics
 from experiments import cli
 
-TEACHER = 'teacher'
-# name -> (LES on, KD on, description)
+BP = 'bp'
+TEACHER = 'teacher'  # the BP twin's folder (and the run's former name, still accepted)
+# name -> (LES on, layer-wise KD on, output KD on, description)
 VARIANTS = {
-    'ep': (False, False, 'standard EP'),
-    'ep_les': (True, False, 'EP + LES'),
-    'ep_kd': (False, True, 'EP + KD'),
-    'ep_les_kd': (True, True, 'EP + LES + KD'),
+    'ep': (False, False, False, 'standard EP'),
+    'ep_kd_output': (False, False, True, 'EP + output KD only'),
+    'ep_kd_layers': (False, True, False, 'EP + layer-wise KD only'),
+    'ep_kd': (False, True, True, 'EP + layer-wise and output KD'),
+    'ep_les': (True, False, False, 'EP + LES'),
+    'ep_les_kd': (True, True, True, 'EP + LES + layer-wise and output KD'),
 }
-RUNS = (TEACHER,) + tuple(VARIANTS)
+RUNS = (BP,) + tuple(VARIANTS)
+RUN_ALIASES = {TEACHER: BP}
 REPORT = 'ablation.md'
 SUMMARY = 'ablation.json'
 EXTRAS = 'extra_runs.json'
 # Changes after which a KD extra run needs a teacher of its own.
 TEACHER_FIELDS = ('model.', 'data.', 'teacher.', 'seed')
 # ablation.json names the teacher by what it is for the comparison: the BP baseline.
-SUMMARY_NAMES = {TEACHER: 'bp'}
+SUMMARY_NAMES = {TEACHER: BP}
+
+
+def uses_kd(variant: str) -> bool:
+  """The variant distils from the teacher (layer-wise or at the output)."""
+  return VARIANTS[variant][1] or VARIANTS[variant][2]
+
+
+def resolve_runs(runs: Sequence[str]) -> tuple[str, ...]:
+  """`runs` with the former names mapped (`teacher` -> `bp`); ValueError for unknown ones."""
+  resolved = tuple(dict.fromkeys(RUN_ALIASES.get(r, r) for r in runs))
+  unknown = sorted(set(resolved) - set(RUNS))
+  if unknown:
+    raise ValueError(f'unknown runs {unknown}; known: {RUNS} (and {tuple(RUN_ALIASES)})')
+  return resolved
 
 
 def variant_config(config, name: str, workdir: str):
-  """The config of EP run `name`: the shared config with LES / KD switched per the variant."""
-  les, kd, _ = VARIANTS[name]
+  """The config of EP run `name`: the shared config with LES, layer-wise KD and output KD
+  switched per the variant (KD distils from `workdir/teacher`)."""
+  les, kd_layers, kd_output, _ = VARIANTS[name]
   c = copy.deepcopy(config)
+  kd = kd_layers or kd_output
   c.signals.les.enabled = les
   c.signals.kd.enabled = kd
+  c.signals.kd.layerwise = kd_layers
+  c.signals.kd.output = kd_output if kd else bool(config.signals.kd.output)
   c.signals.kd.teacher_workdir = os.path.join(workdir, TEACHER) if kd else ''
   return c
 
@@ -84,9 +122,10 @@ def parse_extra(text: str) -> tuple[str, str, dict]:
   head, *changes = [part.strip() for part in text.split(';') if part.strip()]
   name, sep, variant = head.partition('=')
   name, variant = name.strip(), variant.strip()
-  if not sep or not name.isidentifier() or name in RUNS + tuple(SUMMARY_NAMES.values()):
+  taken = RUNS + tuple(RUN_ALIASES)
+  if not sep or not name.isidentifier() or name in taken:
     raise ValueError(f'--extra {text!r}: expected NAME=VARIANT[;FIELD=VALUE...] with a new '
-                     f'name (not one of {RUNS + ("bp",)})')
+                     f'name (not one of {taken})')
   if variant not in VARIANTS:
     raise ValueError(f'--extra {text!r}: unknown variant {variant!r}; known: {tuple(VARIANTS)}')
   overrides = {}
@@ -126,7 +165,7 @@ def extra_config(config, name: str, variant: str, overrides: dict, workdir: str)
   for field, value in overrides.items():
     _set_field(c, field, value)
   c = variant_config(c, variant, workdir)
-  if VARIANTS[variant][1]:
+  if uses_kd(variant):
     c.signals.kd.teacher_workdir = extra_teacher_dir(workdir, name, variant, overrides)
   return c
 
@@ -153,19 +192,34 @@ def train_teacher(config, teacher_dir: str, print_fn: Callable[[str], None] = pr
   """Trains and saves the BP teacher exactly as `python -m experiments.train_teacher` does."""
   from ep_jax.app import teacher as teacher_lib  # pylint: disable=g-import-not-at-top
   return teacher_lib.train_from_config(config, teacher_dir,
-                                       print_fn=lambda line: print_fn(f'[{TEACHER}] {line}'))
+                                       print_fn=lambda line: print_fn(f'[{BP}] {line}'))
+
+
+def seed_dir(workdir: str, seed: Optional[int]) -> str:
+  """Where seed `seed`'s runs go: `workdir/seed=S`, or `workdir` itself for None (no --seeds)."""
+  return workdir if seed is None else os.path.join(workdir, f'seed={int(seed)}')
+
+
+def parse_seeds(text) -> Optional[tuple[int, ...]]:
+  """`'0,1,2'` (or a sequence) -> `(0, 1, 2)`; '' or None -> None (the config's seed, no
+  seed folders)."""
+  if text is None or (isinstance(text, str) and not text.strip()):
+    return None
+  items = text.split(',') if isinstance(text, str) else list(text)
+  seeds = tuple(int(str(v).strip()) for v in items if str(v).strip())
+  if not seeds or len(set(seeds)) != len(seeds):
+    raise ValueError(f'--seeds must be distinct integers, e.g. 0,1,2; got {text!r}')
+  return seeds
 
 
 def run_all(config, workdir: str, runs: Sequence[str] = RUNS,
-            print_fn: Callable[[str], None] = print, extras: Sequence[str] = ()) -> str:
+            print_fn: Callable[[str], None] = print, extras: Sequence[str] = (),
+            seeds: Optional[Sequence[int]] = None) -> str:
   """Trains the selected runs and the `extras` (`--extra` strings; skipping finished runs),
-  writes the report; returns its path."""
-  from ep_jax.app import teacher as teacher_lib  # pylint: disable=g-import-not-at-top
-  from ep_jax.app import train as train_lib  # pylint: disable=g-import-not-at-top
-
-  unknown = sorted(set(runs) - set(RUNS))
-  if unknown:
-    raise ValueError(f'unknown runs {unknown}; known: {RUNS}')
+  for each of `seeds` (None: `config.seed`, no seed folders), writes the report; returns its
+  path."""
+  runs = resolve_runs(runs)
+  seeds = None if seeds is None else tuple(int(v) for v in seeds)
   parsed = [parse_extra(text) for text in extras]
   for name, variant, overrides in parsed:  # bad fields fail before anything is trained
     extra_config(config, name, variant, overrides, workdir)
@@ -176,19 +230,32 @@ def run_all(config, workdir: str, runs: Sequence[str] = RUNS,
     recorded.update({n: {'variant': v, 'overrides': o} for n, v, o in parsed})
     with open(os.path.join(workdir, EXTRAS), 'w', encoding='utf-8') as f:
       json.dump(recorded, f, indent=2, default=list)
+  for seed in seeds or (None,):
+    c = copy.deepcopy(config)
+    if seed is not None:
+      c.seed = seed
+      print_fn(f'[seed {seed}] into {seed_dir(workdir, seed)}')
+    _run_seed(c, seed_dir(workdir, seed), runs, parsed, print_fn)
+  return write_report(config, workdir, print_fn=print_fn, seeds=seeds)
+
+
+def _run_seed(config, workdir: str, runs: Sequence[str], parsed, print_fn) -> None:
+  """The selected runs and extras of one seed (`config.seed`) into `workdir`."""
+  from ep_jax.app import teacher as teacher_lib  # pylint: disable=g-import-not-at-top
+  from ep_jax.app import train as train_lib  # pylint: disable=g-import-not-at-top
+  os.makedirs(workdir, exist_ok=True)
   teacher_dir = os.path.join(workdir, TEACHER)
-  needs_teacher = TEACHER in runs or any(VARIANTS[r][1] for r in runs if r in VARIANTS)
-  if needs_teacher:
+  if BP in runs or any(uses_kd(r) for r in runs if r in VARIANTS):
     if teacher_lib.is_trained(teacher_dir, config):
-      print_fn(f'[{TEACHER}] done, skipping ({teacher_dir})')
+      print_fn(f'[{BP}] done, skipping ({teacher_dir})')
     else:
-      print_fn(f'[{TEACHER}] training the BP teacher into {teacher_dir}')
+      print_fn(f'[{BP}] training the BP twin (the KD teacher) into {teacher_dir}')
       train_teacher(config, teacher_dir, print_fn=print_fn)
   todo = [n for n in VARIANTS if n in runs and
           not ep_done(os.path.join(workdir, n), variant_config(config, n, workdir))]
   ep_config = config
   if todo and config.model.get('init', 'pytorch') == 'data':
-    # One calibration for every run: they share the network, the data and the seed.
+    # One calibration for every run of the seed: they share the network, the data and the seed.
     train_split, _, info = train_lib.load_data(config)
     ep_config = train_lib.calibrated_config(config, train_split, info,
                                             print_fn=lambda line: print_fn('[init] ' + line))
@@ -200,18 +267,17 @@ def run_all(config, workdir: str, runs: Sequence[str] = RUNS,
     if ep_done(run_dir, c):
       print_fn(f'[{name}] done, skipping ({run_dir})')
       continue
-    print_fn(f'[{name}] {VARIANTS[name][2]}: training into {run_dir}')
+    print_fn(f'[{name}] {VARIANTS[name][3]}: training into {run_dir}')
     _train_ep(c, run_dir, f'[{name}] ', print_fn)
   for name, variant, overrides in parsed:
     _run_extra(config, workdir, name, variant, overrides, print_fn)
-  return write_report(config, workdir, print_fn=print_fn)
 
 
 def _run_extra(config, workdir, name, variant, overrides, print_fn) -> None:
   from ep_jax.app import teacher as teacher_lib  # pylint: disable=g-import-not-at-top
   c = extra_config(config, name, variant, overrides, workdir)
   prefix = f'[{name}] '
-  if VARIANTS[variant][1]:
+  if uses_kd(variant):
     teacher_dir = c.signals.kd.teacher_workdir
     if not teacher_lib.is_trained(teacher_dir, c):
       print_fn(f'{prefix}training its BP teacher into {teacher_dir}')
@@ -220,7 +286,7 @@ def _run_extra(config, workdir, name, variant, overrides, print_fn) -> None:
   if ep_done(run_dir, c):
     print_fn(f'{prefix}done, skipping ({run_dir})')
     return
-  print_fn(f'{prefix}{VARIANTS[variant][2]} with {overrides}: training into {run_dir}')
+  print_fn(f'{prefix}{VARIANTS[variant][3]} with {overrides}: training into {run_dir}')
   _train_ep(c, run_dir, prefix, print_fn)
 
 
@@ -313,33 +379,137 @@ def _layer_table(summaries: dict, key: str, which: str, config, spec: str) -> li
   return out
 
 
-def write_report(config, workdir: str, print_fn: Callable[[str], None] = print) -> str:
-  """Writes `ablation.md` and the overlay plots from whatever runs exist in `workdir`."""
-  from ep_jax.app import teacher as teacher_lib  # pylint: disable=g-import-not-at-top
-  from experiments import plots  # pylint: disable=g-import-not-at-top
-
-  workdir = os.path.abspath(workdir)
-  extras = read_extras(workdir)
+def seed_summaries(workdir: str, extras: dict) -> tuple[list[str], dict, dict, list[str]]:
+  """`(order, summaries, descriptions, ep_names)` of the runs in one seed's folder, keyed by
+  folder name (`teacher`, `ep`, ..., extras, `teacher_NAME`); a summary is None if not run."""
   summaries = {TEACHER: summarize_teacher(os.path.join(workdir, TEACHER))}
   for name in VARIANTS:
     summaries[name] = summarize_ep(os.path.join(workdir, name))
-  descriptions = dict({n: v[2] for n, v in VARIANTS.items()},
-                      teacher='BP teacher (feed-forward twin)')
-  summary_names = dict(SUMMARY_NAMES)
+  descriptions = dict({n: v[3] for n, v in VARIANTS.items()},
+                      teacher='BP twin (feed-forward; the KD teacher)')
   ep_names = list(VARIANTS)
   for name, extra in extras.items():
     summaries[name] = summarize_ep(os.path.join(workdir, name))
-    descriptions[name] = f"{VARIANTS[extra['variant']][2]}, {extra['overrides']}"
+    descriptions[name] = f"{VARIANTS[extra['variant']][3]}, {extra['overrides']}"
     ep_names.append(name)
     own = os.path.join(workdir, f'{TEACHER}_{name}')
     if os.path.isdir(own):
       summaries[f'{TEACHER}_{name}'] = summarize_teacher(own)
       descriptions[f'{TEACHER}_{name}'] = f"BP teacher of {name}, {extra['overrides']}"
-      summary_names[f'{TEACHER}_{name}'] = f'bp_{name}'
   order = ep_names + [n for n in summaries if n == TEACHER or n.startswith(TEACHER + '_')]
+  return order, summaries, descriptions, ep_names
+
+
+def summary_name(name: str) -> str:
+  """The report's name of folder `name`: `teacher` -> `bp`, `teacher_X` -> `bp_X`."""
+  if name.startswith(TEACHER + '_'):
+    return f'{BP}_{name[len(TEACHER) + 1:]}'
+  return SUMMARY_NAMES.get(name, name)
+
+
+def run_record(sm: dict, is_ep: bool, epochs: int) -> dict:
+  """One seed's `ablation.json` record of a run from its summary."""
+  status = 'finished'
+  if sm.get('stopped'):
+    status = 'stopped'
+  elif is_ep and (sm['epochs'] or 0) < int(epochs):
+    status = 'unfinished'
+  return {'final_test_accuracy': sm['final_test_accuracy'],
+          'best_test_accuracy': sm['best_test_accuracy'], 'best_epoch': sm['best_epoch'],
+          'epochs_done': sm['epochs'], 'status': status, 'wall_s': sm['wall_time_s'],
+          'final_train_loss': sm.get('final_train_loss'),
+          'free_steps_mean': sm.get('free_steps_mean'),
+          'free_residual_mean': sm.get('free_residual_mean')}
+
+
+def _mean(values: list):
+  return None if not values else values[0] if len(values) == 1 else statistics.fmean(values)
+
+
+def aggregate(per_seed: dict) -> dict:
+  """`{seed: record or None}` -> the run's `ablation.json` entry: mean and sample standard
+  deviation over the seeds of the final and best test accuracy (std None for one seed),
+  `num_seeds` (seeds with a final accuracy), the fewest epochs done, the seeds' common status
+  (else 'mixed'), the summed wall time and `per_seed`."""
+  records = {str(k): r for k, r in per_seed.items() if r is not None}
+  out = {}
+  for key in ('final_test_accuracy', 'best_test_accuracy'):
+    values = [r[key] for r in records.values() if r.get(key) is not None]
+    out[key] = _mean(values)
+    out[key + '_std'] = statistics.stdev(values) if len(values) >= 2 else None
+    if key == 'final_test_accuracy':
+      out['num_seeds'] = len(values)
+  statuses = {r['status'] for r in records.values()}
+  out['status'] = statuses.pop() if len(statuses) == 1 else 'mixed'
+  epochs = [r['epochs_done'] for r in records.values() if r.get('epochs_done') is not None]
+  out['epochs_done'] = min(epochs) if epochs else None
+  walls = [r['wall_s'] for r in records.values() if r.get('wall_s') is not None]
+  out['wall_s'] = sum(walls) if walls else None
+  out['per_seed'] = records
+  return out
+
+
+def mean_std_text(mean, std, n: int) -> str:
+  """'0.9512 ± 0.0061 (3 seeds)', '0.9556 (1 seed)' or 'n/a'."""
+  if mean is None or not n:
+    return 'n/a'
+  if n == 1 or std is None:
+    return f'{_fmt(mean)} ({n} seed{"s" if n > 1 else ""})'
+  return f'{_fmt(mean)} ± {_fmt(std)} ({n} seeds)'
+
+
+def _status_text(per_seed: dict, markdown_stopped: dict) -> str:
+  """One seed: its status ('**stopped** after epoch N' when stopped); several: 'finished' when
+  all are, else each seed's."""
+  texts = {seed: markdown_stopped.get(seed) or r['status'] for seed, r in per_seed.items()}
+  if len(texts) == 1:
+    return next(iter(texts.values()))
+  if set(texts.values()) == {'finished'}:
+    return 'finished'
+  return '; '.join(f'seed {seed}: {text}' for seed, text in texts.items())
+
+
+def accuracy_row(name: str, description: str, entry: dict, stopped: dict) -> str:
+  """The accuracy table's row of a run from its `aggregate` entry."""
+  per_seed = entry['per_seed']
+  if not per_seed:
+    return f'| {name} | {description} | not run | | | | | | | | |'
+  seeds = '; '.join(
+      f"s{seed}: {_fmt(r['final_test_accuracy'])} / {_fmt(r['best_test_accuracy'])} "
+      f"({r['best_epoch']})" for seed, r in per_seed.items())
+  epochs = sorted({r['epochs_done'] for r in per_seed.values()}, key=lambda v: (v is None, v))
+  epochs_text = (str(epochs[0]) if len(epochs) == 1
+                 else f'{epochs[0]}-{epochs[-1]}' if None not in epochs else 'n/a')
+
+  def mean_of(key):
+    return _mean([r[key] for r in per_seed.values() if r.get(key) is not None])
+
+  final, best = (mean_std_text(entry[k], entry[k + '_std'], entry['num_seeds'])
+                 for k in ('final_test_accuracy', 'best_test_accuracy'))
+  return (f"| {name} | {description} | {final} | {best} | "
+          f"{seeds} | {epochs_text} | {_duration(entry['wall_s'])} | "
+          f"{_fmt(mean_of('final_train_loss'))} | {_fmt(mean_of('free_steps_mean'), '.1f')} | "
+          f"{_fmt(mean_of('free_residual_mean'), '.1e')} | {_status_text(per_seed, stopped)} |")
+
+
+def write_report(config, workdir: str, print_fn: Callable[[str], None] = print,
+                 seeds: Optional[Sequence[int]] = None) -> str:
+  """Writes `ablation.md`, `ablation.json` and the overlay plots from whatever runs exist in
+  `workdir` (`seed=S/` for each of `seeds`; None: `workdir` itself, seed `config.seed`)."""
+  from ep_jax.app import teacher as teacher_lib  # pylint: disable=g-import-not-at-top
+  from experiments import plots  # pylint: disable=g-import-not-at-top
+
+  workdir = os.path.abspath(workdir)
+  extras = read_extras(workdir)
+  seed_list = [int(config.seed)] if seeds is None else [int(v) for v in seeds]
+  by_seed = {seed: seed_summaries(seed_dir(workdir, None if seeds is None else seed), extras)
+             for seed in seed_list}
+  first = seed_list[0]
+  first_dir = seed_dir(workdir, None if seeds is None else first)
+  order, summaries, descriptions, ep_names = by_seed[first]
   existing = [n for n in order if summaries[n] is not None]
-  pngs = plots.plot_runs([os.path.join(workdir, n) for n in existing], out=workdir,
-                         labels=existing) if existing else []
+  pngs = plots.plot_runs([os.path.join(first_dir, n) for n in existing], out=workdir,
+                         labels=[summary_name(n) for n in existing]) if existing else []
 
   d, m, e, s = config.data, config.model, config.ep, config.signals
   from ep_jax.network import parse_layout  # pylint: disable=g-import-not-at-top
@@ -356,48 +526,50 @@ def write_report(config, workdir: str, print_fn: Callable[[str], None] = print) 
       f'{config.optim.schedule}',
       f'- **LES**: {s.les.loss} on {s.les.pool} features, {s.les.head} heads, layers '
       f'{tuple(s.les.layers) or "all hidden"}',
-      f'- **KD**: layers {tuple(s.kd.layers) or "all hidden"}, output={s.kd.output} '
-      f'(α={s.kd.alpha}, τ={s.kd.temperature}); teacher: {config.teacher.epochs} epochs, lr '
-      f'{config.teacher.learning_rate}, init scale '
+      f'- **KD**: layers {tuple(s.kd.layers) or "all hidden"} (layer-wise KD runs), output '
+      f'weight α={s.kd.alpha} ({s.kd.get("alpha_schedule", "constant")}, min '
+      f'{s.kd.get("alpha_min", 0.0)}; output KD runs), τ={s.kd.temperature}; teacher: '
+      f'{config.teacher.epochs} epochs, lr {config.teacher.learning_rate}, init scale '
       f'{teacher_lib.init_scale(config)} (EP: init {m.get("init", "pytorch")}, scale '
       f'{m.init_scale}, readout scale {m.get("readout_init_scale", 1.0)})',
       f'- **κ**: {s.kappa.schedule}, init {s.kappa.init}, min {s.kappa.min}, gamma '
       f'{s.kappa.gamma}, per_layer {tuple(s.kappa.per_layer) or "-"}',
+      f'- **seeds**: {", ".join(map(str, seed_list))} (each seed its own BP twin as teacher)',
       '',
       '## Accuracy and cost', '',
-      'Wall time: the sum of the epochs\' times in `metrics.jsonl` (EP runs: training + '
-      'evaluation, first-epoch compilation included) or the teacher\'s training time.', '',
-      '| run | what | final test acc | best test acc (epoch) | epochs | wall time | '
+      'Test accuracy: the mean over the seeds ± the sample standard deviation; per seed: final '
+      '/ best (its epoch). Wall time: the sum over the seeds of the epochs\' times in '
+      '`metrics.jsonl` (EP runs: training + evaluation, first-epoch compilation included) or '
+      'of the teacher\'s training time; train loss, free steps and residual: seed means.', '',
+      '| run | what | final test acc | best test acc | per seed | epochs | wall time | '
       'final train loss | free steps | free residual | status |',
-      '|---|---|---|---|---|---|---|---|---|---|',
+      '|---|---|---|---|---|---|---|---|---|---|---|',
   ]
-  runs_json = {}
-  for name in order:
-    sm = summaries[name]
-    if sm is None:
-      lines.append(f'| {name} | {descriptions[name]} | not run | | | | | | | |')
-      continue
-    status = 'finished'
-    if sm.get('stopped'):
-      status = f"**stopped** after epoch {sm['epochs']}"
-    elif name in ep_names and (sm['epochs'] or 0) < int(config.train.epochs):
-      status = 'unfinished'
-    runs_json[summary_names.get(name, name)] = {
-        'final_test_accuracy': sm['final_test_accuracy'],
-        'best_test_accuracy': sm['best_test_accuracy'], 'epochs_done': sm['epochs'],
-        'status': status.split()[0].strip('*'), 'wall_s': sm['wall_time_s']}
-    lines.append(
-        f"| {name} | {descriptions[name]} | {_fmt(sm['final_test_accuracy'])} | "
-        f"{_fmt(sm['best_test_accuracy'])} ({sm['best_epoch']}) | {sm['epochs']} | "
-        f"{_duration(sm['wall_time_s'])} | {_fmt(sm['final_train_loss'])} | "
-        f"{_fmt(sm.get('free_steps_mean'), '.1f')} | {_fmt(sm.get('free_residual_mean'), '.1e')} "
-        f"| {status} |")
+  all_order = list(order)
+  for seed in seed_list[1:]:
+    all_order += [n for n in by_seed[seed][0] if n not in all_order]
+  runs_json, stopped = {}, []
+  for name in all_order:
+    per_seed, stopped_text = {}, {}
+    for seed in seed_list:
+      _, seed_sums, _, seed_ep = by_seed[seed]
+      sm = seed_sums.get(name)
+      if sm is None:
+        continue
+      per_seed[seed] = run_record(sm, name in seed_ep, config.train.epochs)
+      if sm.get('stopped'):
+        stopped_text[str(seed)] = f"**stopped** after epoch {sm['epochs']}"
+        stopped.append((name, seed, sm['stopped']))
+    entry = aggregate(per_seed)
+    description = descriptions.get(name) or by_seed[seed_list[-1]][2].get(name, '')
+    lines.append(accuracy_row(summary_name(name), description, entry, stopped_text))
+    if per_seed:
+      runs_json[summary_name(name)] = entry
   lines.append('')
-  stopped = [(n, summaries[n]['stopped']) for n in ep_names
-             if summaries[n] is not None and summaries[n].get('stopped')]
   if stopped:
     lines += ['## Stopped runs', '']
-    lines += [f'- **{n}**: {msg}' for n, msg in stopped]
+    lines += [f'- **{n}**' + (f' (seed {seed})' if len(seed_list) > 1 else '') + f': {msg}'
+              for n, seed, msg in stopped]
     lines.append('')
   ep_summaries = {n: summaries[n] for n in ep_names}
   tables = (
@@ -425,7 +597,7 @@ def write_report(config, workdir: str, print_fn: Callable[[str], None] = print) 
   os.replace(path + '.tmp', path)
   summary_path = os.path.join(workdir, SUMMARY)
   with open(summary_path + '.tmp', 'w', encoding='utf-8') as f:
-    json.dump({'runs': runs_json}, f, indent=2, sort_keys=True)
+    json.dump({'seeds': seed_list, 'runs': runs_json}, f, indent=2, sort_keys=True)
   os.replace(summary_path + '.tmp', summary_path)
   print_fn(f'wrote {path} and {len(pngs)} plots')
   return path
@@ -443,7 +615,8 @@ def main(argv):
     raise app.UsageError('--workdir is required')
   start = time.time()
   run_all(cli.config_value(_CONFIG), flags.FLAGS.workdir, runs=tuple(flags.FLAGS.runs),
-          print_fn=lambda line: print(line, flush=True), extras=tuple(flags.FLAGS.extra or ()))
+          print_fn=lambda line: print(line, flush=True), extras=tuple(flags.FLAGS.extra or ()),
+          seeds=parse_seeds(flags.FLAGS.seeds))
   print(f'ablation finished in {time.time() - start:.0f} s', flush=True)
 
 
@@ -454,7 +627,9 @@ def define_flags() -> None:
       'config', os.path.join(cli.CONFIG_DIR, 'ablation_deep.py'),
       'Experiment config file.', lock_config=True)
   flags.DEFINE_string('workdir', None, 'Output folder (one sub-folder per run).')
-  flags.DEFINE_list('runs', list(RUNS), f'Runs to do, from {RUNS}.')
+  flags.DEFINE_list('runs', list(RUNS), f'Runs to do, from {RUNS} (teacher = bp).')
+  flags.DEFINE_string('seeds', '', "Seeds, e.g. '0,1,2': every run per seed into seed=S/; "
+                      "'' = config.seed, no seed folders.")
   flags.DEFINE_multi_string('extra', [], "Extra run 'NAME=VARIANT;FIELD=VALUE;...' (repeatable).")
 
 

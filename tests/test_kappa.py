@@ -35,6 +35,9 @@ def test_closed_forms_at_chosen_epochs():
 def test_endpoints_and_clipping():
   lin, cos = kappa.linear(1.0, 10), kappa.cosine(1.0, 10, 0.1)
   assert float(lin(0)) == 1.0 and float(lin(10)) == 0.0 and float(lin(15)) == 0.0
+  # Exactly 0 from E_total on, also compiled with a traced epoch (never slightly negative).
+  ends = jax.jit(jax.vmap(kappa.linear(0.3, 7)))(jnp.arange(7, 10))
+  assert not np.any(np.asarray(ends))
   np.testing.assert_allclose([float(cos(0)), float(cos(5)), float(cos(10)), float(cos(30))],
                              [1.0, 0.55, 0.1, 0.1], rtol=1e-6)
 

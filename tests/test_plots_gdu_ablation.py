@@ -178,7 +178,7 @@ def test_ablation_end_to_end_and_resume(tmp_path):
   lines = []
   path = ablation.run_all(config, workdir, print_fn=lines.append)
   for name in ablation.RUNS:
-    assert os.path.isdir(os.path.join(workdir, name))
+    assert os.path.isdir(os.path.join(workdir, 'teacher' if name == 'bp' else name))
   with open(os.path.join(workdir, 'ep_les_kd', 'config.json')) as f:
     saved = json.load(f)
   assert saved['signals']['les']['enabled'] and saved['signals']['kd']['enabled']
@@ -190,7 +190,10 @@ def test_ablation_end_to_end_and_resume(tmp_path):
   assert os.path.isfile(os.path.join(workdir, 'layer_mean_abs_state.png'))
   assert os.path.isfile(os.path.join(workdir, 'accuracy.png'))
   summary = json.load(open(os.path.join(workdir, 'ablation.json')))['runs']
-  assert sorted(summary) == ['bp', 'ep', 'ep_kd', 'ep_les', 'ep_les_kd']
+  assert sorted(summary) == sorted(ablation.RUNS)
+  with open(os.path.join(workdir, 'ep_kd_output', 'config.json')) as f:
+    saved = json.load(f)['signals']['kd']
+  assert saved['enabled'] and saved['output'] and not saved['layerwise']
   for name, run in summary.items():
     assert run['status'] == 'finished' and run['epochs_done'] == 1, (name, run)
     assert run['wall_s'] > 0
@@ -201,7 +204,143 @@ def test_ablation_end_to_end_and_resume(tmp_path):
   # Running again trains nothing and rewrites the report.
   lines.clear()
   ablation.run_all(config, workdir, print_fn=lines.append)
-  assert sum('done, skipping' in l for l in lines) == 5, lines
+  assert sum('done, skipping' in l for l in lines) == 7, lines
+
+
+def _tiny_teacher(spec):
+  twin = network.make_spec(spec.layout, input_shape=spec.input_shape, dense=spec.dense,
+                           num_classes=spec.num_classes, activation=spec.activation)
+  return dict(teacher_params=network.init_params(twin, jax.random.PRNGKey(1)), teacher_spec=twin)
+
+
+def test_ablation_runs_build_their_signal_settings():
+  """Each run switches LES, layer-wise KD and output KD as its name says; the rest of the
+  signals config (layers, κ, α) is shared."""
+  from ep_jax import signals
+  config = ablation_digits.get_config()
+  spec = network.make_spec('4,M,4,M', input_shape=(8, 8, 1), num_classes=10)
+  teacher_kw = _tiny_teacher(spec)
+  want = {'ep': (False, False, False), 'ep_kd_output': (False, False, True),
+          'ep_kd_layers': (False, True, False), 'ep_kd': (False, True, True),
+          'ep_les': (True, False, False), 'ep_les_kd': (True, True, True)}
+  assert ablation.RUNS == ('bp',) + tuple(want)
+  for name, (les, layers, output) in want.items():
+    c = ablation.variant_config(config, name, '/w')
+    kd = layers or output
+    assert (c.signals.les.enabled, c.signals.kd.enabled) == (les, kd), name
+    assert c.signals.kd.teacher_workdir == ('/w/teacher' if kd else ''), name
+    setup = signals.build_signals(c.signals, spec, num_epochs=3, rng=jax.random.PRNGKey(0),
+                                  **(teacher_kw if kd else {}))
+    nudging = setup.nudging
+    if not (les or kd):
+      assert nudging is None
+      continue
+    assert (nudging.les is not None) == les and (nudging.kd is not None) == kd, name
+    kappa0 = np.asarray(nudging.kappa_fn(0))
+    assert bool(np.any(kappa0 > 0)) == (les or layers), name  # a layer-wise signal's weight
+    if kd:
+      assert (len(nudging.kd.layers) > 0) == layers and nudging.kd.output == output, name
+      assert float(nudging.alpha_fn(0)) == config.signals.kd.alpha > 0
+  assert config.signals.kd.output and not config.signals.kd.enabled  # left as it was
+  assert ablation.resolve_runs(['teacher', 'ep', 'bp']) == ('bp', 'ep')
+  with pytest.raises(ValueError, match='unknown runs'):
+    ablation.resolve_runs(['ep_foo'])
+  assert ablation.parse_seeds('0, 1,2') == (0, 1, 2) and ablation.parse_seeds('') is None
+  with pytest.raises(ValueError, match='distinct'):
+    ablation.parse_seeds('1,1')
+
+
+def _fake_teacher_json(teacher_dir, accs, seconds=10.0):
+  os.makedirs(teacher_dir, exist_ok=True)
+  history = [{'epoch': e + 1, 'test_accuracy': a, 'train_loss': 1.0} for e, a in enumerate(accs)]
+  with open(os.path.join(teacher_dir, 'teacher.json'), 'w') as f:
+    json.dump({'test_accuracy': accs[-1], 'epochs': len(accs), 'seconds': seconds,
+               'history': history}, f)
+
+
+def _fake_metrics(run_dir, accs):
+  os.makedirs(run_dir, exist_ok=True)
+  with open(os.path.join(run_dir, 'metrics.jsonl'), 'w') as f:
+    for e, a in enumerate(accs):
+      f.write(json.dumps({'epoch': e + 1, 'test_accuracy': a, 'epoch_time_s': 2.0,
+                          'train_loss': 0.5}) + '\n')
+
+
+def test_ablation_report_aggregates_seeds(tmp_path, monkeypatch):
+  """Mean and sample std over seeds of the final and best test accuracy, per seed records,
+  '1 seed' for a run that only one seed has."""
+  monkeypatch.setattr(plots, 'plot_runs', lambda *a, **k: [])
+  config = ablation_digits.get_config()
+  config.train.epochs = 2
+  workdir = str(tmp_path)
+  runs = {0: {'ep': [0.4, 0.5], 'ep_kd': [0.8, 0.7], 'ep_kd_output': [0.6, 0.65]},
+          1: {'ep': [0.6, 0.7], 'ep_kd': [0.9, 0.9]}}
+  for seed, seed_runs in runs.items():
+    for name, accs in seed_runs.items():
+      _fake_metrics(os.path.join(workdir, f'seed={seed}', name), accs)
+    _fake_teacher_json(os.path.join(workdir, f'seed={seed}', 'teacher'), [0.9, 0.95 + seed / 100])
+  path = ablation.write_report(config, workdir, seeds=(0, 1))
+  saved = json.load(open(os.path.join(workdir, 'ablation.json')))
+  assert saved['seeds'] == [0, 1]
+  summary = saved['runs']
+  ep = summary['ep']
+  assert ep['final_test_accuracy'] == pytest.approx(0.6)  # finals 0.5, 0.7
+  assert ep['final_test_accuracy_std'] == pytest.approx(math.sqrt(0.02))  # sample std
+  assert ep['best_test_accuracy'] == pytest.approx(0.6) and ep['num_seeds'] == 2
+  kd = summary['ep_kd']  # finals 0.7, 0.9; bests 0.8 (epoch 1), 0.9
+  assert kd['final_test_accuracy'] == pytest.approx(0.8)
+  assert kd['best_test_accuracy'] == pytest.approx(0.85)
+  assert kd['best_test_accuracy_std'] == pytest.approx(math.sqrt(0.005))
+  assert kd['per_seed']['0']['best_epoch'] == 1 and kd['per_seed']['1']['final_test_accuracy'] == 0.9
+  assert kd['status'] == 'finished' and kd['epochs_done'] == 2 and kd['wall_s'] == 8.0
+  one = summary['ep_kd_output']
+  assert one['num_seeds'] == 1 and one['final_test_accuracy'] == 0.65
+  assert one['final_test_accuracy_std'] is None and list(one['per_seed']) == ['0']
+  assert summary['bp']['final_test_accuracy'] == pytest.approx(0.955)
+  assert 'ep_les' not in summary
+  report = open(path).read()
+  assert '| ep | standard EP | 0.6000 ± 0.1414 (2 seeds) | 0.6000 ± 0.1414 (2 seeds) |' in report
+  assert '| ep_kd_output | EP + output KD only | 0.6500 (1 seed) | 0.6500 (1 seed) |' in report
+  assert 's0: 0.7000 / 0.8000 (1); s1: 0.9000 / 0.9000 (1)' in report
+  assert '| ep_les | EP + LES | not run |' in report and '| bp | BP twin' in report
+
+
+def test_ablation_seeds_each_train_into_their_folder_with_their_teacher(tmp_path,
+                                                                        monkeypatch):
+  """--seeds: every run per seed into seed=S/, KD from that seed's BP twin (trained with the
+  seed); a second call trains nothing."""
+  monkeypatch.setattr(plots, 'plot_runs', lambda *a, **k: [])
+  config = ablation_digits.get_config()
+  config.model.init = 'pytorch'
+  config.train.epochs = 1
+  trained = []
+
+  def fake_teacher(c, teacher_dir, print_fn=print):
+    trained.append(('bp', c.seed, teacher_dir))
+    _fake_teacher_json(teacher_dir, [0.9] * int(c.teacher.epochs))
+
+  def fake_train(c, run_dir, print_fn=print):
+    trained.append((os.path.basename(run_dir), c.seed, c.signals.kd.teacher_workdir))
+    _fake_metrics(run_dir, [0.5 + c.seed / 10])
+
+  monkeypatch.setattr(ablation, 'train_teacher', fake_teacher)
+  monkeypatch.setattr(train, 'train_and_evaluate', fake_train)
+  workdir = str(tmp_path)
+  ablation.run_all(config, workdir, runs=('ep', 'ep_kd_output'), seeds=(3, 4),
+                   print_fn=lambda _: None)
+  for seed in (3, 4):
+    root = os.path.join(workdir, f'seed={seed}')
+    assert ('bp', seed, os.path.join(root, 'teacher')) in trained
+    assert ('ep', seed, '') in trained
+    assert ('ep_kd_output', seed, os.path.join(root, 'teacher')) in trained
+  assert len(trained) == 6 and config.seed == 0
+  summary = json.load(open(os.path.join(workdir, 'ablation.json')))['runs']
+  assert summary['ep']['final_test_accuracy'] == pytest.approx(0.85)  # 0.8, 0.9
+  assert set(summary['ep']['per_seed']) == {'3', '4'}
+  trained.clear()
+  ablation.run_all(config, workdir, runs=('ep', 'ep_kd_output'), seeds=(3, 4),
+                   print_fn=lambda _: None)
+  assert trained == []
 
 
 def test_ablation_extra_run_specs():
@@ -218,7 +357,8 @@ def test_ablation_extra_run_specs():
   # Changes that leave the network and data alone keep the shared teacher.
   c = ablation.extra_config(config, 'kd_b1', 'ep_kd', {'ep.beta': 1.0}, '/w')
   assert c.ep.beta == 1.0 and c.signals.kd.teacher_workdir == '/w/teacher'
-  for bad, match in [('ep=ep_kd', 'new name'), ('x=ep_foo', 'unknown variant'),
+  for bad, match in [('ep=ep_kd', 'new name'), ('teacher=ep', 'new name'),
+                     ('x=ep_foo', 'unknown variant'),
                      ('x=ep;model.nope=1', 'unknown config field'), ('x=ep;beta', 'FIELD=VALUE')]:
     with pytest.raises(ValueError, match=match):
       name, variant, overrides = ablation.parse_extra(bad)
@@ -244,7 +384,7 @@ def test_ablation_extra_run_trains_with_its_own_teacher_and_is_reported(tmp_path
   records = [json.loads(l) for l in open(os.path.join(workdir, 'kd_wide', 'metrics.jsonl'))]
   assert summary['kd_wide']['final_test_accuracy'] == records[-1]['test_accuracy']
   assert summary['bp_kd_wide']['final_test_accuracy'] == teacher['test_accuracy']
-  assert '| kd_wide | EP + KD' in open(path).read()
+  assert '| kd_wide | EP + layer-wise and output KD' in open(path).read()
   # Running again (extras remembered in extra_runs.json) trains nothing.
   lines.clear()
   ablation.run_all(config, workdir, runs=('ep',), print_fn=lines.append,
@@ -277,7 +417,8 @@ def test_ablation_reports_a_stopped_run_and_goes_on(tmp_path, monkeypatch):
   assert trained == ['ep', 'ep_les']
   report = open(path).read()
   assert '**stopped** after epoch 1' in report and 'did not converge at epoch 2: boom' in report
-  assert '| ep | standard EP | 0.6000 |' in report and report.count('| finished |') == 1
+  assert '| ep | standard EP | 0.6000 (1 seed) |' in report
+  assert report.count('| finished |') == 1
   summary = json.load(open(os.path.join(workdir, 'ablation.json')))['runs']
   assert summary['ep_les']['status'] == 'stopped' and summary['ep_les']['epochs_done'] == 1
   assert summary['ep']['status'] == 'finished' and summary['ep']['best_test_accuracy'] == 0.6

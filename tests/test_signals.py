@@ -103,6 +103,100 @@ def test_kappa_zero_gives_plain_ep_exactly():
     assert not np.any(np.asarray(g))  # κ = 0: the heads get no update
 
 
+ALL_SIGNALS = dict(les={'head': 'fixed', 'loss': 'ce'}, kd={'output': True})
+
+
+@pytest.mark.parametrize('weights', ['zero', 'annealed'])
+def test_every_weight_zero_gives_plain_ep_exactly(weights):
+  """LES, layer-wise KD and output KD all on, κ = α = 0 (set to 0, or linear schedules at
+  their last epoch E_total): the EP gradient and nudged states of plain EP, bit for bit."""
+  spec = _spec(layout='5,M')
+  if weights == 'zero':
+    cfg, epoch = _config(**ALL_SIGNALS, init=0.0), 3
+    cfg.kd.alpha = 0.0
+  else:  # _setup builds with num_epochs=10
+    cfg, epoch = _config(**ALL_SIGNALS, schedule='linear', init=0.5), 10
+    cfg.kd.update({'alpha': 0.5, 'alpha_schedule': 'linear'})
+  nudging, params, frozen, batch = _setup(cfg, spec)
+  assert nudging.les is not None and nudging.kd.layers and nudging.kd.output
+
+  def run(cost_fn, targets):
+    return estimators.ep_gradient(spec, params, batch['image'], targets, beta=0.5,
+                                  free_steps=30, nudged_steps=10, cost_fn=cost_fn)
+
+  targets = jax.jit(nudging.targets)(frozen, params, batch, jnp.asarray(epoch))
+  assert float(jnp.max(jnp.abs(targets['kappa']))) == 0.0 and float(targets['kd_alpha']) == 0.0
+  with_signals = jax.jit(lambda t: run(nudging.cost, t))(targets)
+  plain = jax.jit(lambda y: run(None, {'label': y}))(batch['label'])
+  for a, b in zip(jax.tree_util.tree_leaves(plain.grads),
+                  jax.tree_util.tree_leaves(with_signals.grads)):
+    assert a.dtype == jnp.float32 and jnp.array_equal(a, b)
+  for r0, r1 in zip(plain.nudged, with_signals.nudged):
+    for s0, s1 in zip(r0.states, r1.states):
+      assert jnp.array_equal(s0, s1)
+
+
+def _alphas(nudging, frozen, params, batch, epochs):
+  """α at each epoch, evaluated with a traced epoch (one compile, as in the train step)."""
+  fn = jax.jit(lambda e: nudging.targets(frozen, params, batch, e)['kd_alpha'])
+  return np.asarray([float(fn(jnp.asarray(e))) for e in epochs])
+
+
+@pytest.mark.parametrize('schedule', ['linear', 'exp', 'cos'])
+def test_output_kd_weight_follows_its_schedule(schedule):
+  """α(e) starts at kd.alpha, never grows, ends at alpha_min after the E_total epochs (linear:
+  0), stays there; it is κ's schedule of the same kind; κ does not move it."""
+  spec, epochs = _spec(layout='5,M'), 10  # _setup builds with num_epochs=10
+  cfg = _config(kd={'alpha': 0.6, 'alpha_schedule': schedule, 'alpha_min': 0.1,
+                    'alpha_gamma': 0.3}, init=0.0)
+  nudging, params, frozen, batch = _setup(cfg, spec)
+  assert not np.any(np.asarray(nudging.kappa_fn(0)))
+  alpha = _alphas(nudging, frozen, params, batch, range(epochs + 3))
+  assert alpha[0] == pytest.approx(0.6) and np.all(np.diff(alpha) < 0 if schedule == 'exp'
+                                                   else np.diff(alpha) <= 1e-7)
+  assert np.all((alpha >= 0) & (alpha <= 0.6 + 1e-7))
+  if schedule != 'exp':
+    end = 0.1 if schedule == 'cos' else 0.0
+    np.testing.assert_allclose(alpha[epochs:], end, atol=1e-6)  # from E_total on
+    # The last trained epoch (0-based E_total - 1): at most 1/E_total of the way from the end.
+    assert alpha[epochs - 1] - end <= (0.6 - end) / epochs + 1e-7
+  same = kappa.make_schedule(schedule, 0.6, total_epochs=epochs, kappa_min=0.1, gamma=0.3)
+  np.testing.assert_allclose(alpha, [float(same(e)) for e in range(epochs + 3)], rtol=1e-6)
+  # The default keeps α = kd.alpha at every epoch.
+  nudging, params, frozen, batch = _setup(_config(kd={'alpha': 0.3}), spec)
+  np.testing.assert_array_equal(_alphas(nudging, frozen, params, batch, range(epochs + 1)),
+                                np.float32(0.3))
+
+
+def test_default_output_kd_is_the_fixed_mixture():
+  """The default config's output cost and EP gradient are those of the fixed mixture
+  `(1 - α) ℓ + α τ² KL`, α = kd.alpha (the code path before α had a schedule)."""
+  spec = _spec(layout='5,M')
+  cfg = _config(les={'head': 'fixed'}, kd={}, init=0.3)
+  assert cfg.kd.output and cfg.kd.alpha_schedule == 'constant' and cfg.kd.alpha == 0.5
+  nudging, params, frozen, batch = _setup(cfg, spec)
+  alpha, tau = float(cfg.kd.alpha), float(cfg.kd.temperature)
+
+  def fixed_mixture(p, states, targets):
+    label = jnp.sum(energy.example_losses(spec, p, states, targets['label']))
+    z = energy.logits(spec, p, states)
+    kd = jnp.sum(signals.kd_divergence(z, targets['teacher_logits'], tau))
+    return (1.0 - alpha) * label + alpha * kd + nudging.signal_cost(p, states, targets)
+
+  def run(cost_fn, targets):
+    return estimators.ep_gradient(spec, params, batch['image'], targets, beta=0.5,
+                                  free_steps=30, nudged_steps=10, cost_fn=cost_fn)
+
+  for epoch in (0, 9):
+    targets = jax.jit(nudging.targets)(frozen, params, batch, jnp.asarray(epoch))
+    new = jax.jit(lambda t: run(nudging.cost, t))(targets)
+    old = jax.jit(lambda t: run(fixed_mixture, t))(targets)
+    chex.assert_trees_all_close(new.grads, old.grads, rtol=1e-6, atol=0)
+    free = new.free.states
+    np.testing.assert_allclose(nudging.cost(params, free, targets),
+                               fixed_mixture(params, free, targets), rtol=1e-7)
+
+
 def test_no_signal_enabled_is_plain_ep():
   setup = signals.build_signals(default.get_config().signals, _spec(), num_epochs=5,
                                 rng=jax.random.PRNGKey(0))
@@ -318,6 +412,17 @@ def test_builder_layers_heads_and_errors():
                           rng=jax.random.PRNGKey(0))
   with pytest.raises(ValueError, match='teacher_workdir'):
     signals.build_signals(_config(kd={}), spec, num_epochs=4, rng=jax.random.PRNGKey(0))
+  tspec = _twin(spec)
+  teacher_kw = dict(teacher_params=_params(tspec, 0), teacher_spec=tspec)
+  setup = signals.build_signals(_config(kd={'layerwise': False}), spec, num_epochs=4,
+                                rng=jax.random.PRNGKey(0), **teacher_kw)
+  assert setup.nudging.kd.layers == () and setup.nudging.kd.output
+  assert setup.nudging.layers == () and not np.any(np.asarray(setup.nudging.kappa_fn(0)))
+  for kd, match in (({'layerwise': False, 'output': False}, 'distils nothing'),
+                    ({'alpha_min': 1.5}, 'alpha_min must be in')):
+    with pytest.raises(ValueError, match=match):
+      signals.build_signals(_config(kd=kd), spec, num_epochs=4, rng=jax.random.PRNGKey(0),
+                            **teacher_kw)
   other = network.make_spec('5,M,8,M', input_shape=(8, 8, 2), num_classes=4, dense=(6,))
   with pytest.raises(ValueError, match='does not match the CRNN'):
     signals.build_signals(_config(kd={}), spec, num_epochs=4, rng=jax.random.PRNGKey(0),
@@ -329,7 +434,8 @@ def test_train_step_with_signals_from_a_saved_teacher(tmp_path):
   spec = _spec(layout='5,M')
   workdir = str(tmp_path / 'teacher')
   teacher.save_teacher(workdir, _twin(spec), _params(_twin(spec), 9), {'test_accuracy': 0.5})
-  cfg = _config(les={'head': 'learned', 'loss': 'ce'}, kd={'teacher_workdir': workdir},
+  cfg = _config(les={'head': 'learned', 'loss': 'ce'},
+                kd={'teacher_workdir': workdir, 'alpha_schedule': 'cos', 'alpha': 0.8},
                 schedule='linear', init=0.6)
   setup = signals.build_signals(cfg, spec, num_epochs=3, rng=jax.random.PRNGKey(1))
   params = dict(_params(spec, 0), signals=setup.trainable)
@@ -342,10 +448,11 @@ def test_train_step_with_signals_from_a_saved_teacher(tmp_path):
   rng = np.random.default_rng(0)
   batch = {'image': jnp.asarray(rng.uniform(size=(8, 8, 8, 2)), jnp.float32),
            'label': jnp.arange(8) % 4}
-  schedule = kappa.linear(0.6, 3)
-  for epoch in range(3):
+  schedule, alpha = kappa.linear(0.6, 3), kappa.cosine(0.8, 3)
+  for epoch in range(3):  # κ and α change per epoch in the one compiled step
     new, metrics = step(state, batch)
     np.testing.assert_allclose(metrics['kappa'], [float(schedule(epoch))] * 2, rtol=1e-6)
+    np.testing.assert_allclose(metrics['kd_alpha'], float(alpha(epoch)), rtol=1e-6)
     assert metrics['les_loss'].shape == metrics['kd_loss'].shape == (spec.num_layers,)
     assert np.all(np.asarray(metrics['les_loss']) > 0)
     assert np.isfinite(float(metrics['kd_output_loss'])) and bool(metrics['finite'])

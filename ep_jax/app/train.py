@@ -518,7 +518,8 @@ def epoch_record(*, epoch: int, step: int, train: dict, sums: dict, lrs: list,
       'examples_per_s': examples / max(train_time, 1e-9),
   }
   for key, value in train.items():
-    if key.startswith('layer_') or key == 'kappa' or (key.endswith('_loss') and key != 'loss'):
+    if (key.startswith('layer_') or key in ('kappa', 'kd_alpha')
+        or (key.endswith('_loss') and key != 'loss')):
       record[key] = jsonable(value)
   return record
 

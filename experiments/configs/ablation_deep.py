@@ -1,8 +1,9 @@
 """The ablation's deep network: a VGG-style CRNN with 8 convolutional layers on CIFAR-10.
 
 `python -m experiments.ablation --config=experiments/configs/ablation_deep.py --workdir=DIR` trains
-standard symmetric EP, EP + LES, EP + KD, EP + LES + KD and the BP teacher on this network and
-data (the ablation switches `signals.les.enabled` / `signals.kd.enabled` itself).
+the BP teacher, standard symmetric EP, EP + output KD, EP + layer-wise KD, EP + both KD, EP +
+LES and EP + LES + KD on this network and data (the ablation switches LES, layer-wise and
+output KD itself).
 
 Scale: the offline CIFAR-10 shards (train on shards 0-3, test on shard 4; the folder is the
 `npz:` path, `../shared/data/cifar10` by default), reduced for a 2-core CPU: a width-reduced
