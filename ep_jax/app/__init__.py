@@ -1,5 +1,6 @@
 """The training application built on the `ep_jax` core.
 
+  config          the config schema: every field, with the quick start's values (`get_config`).
   data            datasets in memory and the grain input pipeline (shuffled, augmented,
                   checkpointable batches; per-process shards).
   train           the EP trainer driven by an `ml_collections` config (`train_and_evaluate`),
@@ -16,6 +17,6 @@ Each submodule loads on first access (`ep_jax.app.train`) or with `from ep_jax.a
 
 from ep_jax import lazy_submodules as _lazy_submodules
 
-__all__ = ['checkpointing', 'data', 'loop', 'metrics_io', 'sweep', 'teacher', 'train']
+__all__ = ['checkpointing', 'config', 'data', 'loop', 'metrics_io', 'sweep', 'teacher', 'train']
 
 __getattr__, __dir__ = _lazy_submodules(__name__, __all__, globals())
