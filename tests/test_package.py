@@ -1,11 +1,15 @@
 """The package: a light `import ep_jax`, its version and submodules, what the wheel holds."""
 
 import ast
+import functools
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 
 import pytest
 import setuptools
@@ -125,3 +129,60 @@ def test_packaging_installs_ep_jax_only_with_its_configs_and_py_typed():
   assert project['tool']['setuptools']['package-data'] == {'ep_jax': ['py.typed']}
   assert os.path.exists(os.path.join(REPO, 'ep_jax', 'py.typed'))
   assert 'slow' in ' '.join(project['tool']['pytest']['ini_options']['markers'])
+
+
+TINY = ['--config.data.train_subset=256', '--config.data.test_subset=100',
+        '--config.model.layout=8,M', '--config.ep.free_steps=10', '--config.ep.nudged_steps=4',
+        '--config.train.batch_size=32', '--config.optim.learning_rates=(0.1,)',
+        '--config.train.eval_batch_size=64', '--config.train.epochs=1']
+
+
+@pytest.mark.slow
+def test_the_wheel_installs_and_its_commands_train_outside_the_repository(tmp_path):
+  """The wheel (built offline from the package's files) holds `ep_jax` only, with the config
+  schema and the console scripts; installed alone, its commands train the quick start from a
+  folder outside the repository, with no `experiments` to import."""
+  if int(setuptools.__version__.split('.')[0]) < 77:
+    pytest.skip('building the wheel offline needs setuptools>=77 (pinned in requirements.txt)')
+  src = tmp_path / 'src'
+  src.mkdir()
+  for name in ('pyproject.toml', 'README.md', 'LICENSE'):
+    shutil.copy(os.path.join(REPO, name), src / name)
+  shutil.copytree(os.path.join(REPO, 'ep_jax'), src / 'ep_jax',
+                  ignore=shutil.ignore_patterns('__pycache__'))
+  pip = [sys.executable, '-m', 'pip', '--disable-pip-version-check', '-q']
+  subprocess.run(pip + ['wheel', '--no-deps', '--no-build-isolation', '--no-index', '-w',
+                        str(tmp_path / 'whl'), str(src)], check=True, cwd=tmp_path)
+  (wheel,) = (tmp_path / 'whl').glob('ep_jax-*.whl')
+  with zipfile.ZipFile(wheel) as z:
+    names = z.namelist()
+    entry_points = next(z.read(n).decode() for n in names if n.endswith('entry_points.txt'))
+  assert {n.split('/')[0] for n in names} == {'ep_jax', f'ep_jax-{ep_jax.__version__}.dist-info'}
+  assert {'ep_jax/app/config.py', 'ep_jax/app/cli.py', 'ep_jax/py.typed'} <= set(names)
+  assert any(n.endswith('dist-info/licenses/LICENSE') for n in names)
+  assert 'ep-jax-train = ep_jax.app.train_main:run' in entry_points
+  assert 'ep-jax-train-teacher = ep_jax.app.teacher_main:run' in entry_points
+
+  site = tmp_path / 'site'
+  subprocess.run(pip + ['install', '--no-deps', '--no-index', '--target', str(site), str(wheel)],
+                 check=True, cwd=tmp_path)
+  env = dict(os.environ, PYTHONPATH=str(site))  # this checkout is not on the path
+  run_dir = tmp_path / 'elsewhere'
+  run_dir.mkdir()
+  run = functools.partial(subprocess.run, cwd=run_dir, env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+  where = run([sys.executable, '-c', 'import importlib.util as u, ep_jax; '
+               'print(ep_jax.__file__); print(u.find_spec("experiments"))'])
+  assert where.stdout.splitlines() == [str(site / 'ep_jax' / '__init__.py'), 'None'], where
+  done = run([str(site / 'bin' / 'ep-jax-train'), '--workdir=quick', *TINY])
+  assert done.returncode == 0, done.stderr
+  assert done.stdout.strip().splitlines()[-1].startswith('final test_accuracy=')
+  assert (run_dir / 'quick' / 'metrics.jsonl').is_file()
+  saved = json.loads((run_dir / 'quick' / 'config.json').read_text())
+  assert saved['data']['dataset'] == 'digits' and saved['model']['layout'] == '8,M'
+  teacher = run([str(site / 'bin' / 'ep-jax-train-teacher'), '--workdir=teacher', *TINY,
+                 '--config.teacher.epochs=1'])
+  assert teacher.returncode == 0, teacher.stderr
+  assert teacher.stdout.strip().splitlines()[-1].startswith('final test_accuracy=')
+  usage = run([sys.executable, '-m', 'ep_jax.app.train_main', '--help'])
+  assert usage.returncode == 0 and 'ep-jax-train [--config=PATH]' in usage.stdout, usage
