@@ -454,7 +454,7 @@ def build_signals(signals_config, spec: NetworkSpec, *, num_epochs: int,
   """Builds the learning signals from a `config.signals` ConfigDict.
 
   Args:
-    signals_config: fields `les.*`, `kd.*`, `kappa.*` (see `experiments/configs/default.py`).
+    signals_config: fields `les.*`, `kd.*`, `kappa.*` (see `ep_jax.app.config`).
     spec: the CRNN. num_epochs: E_total of the κ schedule. rng: key for the LES heads.
     teacher_params, teacher_spec: a teacher given directly (tests); otherwise KD loads it from
       `signals_config.kd.teacher_workdir` with `ep_jax.app.teacher.load_teacher`.

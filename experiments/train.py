@@ -1,51 +1,6 @@
-r"""Trains a CRNN with Equilibrium Propagation.
+"""`python -m experiments.train`: the `ep-jax-train` command, `ep_jax.app.train_main`."""
 
-  python -m experiments.train [--config=experiments/configs/NAME.py] [--config.FIELD=VALUE ...]
-      [--workdir=DIR]
-
-With no flags: the quick-start config (embedded 8x8 digits, no download), written to a fresh
-folder under runs/. Running again with the same --workdir resumes from its last checkpoint
-(with the same config: a changed field is refused, naming it). Errors end the command with a
-short `error: ...` on stderr and a non-zero status (1; 2 for bad flags; 130 for Ctrl-C);
-EP_JAX_TRACEBACK=1 or --verbosity=1 shows the traceback.
-"""
-
-import datetime
-import os
-
-from absl import app
-from absl import flags
-from ml_collections import config_flags
-
-from experiments import cli
-
-
-
-def default_workdir(config_path: str) -> str:
-  name = os.path.splitext(os.path.basename(config_path.split(':')[0]))[0]
-  stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
-  return os.path.join('runs', f'{stamp}-{name}')
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  cli.quiet_logging()
-  config = cli.config_value(_CONFIG)
-  from ep_jax.app import train  # after flag parsing: keeps --help fast
-  workdir = _WORKDIR.value or default_workdir(flags.FLAGS['config'].config_filename)
-  train.train_and_evaluate(config, workdir)
-
-
-def define_flags() -> None:
-  """Defines this script's flags (only when run as a script, so other code can import it)."""
-  global _CONFIG, _WORKDIR
-  _CONFIG = config_flags.DEFINE_config_file(
-      'config', os.path.join(cli.CONFIG_DIR, 'quickstart.py'), 'Experiment config file.',
-      lock_config=True)
-  _WORKDIR = flags.DEFINE_string('workdir', None,
-                                 'Output folder (default: a new runs/<time>-<config>).')
-
+from ep_jax.app.train_main import default_workdir, define_flags, main, run  # noqa: F401
 
 if __name__ == '__main__':
-  cli.run(main, define_flags)
+  run()

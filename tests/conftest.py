@@ -5,10 +5,23 @@ import os
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=4')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
+import importlib.util  # noqa: E402
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+  """Tests marked `tfds` are skipped without tensorflow-datasets (the `tfds` extra)."""
+  del config
+  if importlib.util.find_spec('tensorflow_datasets') is not None:
+    return
+  skip = pytest.mark.skip(reason='needs the tfds extra (pip install -r requirements-tfds.txt)')
+  for item in items:
+    if item.get_closest_marker('tfds') is not None:
+      item.add_marker(skip)
 
 
 def flat(tree):

@@ -1,4 +1,4 @@
-"""The experiments scripts' shared error style (experiments.cli)."""
+"""The scripts' shared error style (ep_jax.app.cli, re-exported as experiments.cli)."""
 
 import os
 import subprocess
@@ -44,4 +44,5 @@ def test_help_exits_zero_and_points_to_the_config_fields(flag):
   done = subprocess.run([sys.executable, '-m', 'experiments.train', flag], cwd=root,
                         capture_output=True, text=True, timeout=120, check=False)
   assert done.returncode == 0, done.stderr
-  assert 'experiments/configs/default.py' in done.stdout and '--workdir' in done.stdout
+  assert 'ep_jax/app/config.py' in done.stdout and '--workdir' in done.stdout
+  assert 'ep-jax-train [--config=PATH]' in done.stdout  # the usage of ep_jax.app.train_main

@@ -42,11 +42,18 @@ def test_config_builds_a_network(name):
 
 
 @pytest.mark.parametrize('name', NAMES)
-def test_config_passes_check_config(name, tmp_path):
+def test_config_passes_check_config(name, tmp_path, monkeypatch):
   """`train.check_config` (what every script runs before loading data) accepts every shipped
-  config; the distillation configs only lack their teacher, and say so."""
+  config, with or without the tfds extra; the distillation configs only lack their teacher,
+  and say so."""
   config = importlib.import_module(f'experiments.configs.{name}').get_config()
   config.train.num_devices = 1  # the tests run on 4 fake CPU devices; a plain CPU has one
+  try:
+    data.check_dataset_name(config.data.dataset)
+  except ImportError as e:  # a tfds dataset without the tfds extra: its first check
+    assert data.TFDS_EXTRA_HINT in str(e)
+    # check_config loads no data: the rest of the config is checked as if tfds were there.
+    monkeypatch.setattr(data, '_tfds_installed', lambda: True)
   if config.signals.kd.enabled:
     config.signals.kd.teacher_workdir = str(tmp_path / 'no_teacher')
     with pytest.raises(FileNotFoundError, match='signals.kd.teacher_workdir: no teacher in'):

@@ -241,9 +241,10 @@ def test_npz_errors(tmp_path):
 # ---- tfds (mocked) -------------------------------------------------------------------
 
 
+@pytest.mark.tfds
 @pytest.mark.parametrize("name,shape,classes", [("mnist", (28, 28, 1), 10), ("cifar10", (32, 32, 3), 10)])
 def test_tfds_mock(name, shape, classes, tmp_path):
-    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     with tfds.testing.mock_data(num_examples=12):
         train, test, info = data.load_dataset(name, data_dir=str(tmp_path), test_subset=5)
     assert train.images.shape == (12, *shape) and train.images.dtype == np.uint8

@@ -11,8 +11,10 @@ import os
 import numpy as np
 import pytest
 
-pytest.importorskip('tensorflow')
-tfds = pytest.importorskip('tensorflow_datasets')
+pytestmark = pytest.mark.tfds
+_EXTRA = 'needs the tfds extra (pip install -r requirements-tfds.txt)'
+pytest.importorskip('tensorflow', reason=_EXTRA)
+tfds = pytest.importorskip('tensorflow_datasets', reason=_EXTRA)
 
 from ep_jax.app import data  # pylint: disable=g-import-not-at-top
 

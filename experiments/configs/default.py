@@ -1,5 +1,6 @@
-"""The default config: every field a run can set, with the quick start's values.
+"""The default config: `ep_jax.app.config`, every field a run can set (the quick start)."""
 
+<<<<<<< HEAD
 The quick start trains a small CRNN with symmetric EP on scikit-learn's embedded 8x8 digits
 (no download). Other configs import this one and change a few fields.
 """
@@ -162,3 +163,6 @@ def get_config() -> ml_collections.ConfigDict:
   # same layers: a reference point for the twin, not a KD teacher (its states are unbounded).
   config.teacher.activation = ''
   return config
+=======
+from ep_jax.app.config import get_config  # noqa: F401
+>>>>>>> pkg
