@@ -135,8 +135,15 @@ def get_config() -> ml_collections.ConfigDict:
   # before the EP run (skipped when it is there, e.g. when the same command resumes).
   config.signals.kd.train_teacher = False
   config.signals.kd.layers = ()  # 0-based hidden layer indices; () = every hidden layer
+  config.signals.kd.layerwise = True  # False: no layer-wise targets (output distillation only)
   config.signals.kd.output = True  # add the output KD term
-  config.signals.kd.alpha = 0.5  # weight of the KD term against the label cross-entropy
+  # Output KD: ℓ_out = (1 - α(e)) ℓ + α(e) τ² KL; κ does not scale it, α = 0 gives ℓ exactly.
+  # α(e) follows alpha_schedule (the kinds of signals.kappa) from α_init = alpha to alpha_min
+  # (gamma: exp rate); constant (the default) keeps α = alpha every epoch.
+  config.signals.kd.alpha = 0.5
+  config.signals.kd.alpha_schedule = 'constant'  # constant | linear | exp | cos
+  config.signals.kd.alpha_min = 0.0
+  config.signals.kd.alpha_gamma = 0.1
   config.signals.kd.temperature = 4.0
   # layer: ½‖s_l - t_l‖²/n_l (a unit's force β κ (s - t)/n_l) | unit: ½‖s_l - t_l‖² (β κ (s - t))
   config.signals.kd.normalize = 'layer'
