@@ -48,7 +48,8 @@ def test_one_epoch_writes_every_output(tmp_path):
   assert len(records) == 1
   for key in ('epoch', 'step', 'train_loss', 'train_accuracy', 'test_loss', 'test_accuracy',
               'free_steps_mean', 'lr', 'epoch_time_s', 'examples_per_s',
-              'layer_mean_abs_state', 'layer_saturated_frac'):
+              'layer_mean_abs_state', 'layer_zero_frac', 'layer_nudge',
+              'layer_nudged_residual', 'layer_mean_abs_theta'):
     assert key in records[0], key
   assert records[0]['step'] == 256 // 32
   # 100 test examples in batches of 64: the 28 padding examples of the last batch are not
