@@ -3,7 +3,8 @@
 Per epoch: shuffled (optionally augmented) training batches on a background thread, one
 jitted EP train step per batch over a `Mesh` of all devices (batch sharded on 'data',
 state replicated and donated), a full evaluation of the test split (padded last batch, masked),
-then one record in `metrics.jsonl`, TensorBoard and `curves.png`, and an orbax checkpoint
+then one record in `metrics.jsonl` (with signals, plus the nudge's split on the epoch's last
+batch: `train_step.make_nudge_split`), TensorBoard and `curves.png`, and an orbax checkpoint
 named by the number of epochs it completes (`checkpoints/1` after the first epoch). Running
 again with the same workdir and config resumes from the latest checkpoint (parameters,
 optimiser state, RNG, and the data order, which is a function of (seed, epoch)); another
