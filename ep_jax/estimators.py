@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Mapping, NamedTuple, Optional, Union
+from typing import Mapping, NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -175,12 +175,16 @@ class EPOutput(NamedTuple):
   logits: `(B, num_classes)` free-phase readout. losses: `(B,)` output loss ℓ at `s^0`.
   free: the free phase's `RelaxResult`. nudged: one `RelaxResult` per nudged phase, in the
   order of the stencil's points β_k (each with its own step count and residual).
+  betas, weights: the stencil's points and weights `(P,)` (with the drawn sign for
+  'random_sign'); None for BPTT.
   """
   grads: dict
   logits: jax.Array
   losses: jax.Array
   free: RelaxResult
   nudged: tuple
+  betas: Optional[jax.Array] = None
+  weights: Optional[jax.Array] = None
 
 
 def describe(ep: EPConfig) -> str:
@@ -294,22 +298,10 @@ def ep_gradient(spec: NetworkSpec, params: dict, x: jax.Array,
   if estimator == 'random_sign':
     beta = beta * jax.random.rademacher(rng, (), jnp.float32).astype(real_dtype)
   betas, weights = stencil_points(estimator, beta, holo_points, real_dtype)
-  start = tuple(s.astype(betas.dtype) for s in s0)
-
-  def nudge(b):
-    result = relax(spec, params, x, start, targets=targets, beta=b, cost_fn=cost_fn,
-                   max_steps=nudged_steps, tol=tol, mode=mode, compute_dtype=compute_dtype,
-                   damping=damping)
-    return result._replace(states=jax.tree_util.tree_map(jax.lax.stop_gradient, result.states))
-
-  if nudged_phases == 'vmapped':
-    stacked = jax.vmap(nudge)(betas)
-    phases = [jax.tree_util.tree_map(lambda a, k=k: a[k], stacked) for k in range(shape.points)]
-  else:
-    # One relaxation per point, one after the other: compiled with the train state donated
-    # (as the trainer and the benchmark compile the step), the vmapped relaxation ran 10-25%
-    # slower on a 2-core CPU (docs/BENCHMARKS.md).
-    phases = [nudge(betas[k]) for k in range(shape.points)]
+  phases = nudged_relaxations(spec, params, x, s0, targets, betas, cost_fn,
+                              nudged_steps=nudged_steps, tol=tol, mode=mode,
+                              compute_dtype=compute_dtype, damping=damping,
+                              nudged_phases=nudged_phases)
 
   def phi(p, states, b):
     return nudged_primitive(spec, p, x, states, targets, b, cost_fn)
@@ -327,7 +319,50 @@ def ep_gradient(spec: NetworkSpec, params: dict, x: jax.Array,
   nudged = tuple(phases)
   z = logits(spec, params, s0)
   losses = example_losses(spec, params, s0, targets['label'])
-  return EPOutput(grads, z, losses, free, nudged)
+  return EPOutput(grads, z, losses, free, nudged, betas, weights)
+
+
+def nudged_relaxations(spec: NetworkSpec, params: dict, x: jax.Array, s0: tuple, targets,
+                       betas: jax.Array, cost_fn: CostFn, *, nudged_steps=25, tol=0.0,
+                       mode: str = 'sync', compute_dtype=None, damping=1.0,
+                       nudged_phases: str = 'sequential') -> list:
+  """One `RelaxResult` per point of `betas` `(P,)`: the relaxation under `Φ^{β_k}` (cost
+  `cost_fn`) from the free fixed point `s0`, its states cast to `betas`' dtype and held
+  constant (stop_gradient). `nudged_phases` as in `ep_gradient`."""
+  start = tuple(s.astype(betas.dtype) for s in s0)
+
+  def nudge(b):
+    result = relax(spec, params, x, start, targets=targets, beta=b, cost_fn=cost_fn,
+                   max_steps=nudged_steps, tol=tol, mode=mode, compute_dtype=compute_dtype,
+                   damping=damping)
+    return result._replace(states=jax.tree_util.tree_map(jax.lax.stop_gradient, result.states))
+
+  points = betas.shape[0]
+  if nudged_phases == 'vmapped':
+    stacked = jax.vmap(nudge)(betas)
+    return [jax.tree_util.tree_map(lambda a, k=k: a[k], stacked) for k in range(points)]
+  # One relaxation per point, one after the other: compiled with the train state donated
+  # (as the trainer and the benchmark compile the step), the vmapped relaxation ran 10-25%
+  # slower on a 2-core CPU (docs/BENCHMARKS.md).
+  return [nudge(betas[k]) for k in range(points)]
+
+
+def state_derivative(free: tuple, phases: Sequence[tuple], weights: jax.Array,
+                     balanced: bool) -> tuple:
+  """The stencil applied to the states: `Re Σ_k w_k (s_l^{β_k} - s_l^0)` per layer, each
+  `(B, ...)`, the estimate of `ds_l^β/dβ` at β = 0 with the estimator's bias order.
+
+  `phases`: the states of each nudged phase (in the order of `weights` `(P,)`). A balanced
+  stencil (`Σ_k w_k = 0`: symmetric, holomorphic) does not read `free`, so a drift of an
+  unsettled free phase, common to every nudged phase, cancels; a one-sided one contains it.
+  """
+  out = []
+  for l, s0 in enumerate(free):
+    total = sum(weights[k] * phase[l].astype(weights.dtype) for k, phase in enumerate(phases))
+    if not balanced:
+      total = total - jnp.sum(weights) * s0.astype(weights.dtype)
+    out.append(jnp.real(total).astype(jnp.real(s0).dtype))
+  return tuple(out)
 
 
 # `ep_gradient` under `jax.jit`, with the network and every argument that sets the structure of

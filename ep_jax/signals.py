@@ -29,7 +29,8 @@ the layer's units. With `kd.normalize='layer'` a unit's KD force is `β κ_l (s 
 (n_l ≈ 10²-10⁴ for a conv layer); with `'unit'` it is `β κ_l (s - t)`, the order of the output
 cost's force on the last layer. LES on the global average pool spreads its force over the
 H·W positions (`les.normalize='mean'`); `'unit'` multiplies ℓ_l by H·W, so that each unit
-receives the force the pooled feature does. `layer_nudge_norm` (metrics) measures the result.
+receives the force the pooled feature does. `layer_nudge` and `layer_nudge_signal` (metrics,
+`train_step`) measure the result.
 
 Every ℓ_l reads only `s_l` and a target available at layer l (label, head, teacher activation),
 so the extra force `-β κ_l ∂ℓ_l/∂s_l` is local and every parameter update stays a contrast of

@@ -9,8 +9,13 @@ once (the training loop does, with the state donated). `hyper`, an `EPHyper(beta
 step, cost used by the nudged phases, extra metrics).
 
 Metrics are batch means, plus per-layer diagnostics computed from the states the step already
-has (`(N,)` arrays): mean |s_l| at the free fixed point, mean |θ_l|, ‖s^β - s^0‖ per example of
-the first nudged phase, and the fraction of saturated units (at 0 or 1).
+has (`(N,)` arrays, `layer_diagnostics`): at the free fixed point mean |s_l|, the fractions of
+units at 0 and at 1 and the input share; mean |θ_l| (weights, bias, links into l); the nudge
+per unit `‖ds_l/dβ‖ / √n_l` by the estimator's stencil (symmetric:
+`½ ‖s^{β} - s^{-β}‖ / (β √n_l)`, one-sided: `‖s^{β} - s^0‖ / (β √n_l)`); and each layer's
+final nudged residual, the max over the nudged phases. Its split into what the output error
+propagates and what the layer-wise signals add needs more relaxations: `make_nudge_split`,
+run by the trainer once per epoch on one batch.
 """
 
 from __future__ import annotations
@@ -22,9 +27,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ep_jax import energy, inference
-from ep_jax.estimators import EPConfig, ep_gradient
-from ep_jax.network import NetworkSpec
+from ep_jax import activations, energy, inference, relaxation
+from ep_jax.estimators import (EPConfig, ep_gradient, nudged_relaxations, state_derivative,
+                               stencil_points, stencil_shape)
+from ep_jax.network import NetworkSpec, init_states
 
 
 class EPHyper(NamedTuple):
@@ -65,43 +71,142 @@ class Nudging(Protocol):
   def cost(self, params, states: tuple, targets: dict) -> jax.Array:
     """ℒ summed over the batch."""
 
+  def output_cost(self, params, states: tuple, targets: dict) -> jax.Array:
+    """The output term of ℒ alone (the layer-wise signals' κ at 0), summed over the batch."""
+
   def metrics(self, params, states: tuple, targets: dict) -> dict:
     """Extra scalar or per-layer metrics at the free fixed point."""
 
 
-def layer_diagnostics(spec: NetworkSpec, params: dict, free: tuple, nudged: tuple) -> dict:
-  """Per-layer activity diagnostics from the free and first nudged phase states.
-
-  `layer_input_dependence`: mean over units of the standard deviation of `s_l` across the
-  batch, divided by mean |s_l|: 0 when the layer's fixed point is the same for every input
-  (a layer can be active yet carry nothing about the input), about 1 for sparse
-  input-driven codes.
-  """
-  params_by_layer = params['layers']
-  mean_abs_param = jnp.stack([jnp.mean(jnp.abs(p['w'])) for p in params_by_layer])
-  nudge_norm = jnp.stack([
-      jnp.mean(jnp.sqrt(jnp.sum(jnp.abs(b - a).reshape(a.shape[0], -1) ** 2, axis=-1)))
-      for a, b in zip(free, nudged)])
-  activity = layer_activity(free)
-  return {'layer_mean_abs_state': activity['mean_abs'], 'layer_mean_abs_param': mean_abs_param,
-          'layer_nudge_norm': nudge_norm, 'layer_saturated_frac': activity['saturated_frac'],
-          'layer_input_dependence': activity['input_dependence']}
+# A unit within this distance of a bound of σ (state units; the bounded activations' range is
+# [0, 1]) counts as at that bound: σ's slope is (nearly) 0 there, and damped relaxations
+# approach the bounds geometrically rather than exactly.
+BOUND_TOL = 1e-3
+# The RMS state below which a layer counts as silent in `input_share_of` (same units).
+SILENT_RMS = 1e-3
 
 
-def layer_activity(states: Sequence[jax.Array]) -> dict:
+def layer_mean_abs_theta(spec: NetworkSpec, params: dict) -> jax.Array:
+  """`(N,)` mean |θ| over every parameter attributed to dynamical layer l: its weights and
+  bias (the drive from below) and the skip links and edges into it (`dst = l`; a lateral
+  edge is its layer's). The readout is not a dynamical layer and is not included."""
+  groups = [list(jax.tree_util.tree_leaves(p)) for p in params['layers']]
+  for (_, j), p in zip(spec.skips, params.get('skips', ())):
+    groups[j] += jax.tree_util.tree_leaves(p)
+  for edge, p in zip(spec.edges, params.get('edges', ())):
+    groups[edge.dst] += jax.tree_util.tree_leaves(p)
+  return jnp.stack([sum(jnp.sum(jnp.abs(a)) for a in g) / sum(a.size for a in g)
+                    for g in groups])
+
+
+def layer_nudge_of(derivative: Sequence[jax.Array]) -> jax.Array:
+  """`(N,)` nudge per unit: the batch mean of `‖d_l‖ / √n_l` for per-example state
+  derivatives `d_l = ds_l/dβ` `(B, ...)` (`estimators.state_derivative`), n_l the layer's
+  units; the RMS over units of how far β moves them, per unit of β."""
+  return jnp.stack([jnp.mean(jnp.sqrt(jnp.mean(jnp.abs(d.reshape(d.shape[0], -1)) ** 2,
+                                               axis=-1)))
+                    for d in derivative])
+
+
+def layer_diagnostics(spec: NetworkSpec, params: dict, free: tuple, derivative: tuple) -> dict:
+  """Per-layer diagnostics, each `(N,)`, from the free fixed point `free` and the nudged
+  phases' state derivative `derivative` (`estimators.state_derivative`): `layer_activity`'s
+  entries as `layer_mean_abs_state`, `layer_zero_frac`, `layer_one_frac`,
+  `layer_input_share`; `layer_mean_abs_theta` and `layer_nudge` (`layer_nudge_of`)."""
+  activity = layer_activity(free, spec.activation)
+  return {'layer_mean_abs_state': activity['mean_abs'],
+          'layer_mean_abs_theta': layer_mean_abs_theta(spec, params),
+          'layer_nudge': layer_nudge_of(derivative),
+          'layer_zero_frac': activity['zero_frac'], 'layer_one_frac': activity['one_frac'],
+          'layer_input_share': activity['input_share']}
+
+
+def layer_activity(states: Sequence[jax.Array], activation: str = 'hard_sigmoid') -> dict:
   """Per-layer activity of states `(B, ...)` (a CRNN's fixed point or a feed-forward pass's
-  activations), each an `(L,)` array: `mean_abs` (mean |s_l|), `saturated_frac` (units at 0
-  or 1) and `input_dependence` (`input_dependence_of`)."""
+  activations of σ = `activation`), each an `(L,)` array:
+
+  `mean_abs`: mean |s_l|. `zero_frac`, `one_frac`: fractions of units within `BOUND_TOL` of
+  σ's lower bound 0 and upper bound 1, where σ saturates (zero slope); an unbounded σ (relu)
+  saturates only at 0, its `one_frac` is 0. `input_share`: `input_share_of`.
+  """
+  bounded = activation not in activations.UNBOUNDED
   return {'mean_abs': jnp.stack([jnp.mean(jnp.abs(s)) for s in states]),
-          'saturated_frac': jnp.stack([jnp.mean((s <= 0.0) | (s >= 1.0)) for s in states]),
-          'input_dependence': jnp.stack([input_dependence_of(s) for s in states])}
+          'zero_frac': jnp.stack([jnp.mean(s <= BOUND_TOL) for s in states]),
+          'one_frac': jnp.stack([jnp.mean(s >= 1.0 - BOUND_TOL) if bounded
+                                 else jnp.zeros((), jnp.float32) for s in states]),
+          'input_share': jnp.stack([input_share_of(s) for s in states])}
 
 
-def input_dependence_of(s: jax.Array) -> jax.Array:
-  """`mean_units std_batch(s) / mean |s|` of a state `(B, ...)` (0 for an all-zero state)."""
-  scale = jnp.mean(jnp.abs(s))
-  return jnp.where(scale > 0, jnp.mean(jnp.std(s, axis=0)) / jnp.where(scale > 0, scale, 1.0),
-                   0.0)
+def input_share_of(s: jax.Array, silent: float = SILENT_RMS) -> jax.Array:
+  """`mean_units var_batch(s) / (mean s² + silent²)` of a state `(B, ...)`, in [0, 1).
+
+  The share of the layer's mean square state that varies across the inputs: 0 when its fixed
+  point is the same for every input (active yet input-blind), near 1 for sparse input-driven
+  codes (a unit on for a fraction f of the inputs gives 1 - f). A unit's variance never
+  exceeds its mean square, so no layer reads above 1; `silent` (in state units) sends a layer
+  whose RMS state is far below it to 0 instead of reading the variation of its residue.
+  """
+  s = jnp.real(s)
+  var = jnp.mean(jnp.var(s, axis=0))
+  return var / (jnp.mean(s * s) + silent ** 2)
+
+
+def _nudge_derivative(ep: EPConfig, out) -> tuple:
+  """`estimators.state_derivative` of an `EPOutput` (zeros for BPTT: no nudged phase)."""
+  if not out.nudged:
+    return tuple(jnp.zeros_like(s) for s in out.free.states)
+  balanced = stencil_shape(ep.estimator, ep.holo_points).balanced
+  return state_derivative(out.free.states, [r.states for r in out.nudged], out.weights,
+                          balanced)
+
+
+def make_nudge_split(spec: NetworkSpec, ep: EPConfig, nudging: Optional[Nudging], *,
+                     steps_per_epoch: int = 1, state_dtype=None) -> Optional[Callable]:
+  """The nudge split into its sources, for the diagnostics (not the train step): a function
+  `(state, batch, hyper=None) -> dict` of `(N,)` arrays, or None without layer-wise signals
+  (the nudge is then the output error's alone) or for BPTT (no nudge).
+
+  On `batch`, at `state`'s parameters: one free phase, the estimator's nudged phases under
+  the whole cost ℒ and again under the output term alone (the signals' κ at 0;
+  'random_sign' at +β). `layer_nudge_end` is `layer_nudge_of` ℒ's phases, `layer_nudge_output`
+  that of the output term's (what the output error propagates to layer l), and
+  `layer_nudge_signal` that of the difference `ds/dβ|_ℒ - ds/dβ|_output`, per example: what
+  the layer-wise signals add, the layer's own local force and, through the couplings, that
+  of the others. The derivatives are linear in the cost to first order in β, so the
+  difference is the response to the signals' cost alone up to O(β), and the two parts add up
+  to the total as vectors (their norms obey the triangle inequality). κ is that of the epoch
+  of `state`'s last step.
+  """
+  if nudging is None or ep.estimator == 'bptt':
+    return None
+  estimator = 'one_sided' if ep.estimator == 'random_sign' else ep.estimator
+  balanced = stencil_shape(estimator, ep.holo_points).balanced
+
+  def split(state: TrainState, batch: dict, hyper: Optional[EPHyper] = None) -> dict:
+    beta, tol = (ep.beta, ep.tol) if hyper is None else hyper
+    x = batch['image'].astype(state_dtype or batch['image'].dtype)
+    epoch = jnp.maximum(state.step - 1, 0) // steps_per_epoch
+    targets = nudging.targets(state.frozen, state.params, batch, epoch)
+    dtype = state_dtype or jax.tree_util.tree_leaves(state.params)[0].dtype
+    free = relaxation.relax(spec, state.params, x, init_states(spec, x.shape[0], dtype),
+                            max_steps=ep.free_steps, tol=tol, mode=ep.mode,
+                            compute_dtype=ep.compute_dtype, damping=ep.damping)
+    s0 = jax.tree_util.tree_map(jax.lax.stop_gradient, free.states)
+    betas, weights = stencil_points(estimator, beta, ep.holo_points, jnp.real(s0[0]).dtype)
+
+    def derivative(cost_fn):
+      phases = nudged_relaxations(spec, state.params, x, s0, targets, betas, cost_fn,
+                                  nudged_steps=ep.nudged_steps, tol=tol, mode=ep.mode,
+                                  compute_dtype=ep.compute_dtype, damping=ep.damping,
+                                  nudged_phases=ep.nudged_phases)
+      return state_derivative(s0, [r.states for r in phases], weights, balanced)
+
+    total, output = derivative(nudging.cost), derivative(nudging.output_cost)
+    return {'layer_nudge_end': layer_nudge_of(total),
+            'layer_nudge_output': layer_nudge_of(output),
+            'layer_nudge_signal': layer_nudge_of(tuple(a - b for a, b in zip(total, output)))}
+
+  return split
 
 
 def make_train_step(spec: NetworkSpec, ep: EPConfig, tx: optax.GradientTransformation, *,
@@ -144,10 +249,12 @@ def make_train_step(spec: NetworkSpec, ep: EPConfig, tx: optax.GradientTransform
         'grad_norm': grad_norm,
         'finite': jnp.isfinite(grad_norm) & jnp.isfinite(out.free.residual),
     }
-    # BPTT has no nudged phase: its nudge norms are zero.
-    nudged = out.nudged[0].states if out.nudged else out.free.states
+    # BPTT has no nudged phase: its nudges and nudged residuals are zero.
     metrics.update(layer_diagnostics(spec, state.params, out.free.states,
-                                     tuple(jnp.real(s) for s in nudged)))
+                                     _nudge_derivative(ep, out)))
+    metrics['layer_nudged_residual'] = (
+        jnp.max(jnp.stack([r.layer_residuals for r in out.nudged]), axis=0) if out.nudged
+        else jnp.zeros_like(out.free.layer_residuals))
     if nudging is not None:
       metrics.update(nudging.metrics(state.params, out.free.states, targets))
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)

@@ -576,14 +576,36 @@ def write_report(config, workdir: str, print_fn: Callable[[str], None] = print,
       ('Mean |s_l| at the free fixed point, last epoch', 'layer_mean_abs_state', 'last', '.4f'),
       ('Mean |s_l| at the free fixed point, first epoch', 'layer_mean_abs_state', 'first',
        '.4f'),
-      ('‖s^β − s^0‖ per example (first nudged phase), last epoch', 'layer_nudge_norm', 'last',
-       '.3e'),
-      ('Fraction of saturated units (at 0 or 1), last epoch', 'layer_saturated_frac', 'last',
-       '.3f'),
-      ('Input dependence (std of s_l across inputs / mean |s_l|), last epoch',
-       'layer_input_dependence', 'last', '.3f'),
-      ('Mean |θ_l|, last epoch', 'layer_mean_abs_param', 'last', '.4f'),
+      ('Nudge per unit ‖ds_l/dβ‖ / √n_l (the estimator\'s stencil on the states: symmetric '
+       '½‖s^β − s^{−β}‖ / (β√n_l), one-sided ‖s^β − s^0‖ / (β√n_l)), last epoch', 'layer_nudge',
+       'last', '.3e'),
+      ('Nudge per unit from the output error alone (signals\' κ at 0; one batch at the end '
+       'of the last epoch)', 'layer_nudge_output', 'last', '.3e'),
+      ('Nudge per unit the layer-wise signals add (total − output part, as vectors; same '
+       'batch)', 'layer_nudge_signal', 'last', '.3e'),
+      ('Final residual of the nudged phases (max over the phases), last epoch',
+       'layer_nudged_residual', 'last', '.1e'),
+      ('Fraction of units at 0, last epoch', 'layer_zero_frac', 'last', '.3f'),
+      ('Fraction of units at 1, last epoch', 'layer_one_frac', 'last', '.3f'),
+      ('Input share (share of the mean square s_l that varies across inputs, in [0, 1)), '
+       'last epoch', 'layer_input_share', 'last', '.3f'),
+      ('Mean |θ_l| (weights, bias and the links into layer l), last epoch',
+       'layer_mean_abs_theta', 'last', '.4f'),
   )
+  # Older runs' records, with their own definitions; listed only where some run has them.
+  legacy = (
+      ('Older runs: ‖s^β − s^0‖ per example (first nudged phase, not per unit, not /β), last '
+       'epoch', 'layer_nudge_norm', 'last', '.3e'),
+      ('Older runs: fraction of units at 0 or 1, last epoch', 'layer_saturated_frac', 'last',
+       '.3f'),
+      ('Older runs: std of s_l across inputs / mean |s_l|, last epoch',
+       'layer_input_dependence', 'last', '.3f'),
+      ('Older runs: mean |w_l| (weights only), last epoch', 'layer_mean_abs_param', 'last',
+       '.4f'),
+  )
+  logged = {k for s in ep_summaries.values() if s is not None and 'last' in s
+            for k in s['last']}
+  tables += tuple(t for t in legacy if t[1] in logged)
   lines += ['## Per-layer activity (epoch means of the training steps)', '']
   for title, key, which, spec in tables:
     lines += [f'### {title}', '']

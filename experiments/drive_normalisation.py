@@ -11,9 +11,9 @@ one training batch, round by round: the layer's weights and bias are multiplied 
 of u_l (how much the drive depends on the input), then each channel's bias moves by
 `clip(rate (centre - mean_c), ±0.5)` towards `centre` (1: the middle of `hard_sigmoid`'s
 linear range [0, 2]). Each round relaxes from zero states (`--max_steps` async steps, damping
-`--damping`, tolerance `--tol`) and prints the residual and, per layer, the input dependence
-(`train_step.input_dependence_of`: std across inputs / mean |s_l|), the mean |s_l| and the
-drive's batch-std. It answers whether a data-dependent init can make the top layers input-driven
+`--damping`, tolerance `--tol`) and prints the residual and, per layer, the input share
+(`train_step.input_share_of`: the share of the mean square s_l that varies across inputs),
+the mean |s_l| and the drive's batch-std. It answers whether a data-dependent init can make the top layers input-driven
 (see `experiments.linear_chain` for why a symmetric chain resists it).
 """
 
@@ -37,7 +37,7 @@ def normalise(config, *, target_std: float, centre: float, rounds: int, rate: fl
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from ep_jax import initialization, network, relaxation  # pylint: disable=g-import-not-at-top
   from ep_jax.app import data, train  # pylint: disable=g-import-not-at-top
-  from ep_jax.train_step import input_dependence_of  # pylint: disable=g-import-not-at-top
+  from ep_jax.train_step import input_share_of  # pylint: disable=g-import-not-at-top
 
   train_split, _, info = train.load_data(config)
   spec = train.build_spec(config, info)
@@ -58,12 +58,12 @@ def normalise(config, *, target_std: float, centre: float, rounds: int, rate: fl
   for k in range(rounds + 1):
     r, drives = measure(params)
     row = {'round': k, 'residual': float(r.residual), 'steps': int(r.steps),
-           'input_dependence': [float(input_dependence_of(s)) for s in r.states],
+           'input_share': [float(input_share_of(s)) for s in r.states],
            'mean_abs_state': [float(jnp.mean(jnp.abs(s))) for s in r.states],
            'drive_std': [float(jnp.mean(jnp.std(u, axis=0))) for u in drives]}
     history.append(row)
     print_fn(f"round {k}: residual {row['residual']:.1e} in {row['steps']} steps | input "
-             f"dependence {' '.join(f'{v:.2f}' for v in row['input_dependence'])} | mean |s| "
+             f"share {' '.join(f'{v:.2f}' for v in row['input_share'])} | mean |s| "
              f"{' '.join(f'{v:.2f}' for v in row['mean_abs_state'])}")
     if k == rounds:
       break

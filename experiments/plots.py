@@ -6,19 +6,27 @@ Reads each workdir's `metrics.jsonl` (written by `ep_jax.app.train`; a teacher w
 `experiments.train_teacher` contributes its accuracy history from `teacher.json`) and draws,
 into `--out` (default: the first workdir), one PNG per diagnostic:
 
-  layer_mean_abs_state.png   mean |s_l| at the free fixed point      (one subplot per layer)
-  layer_mean_abs_param.png   mean |θ_l|                               (one subplot per layer)
-  layer_nudge_norm.png       ‖s^β − s^0‖ per example, first nudged phase (one subplot per layer)
-  layer_saturated_frac.png   fraction of units at 0 or 1             (one subplot per layer)
-  layer_input_dependence.png std of s_l across inputs / mean |s_l|   (one subplot per layer)
+  layer_mean_abs_state.png   mean |s_l| at the free fixed point
+  layer_mean_abs_theta.png   mean |θ_l|: weights, bias and the links into layer l
+  layer_nudge.png            nudge per unit ‖ds_l/dβ‖ / √n_l (the estimator's stencil on the
+                             states: ½‖s^β − s^{−β}‖ / (β√n_l) symmetric, ‖s^β − s^0‖ / (β√n_l)
+                             one-sided)
+  layer_zero_frac.png        fraction of units at 0
+  layer_one_frac.png         fraction of units at 1 (0 for an unbounded activation)
+  layer_input_share.png      share of the mean square s_l that varies across inputs, in [0, 1)
+  layer_nudged_residual.png  final residual of the nudged phases (max over the phases)
   free_steps_mean.png        free-phase steps used
   free_residual_mean.png     final free-phase residual
   accuracy.png               train and test accuracy
 
-plus `kappa.png`, `les_loss.png`, `kd_loss.png` when some run logged them. Each run is one line
-(legend: the workdir's base name). Missing values (`null`, NaN) are gaps; runs may have
-different layer counts (a subplot shows the runs that have that layer); a run without a
-metric is left out of that plot.
+(one subplot per layer for the `layer_*` ones), plus, when some run logged them,
+`layer_nudge_output.png` and `layer_nudge_signal.png` (the nudge's parts from the output error
+and from the layer-wise signals, on one batch at each epoch's end), `kappa.png`,
+`les_loss.png`, `kd_loss.png`, and the older records' `layer_nudge_norm.png`,
+`layer_mean_abs_param.png`, `layer_saturated_frac.png`, `layer_input_dependence.png`, titled
+with their own definitions. Each run is one line (legend: the workdir's base name). Missing
+values (`null`, NaN) are gaps; runs may have different layer counts (a subplot shows the runs
+that have that layer); a run without a metric is left out of that plot.
 """
 
 from __future__ import annotations
@@ -31,19 +39,32 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 from absl import app, flags
 
-from ep_jax.app.metrics_io import read_metrics
+from ep_jax.app.metrics_io import integer_ticks, read_metrics
 from experiments import cli
 
-LAYER_KEYS = ('layer_mean_abs_state', 'layer_mean_abs_param', 'layer_nudge_norm',
-              'layer_saturated_frac')
-OPTIONAL_LAYER_KEYS = ('layer_input_dependence', 'kappa', 'les_loss', 'kd_loss')
+LAYER_KEYS = ('layer_mean_abs_state', 'layer_mean_abs_theta', 'layer_nudge', 'layer_zero_frac',
+              'layer_one_frac', 'layer_input_share', 'layer_nudged_residual')
+# Drawn when some run has them: the nudge's split, the signals' metrics, and older records'
+# keys (their definitions differ from the current ones: see TITLES).
+OPTIONAL_LAYER_KEYS = ('layer_nudge_output', 'layer_nudge_signal', 'kappa', 'les_loss',
+                       'kd_loss')
+LEGACY_LAYER_KEYS = ('layer_nudge_norm', 'layer_mean_abs_param', 'layer_saturated_frac',
+                     'layer_input_dependence')
 SCALAR_KEYS = ('free_steps_mean', 'free_residual_mean')
 TITLES = {
     'layer_mean_abs_state': 'mean |s| (free fixed point)',
-    'layer_mean_abs_param': 'mean |θ|',
-    'layer_nudge_norm': '‖s^β − s^0‖ (first nudged phase)',
-    'layer_saturated_frac': 'fraction saturated (at 0 or 1)',
-    'layer_input_dependence': 'std across inputs / mean |s|',
+    'layer_mean_abs_theta': 'mean |θ| (weights, bias, links into the layer)',
+    'layer_nudge': 'nudge per unit ‖ds/dβ‖ / √n (estimator\'s stencil)',
+    'layer_nudge_output': 'nudge per unit from the output error (epoch end, one batch)',
+    'layer_nudge_signal': 'nudge per unit from the layer-wise signals (epoch end, one batch)',
+    'layer_zero_frac': 'fraction of units at 0',
+    'layer_one_frac': 'fraction of units at 1',
+    'layer_input_share': 'share of mean s² varying across inputs',
+    'layer_nudged_residual': 'nudged phases\' final residual (max over phases)',
+    'layer_nudge_norm': 'older runs: ‖s^β − s^0‖ per example (first nudged phase, not /β)',
+    'layer_mean_abs_param': 'older runs: mean |w| (weights only)',
+    'layer_saturated_frac': 'older runs: fraction of units at 0 or 1',
+    'layer_input_dependence': 'older runs: std across inputs / mean |s|',
     'free_steps_mean': 'free-phase steps',
     'free_residual_mean': 'free-phase final residual',
     'kappa': 'κ',
@@ -51,8 +72,9 @@ TITLES = {
     'kd_loss': 'KD loss ℓ_l',
 }
 # Quantities spanning orders of magnitude: log y axis (when they have positive values).
-LOG_KEYS = ('layer_mean_abs_state', 'layer_mean_abs_param', 'layer_nudge_norm',
-            'free_residual_mean')
+LOG_KEYS = ('layer_mean_abs_state', 'layer_mean_abs_theta', 'layer_nudge', 'layer_nudge_output',
+            'layer_nudge_signal', 'layer_nudged_residual', 'layer_mean_abs_param',
+            'layer_nudge_norm', 'free_residual_mean')
 
 
 class Run:
@@ -212,6 +234,7 @@ def plot_layer_metric(runs: Sequence[Run], key: str, path: str,
     _set_scale(ax, drawn, log)
     ax.set_title(name, fontsize=10)
     ax.set_xlabel('epoch')
+    integer_ticks(ax)
     ax.grid(True, alpha=0.3)
     if l == 0:
       ax.legend(fontsize=7)
@@ -245,6 +268,7 @@ def plot_scalar_metrics(runs: Sequence[Run], keys: Sequence[str], path: str,
   use_log = (any(key in LOG_KEYS for key in keys)) if log is None else log
   _set_scale(ax, drawn, use_log)
   ax.set_xlabel('epoch')
+  integer_ticks(ax)
   ax.grid(True, alpha=0.3)
   ax.legend(fontsize=7)
   ax.set_title(title or ', '.join(TITLES.get(k, k) for k in keys))
@@ -261,7 +285,8 @@ def plot_runs(workdirs: Sequence[str], out: Optional[str] = None,
   runs = load_runs(workdirs, labels)
   written = []
   present = {k for run in runs for rec in run.records for k in rec}
-  for key in LAYER_KEYS + tuple(k for k in OPTIONAL_LAYER_KEYS if k in present):
+  optional = OPTIONAL_LAYER_KEYS + LEGACY_LAYER_KEYS
+  for key in LAYER_KEYS + tuple(k for k in optional if k in present):
     path = os.path.join(out, f'{key}.png')
     if plot_layer_metric(runs, key, path):
       written.append(path)

@@ -64,11 +64,11 @@ def settings(kappas, with_kd: bool) -> list[tuple[str, dict]]:
 
 def teacher_activity(teacher_workdir: str, images: jax.Array) -> dict:
   """The KD targets on `images` (normalised, `(B, H, W, C)`): per layer of the BP teacher,
-  `mean_abs` (mean |a_l|), `input_dependence` and `saturated_frac` (units at 0 or 1), as the
-  CRNN's `layer_*` metrics (`train_step.layer_activity`)."""
+  `mean_abs` (mean |a_l|), `input_share`, `zero_frac` and `one_frac` (units at 0, at 1), as
+  the CRNN's `layer_*` metrics (`train_step.layer_activity`)."""
   spec, params, _ = teacher_lib.load_teacher(teacher_workdir)
   acts, _ = feedforward.forward(spec, params, images)
-  activity = train_step.layer_activity(acts)
+  activity = train_step.layer_activity(acts, spec.activation)
   return dict({k: [float(v) for v in a] for k, a in activity.items()},
               layers=list(spec.layer_names))
 
@@ -76,8 +76,8 @@ def teacher_activity(teacher_workdir: str, images: jax.Array) -> dict:
 def teacher_table(activity: dict) -> str:
   names = activity['layers']
   lines = ['| teacher | ' + ' | '.join(names) + ' |', '|---|' + '---|' * len(names)]
-  for key, label in (('mean_abs', 'mean \\|a_l\\|'), ('input_dependence', 'input dependence'),
-                     ('saturated_frac', 'at 0 or 1')):
+  for key, label in (('mean_abs', 'mean \\|a_l\\|'), ('input_share', 'input share'),
+                     ('zero_frac', 'at 0'), ('one_frac', 'at 1')):
     lines.append(f'| {label} | ' + ' | '.join(f'{v:.3f}' for v in activity[key]) + ' |')
   return '\n'.join(lines)
 

@@ -21,8 +21,8 @@ def test_four_devices_equal_one_device(tmp_path):
   for key in ('train_loss', 'train_accuracy', 'test_loss', 'test_accuracy', 'grad_norm'):
     np.testing.assert_allclose(results[4][key], results[1][key], rtol=2e-5, atol=1e-6,
                                err_msg=key)
-  np.testing.assert_allclose(results[4]['layer_mean_abs_param'],
-                             results[1]['layer_mean_abs_param'], rtol=1e-5)
+  np.testing.assert_allclose(results[4]['layer_mean_abs_theta'],
+                             results[1]['layer_mean_abs_theta'], rtol=1e-5)
 
 
 def test_batch_not_divisible_by_devices(tmp_path):

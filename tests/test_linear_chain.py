@@ -41,7 +41,7 @@ def test_drive_normalisation_runs_and_records_every_round():
                                           tol=1e-4, print_fn=lines.append)
   assert [h['round'] for h in history] == [0, 1, 2] and len(lines) == 3
   for h in history:
-    assert len(h['input_dependence']) == len(h['drive_std']) == 2
+    assert len(h['input_share']) == len(h['drive_std']) == 2
   # A round moves the drives' batch-std towards the target.
   first, last = history[0]['drive_std'], history[-1]['drive_std']
   assert all(abs(b - 0.3) < abs(a - 0.3) for a, b in zip(first, last)), (first, last)

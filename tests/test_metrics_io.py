@@ -9,7 +9,8 @@ import re
 import numpy as np
 import pytest
 
-from ep_jax.app.metrics_io import MetricsWriter, ProgressReporter, plot_curves, read_metrics
+from ep_jax.app.metrics_io import (MetricsWriter, ProgressReporter, plot_curves, plot_layers,
+                                   read_metrics)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -72,6 +73,62 @@ def test_tensorboard_scalars_readable(tmp_path):
             tags.add((v.tag, ev.step))
     assert ("train_loss", 0) in tags and ("test_accuracy", 1) in tags
     assert not any(t == "epoch" for t, _ in tags)
+
+
+def _tags(workdir):
+    from tensorboardX.proto import event_pb2
+
+    (path,) = glob.glob(str(workdir / "tensorboard" / "events.out.tfevents.*"))
+    data = open(path, "rb").read()
+    tags, i = {}, 0
+    while i < len(data):
+        n = int.from_bytes(data[i : i + 8], "little")
+        ev = event_pb2.Event.FromString(data[i + 12 : i + 12 + n])
+        i += 12 + n + 4
+        for v in ev.summary.value:
+            tags[(v.tag, ev.step)] = v.simple_value
+    return tags
+
+
+def test_tensorboard_gets_one_scalar_per_layer(tmp_path):
+    """`layer/<name>/<metric>` for the per-layer lists; other lists (lrs) are not split."""
+    w = MetricsWriter(tmp_path, layer_names=("conv1", "dense1"))
+    w.write(rec(1, layer_nudge=[0.5, 0.25], kappa=[0.0, 1.0], lrs=[0.1, 0.2],
+                layer_zero_frac=[0.1, None], layer_one_frac=[0.0, 0.0, 0.3]))
+    w.close()
+    tags = _tags(tmp_path)
+    assert tags[("layer/conv1/nudge", 1)] == 0.5 and tags[("layer/dense1/nudge", 1)] == 0.25
+    assert tags[("layer/dense1/kappa", 1)] == 1.0
+    assert ("layer/conv1/zero_frac", 1) in tags and ("layer/dense1/zero_frac", 1) not in tags
+    assert ("layer/layer3/one_frac", 1) in tags  # beyond the names: numbered
+    assert not any("lrs" in t for t, _ in tags)
+
+
+def test_layers_figure_and_integer_epoch_ticks(tmp_path):
+    """layers.png from new records and from older ones (their keys stand in); none without
+    per-layer metrics; curves.png ticks at whole epochs only."""
+    new = [rec(e, layer_mean_abs_state=[0.3, 0.1], layer_nudge=[1e-2, 1e-3],
+               layer_nudge_output=[5e-3, 1e-3], layer_mean_abs_theta=[0.1, 0.2],
+               layer_zero_frac=[0.2, 0.9], layer_one_frac=[0.1, 0.0]) for e in range(1, 9)]
+    assert plot_layers(new, tmp_path / "new.png", layer_names=("conv1", "dense1"))
+    old = [rec(e, layer_mean_abs_state=[0.3, None], layer_nudge_norm=[0.5, 0.1],
+               layer_mean_abs_param=[0.1, 0.2], layer_saturated_frac=[0.4, 1.0])
+           for e in range(1, 4)]
+    assert plot_layers(old, tmp_path / "old.png")
+    assert not plot_layers([rec(1)], tmp_path / "none.png")
+    assert (tmp_path / "new.png").read_bytes().startswith(PNG_MAGIC)
+    assert (tmp_path / "old.png").read_bytes().startswith(PNG_MAGIC)
+    assert not (tmp_path / "none.png").exists()
+    w = MetricsWriter(tmp_path / "run", layer_names=("conv1", "dense1"))
+    for r in new:
+        w.write(r)
+    assert w.write_layers() == str(tmp_path / "run" / "layers.png")
+    w.close()
+    fig = plot_curves(new[:3], tmp_path / "c.png")  # 3 epochs: matplotlib would tick halves
+    for ax in fig.axes:
+        lo, hi = ax.get_xlim()
+        ticks = [x for x in ax.get_xticks() if lo <= x <= hi]
+        assert ticks and all(float(x).is_integer() for x in ticks), ticks
 
 
 def test_nan_written_as_null(tmp_path):

@@ -19,7 +19,8 @@ from experiments import ablation, plots
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _write_run(workdir, num_layers, epochs, layout=None, gap_epoch=None):
+def _write_run(workdir, num_layers, epochs, layout=None, gap_epoch=None, old_keys=False):
+  """A fake run's records; `old_keys`: as older runs logged them (other definitions)."""
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
     for e in range(1, epochs + 1):
@@ -27,13 +28,22 @@ def _write_run(workdir, num_layers, epochs, layout=None, gap_epoch=None):
       record = {'epoch': e, 'train_loss': 2.0 / e, 'test_loss': 2.1 / e,
                 'train_accuracy': 0.1 * e, 'test_accuracy': 0.09 * e,
                 'free_steps_mean': 30.0, 'free_residual_mean': 10.0 ** -e,
-                'layer_mean_abs_state': layer, 'layer_mean_abs_param': layer,
-                'layer_nudge_norm': [v * 1e-3 for v in layer],
-                'layer_saturated_frac': [0.2] * num_layers}
+                'layer_mean_abs_state': layer}
+      if old_keys:
+        record.update(layer_mean_abs_param=layer, layer_nudge_norm=[v * 1e-3 for v in layer],
+                      layer_saturated_frac=[0.2] * num_layers,
+                      layer_input_dependence=[1.5] * num_layers)
+      else:
+        record.update(layer_mean_abs_theta=layer, layer_nudge=[v * 1e-2 for v in layer],
+                      layer_nudge_output=[v * 5e-3 for v in layer],
+                      layer_nudge_signal=[v * 6e-3 for v in layer],
+                      layer_zero_frac=[0.2] * num_layers, layer_one_frac=[0.05] * num_layers,
+                      layer_input_share=[0.6] * num_layers,
+                      layer_nudged_residual=[1e-6] * num_layers)
       if e == gap_epoch:  # NaN written as null, a missing entry and a missing key
         record['layer_mean_abs_state'] = [None] + layer[1:]
         record['free_residual_mean'] = None
-        del record['layer_nudge_norm']
+        record.pop('layer_nudge', None)
       f.write(json.dumps(record) + '\n')
   if layout:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
@@ -44,7 +54,7 @@ def _write_run(workdir, num_layers, epochs, layout=None, gap_epoch=None):
 def test_plots_overlay_runs_with_gaps_and_different_depths(tmp_path):
   a, b = str(tmp_path / 'runs' / 'deep'), str(tmp_path / 'runs' / 'shallow')
   _write_run(a, 4, 4, layout='4,4,M,8,8,M', gap_epoch=2)
-  _write_run(b, 2, 3)
+  _write_run(b, 2, 3, old_keys=True)  # an older run: its keys are drawn under their titles
   xs, ys = plots.layer_series(plots.load_runs([a])[0].records, 'layer_mean_abs_state')
   assert xs.tolist() == [1, 2, 3, 4] and ys.shape == (4, 4) and math.isnan(ys[1, 0])
   runs = plots.load_runs([a, b])
@@ -53,7 +63,8 @@ def test_plots_overlay_runs_with_gaps_and_different_depths(tmp_path):
   out = str(tmp_path / 'out')
   paths = plots.plot_runs([a, b], out)
   names = sorted(os.path.basename(p) for p in paths)
-  for key in plots.LAYER_KEYS + plots.SCALAR_KEYS + ('accuracy',):
+  for key in (plots.LAYER_KEYS + plots.SCALAR_KEYS + plots.LEGACY_LAYER_KEYS
+              + ('layer_nudge_output', 'layer_nudge_signal', 'accuracy')):
     assert f'{key}.png' in names
   for p in paths:
     with open(p, 'rb') as f:
@@ -63,7 +74,23 @@ def test_plots_overlay_runs_with_gaps_and_different_depths(tmp_path):
                          f'--workdir={b}'], cwd=REPO, capture_output=True, text=True,
                         env=dict(os.environ, PYTHONPATH=REPO), timeout=120)
   assert proc.returncode == 0, proc.stderr
-  assert os.path.isfile(os.path.join(a, 'layer_nudge_norm.png'))
+  assert os.path.isfile(os.path.join(a, 'layer_nudge.png'))
+
+
+def test_ablation_report_tables_of_new_and_older_runs(tmp_path):
+  """ablation.md's per-layer tables use the current definitions; an older run's keys get
+  their own, labelled tables."""
+  workdir = tmp_path / 'ablation'
+  _write_run(str(workdir / 'ep'), 2, 2)
+  _write_run(str(workdir / 'ep_kd'), 2, 2, old_keys=True)
+  report = open(ablation.write_report(_tiny_ablation_config('4,M'), str(workdir),
+                                      print_fn=lambda _: None)).read()
+  nudge = report.split('### Nudge per unit ‖ds_l/dβ‖')[1].split('###')[0]
+  assert '| ep | 4.000e-03 | 2.000e-03 |' in nudge and '| ep_kd |' not in nudge
+  older = report.split('### Older runs: ‖s^β − s^0‖ per example')[1].split('###')[0]
+  assert '| ep_kd | 4.000e-04 |' in older and '| ep |' not in older
+  assert '### Fraction of units at 1, last epoch' in report
+  assert '### Older runs: std of s_l across inputs / mean |s_l|' in report
 
 
 def test_gdu_helpers():
@@ -201,6 +228,11 @@ def test_ablation_end_to_end_and_resume(tmp_path):
   assert summary['bp']['final_test_accuracy'] == bp_history[-1]['test_accuracy']
   ep_records = [json.loads(l) for l in open(os.path.join(workdir, 'ep', 'metrics.jsonl'))]
   assert summary['ep']['final_test_accuracy'] == ep_records[-1]['test_accuracy']
+  # The nudge's split is logged for runs with signals (once per epoch), not for plain EP.
+  both = [json.loads(l) for l in open(os.path.join(workdir, 'ep_les_kd', 'metrics.jsonl'))]
+  assert 'layer_nudge_signal' in both[-1] and 'layer_nudge_signal' not in ep_records[-1]
+  assert '### Nudge per unit the layer-wise signals add' in report
+  assert os.path.isfile(os.path.join(workdir, 'ep', 'layers.png'))
   # Running again trains nothing and rewrites the report.
   lines.clear()
   ablation.run_all(config, workdir, print_fn=lines.append)

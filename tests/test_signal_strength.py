@@ -39,10 +39,10 @@ def test_only_teacher_reports_the_teachers_activations_against_a_forward_pass(tm
   np.testing.assert_allclose(got['mean_abs'], [float(jnp.mean(jnp.abs(a))) for a in acts],
                              rtol=1e-6)
   assert got['layers'] == ['conv1', 'conv2']
-  assert all(0 <= f <= 1 for f in got['saturated_frac'])
-  assert all(d > 0 for d in got['input_dependence'])  # the inputs differ, so do the activations
+  assert all(0 <= f <= 1 for f in got['zero_frac'] + got['one_frac'])
+  assert all(0 < d < 1 for d in got['input_share'])  # the inputs differ, so do the activations
   table = signal_strength.teacher_table(got)
-  assert table.count('\n') == 4 and 'input dependence' in table
+  assert table.count('\n') == 5 and 'input share' in table
 
 
 def test_curvature_reports_each_layers_kd_stiffness_rate_and_kappa_cap():

@@ -313,7 +313,7 @@ def test_vmapped_seeds_equal_separate_runs_and_resume(tmp_path, no_curves):
     assert [r['epoch'] for r in got] == [1, 2]
     for a, b in zip(expected, got):
       assert set(a) - {'vmapped_seeds'} <= set(b)  # the same record layout
-      for key in sweep.CORE_FIELDS + ('layer_mean_abs_state', 'layer_nudge_norm'):
+      for key in sweep.CORE_FIELDS + ('layer_mean_abs_state', 'layer_nudge'):
         np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-7, err_msg=key)
       assert b['vmapped_seeds'] == 2
     assert json.load(open(os.path.join(run_dir, 'config.json')))['seed'] == seed

@@ -43,12 +43,17 @@ def test_one_epoch_writes_every_output(tmp_path):
   lines = []
   record = train.train_and_evaluate(tiny_config(), str(tmp_path), print_fn=lines.append)
   assert lines[-1] == f'final test_accuracy={record["test_accuracy"]}'
+  assert lines[-2] == (f'curves: {tmp_path}/curves.png; per-layer diagnostics: '
+                       f'{tmp_path}/layers.png; to overlay runs: python -m experiments.plots '
+                       f'--workdir={tmp_path} --workdir=OTHER_RUN')
+  assert (tmp_path / 'layers.png').stat().st_size > 1000
   assert json.load(open(tmp_path / 'config.json'))['model']['layout'] == '8,M'
   records = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
   assert len(records) == 1
   for key in ('epoch', 'step', 'train_loss', 'train_accuracy', 'test_loss', 'test_accuracy',
               'free_steps_mean', 'lr', 'epoch_time_s', 'examples_per_s',
-              'layer_mean_abs_state', 'layer_saturated_frac'):
+              'layer_mean_abs_state', 'layer_zero_frac', 'layer_nudge',
+              'layer_nudged_residual', 'layer_mean_abs_theta'):
     assert key in records[0], key
   assert records[0]['step'] == 256 // 32
   # 100 test examples in batches of 64: the 28 padding examples of the last batch are not

@@ -197,51 +197,176 @@ def test_adam_optimizer_matches_optax_adam_and_rejects_unknown():
     optim.make_optimizer(spec, params, learning_rates=0.01, optimizer='lamb')
 
 
-def test_layer_input_dependence_values():
-  """0 for a state that is the same for every input (active but input-blind), the known
-  ratio for a two-example state, and logged per layer by the train step."""
+def test_layer_input_share_values():
+  """0 for a state that is the same for every input (active but input-blind) and for a
+  silent one, the known share for a two-example state, never above 1 for a nearly silent
+  sparse layer, and logged per layer by the train step."""
   constant = jnp.broadcast_to(jnp.array([0.2, 0.6]), (5, 2))
-  assert float(train_step.input_dependence_of(constant)) == 0.0
-  assert float(train_step.input_dependence_of(jnp.zeros((3, 4)))) == 0.0
-  # Units [0, 1] and [0, 0.5] over two inputs: stds 0.5 and 0.25, mean |s| 0.375.
+  assert float(train_step.input_share_of(constant)) == 0.0
+  assert float(train_step.input_share_of(jnp.zeros((3, 4)))) == 0.0
+  # Units [0, 1] and [0, 0.5] over two inputs: variances 0.25, 0.0625, mean square 0.3125.
   two = jnp.array([[0.0, 0.0], [1.0, 0.5]])
-  np.testing.assert_allclose(float(train_step.input_dependence_of(two)), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(float(train_step.input_share_of(two)), 0.5, rtol=1e-5)
+  # One unit of 1000 on for one input of 8, at 1e-4: std/mean |s| reads 2.6, the share
+  # stays below 1 and the layer's silence sends it near 0.
+  faint = np.zeros((8, 1000), np.float32)
+  faint[0, 0] = 1e-4
+  assert float(train_step.input_share_of(jnp.asarray(faint))) < 0.01
+  sparse = np.zeros((8, 1000), np.float32)
+  sparse[np.arange(8), np.arange(8)] = 1.0  # on for one input in 8: share 1 - 1/8
+  np.testing.assert_allclose(float(train_step.input_share_of(jnp.asarray(sparse))), 7 / 8,
+                             rtol=1e-3)
   spec, ep, tx, state, batch = _setup()
   _, metrics = jax.jit(train_step.make_train_step(spec, ep, tx))(state, batch)
-  dependence = np.asarray(metrics['layer_input_dependence'])
-  assert dependence.shape == (spec.num_layers,)
-  assert np.all(dependence > 0.05), dependence  # the quadrant images drive every layer
+  share = np.asarray(metrics['layer_input_share'])
+  assert share.shape == (spec.num_layers,)
+  assert np.all((share > 0.01) & (share < 1)), share  # the quadrant images drive every layer
 
 
 def test_layer_diagnostics_values_on_hand_made_states():
-  """mean |s_l|, mean |θ_l|, the per-example nudge norm ‖s^β - s^0‖ averaged over the batch,
-  and the fraction of units at 0 or 1 (or beyond), on states with known answers."""
-  params = {'layers': ({'w': jnp.full((3, 3, 1, 2), -0.5)}, {'w': jnp.array([[1.0, -3.0]])})}
+  """mean |s_l|, mean |θ_l| over weights and biases, the nudge per unit ‖d_l‖ / √n_l averaged
+  over the batch, and the fractions of units at 0 and at 1, on states with known answers;
+  a dead layer reads zero_frac 1 and one_frac 0."""
+  spec = network.make_spec('1', input_shape=(2, 2, 1), num_classes=2, dense=(3,))
+  params = {'layers': ({'w': jnp.full((3, 3, 1, 1), -0.5), 'b': jnp.full((1,), 1.5)},
+                       {'w': jnp.array([[1.0, -3.0, 0.0]] * 4), 'b': jnp.zeros((3,))})}
   s1 = jnp.array([[0.0, 1.0, 0.5, 0.5], [0.25, 0.25, 0.75, 1.0]]).reshape(2, 2, 2, 1)
-  s2 = jnp.array([[0.1, 0.2, 0.3], [0.4, 0.5, -0.6]])
-  # Example 0 moves by (0.3, 0, 0, 0.4) (norm 0.5), example 1 by (-0.6, 0.8, 0, 0) (norm 1).
-  n1 = s1 + jnp.array([[0.3, 0.0, 0.0, 0.4], [-0.6, 0.8, 0.0, 0.0]]).reshape(2, 2, 2, 1)
-  d = train_step.layer_diagnostics(None, params, (s1, s2), (n1, s2))
-  np.testing.assert_allclose(d['layer_mean_abs_state'], [4.25 / 8, 2.1 / 6], rtol=1e-6)
-  np.testing.assert_allclose(d['layer_mean_abs_param'], [0.5, 2.0], rtol=1e-6)
-  np.testing.assert_allclose(d['layer_nudge_norm'], [0.75, 0.0], atol=1e-6)
-  # Layer 1: 0.0, 1.0 and 1.0 of 8 units; layer 2: -0.6 of 6.
-  np.testing.assert_allclose(d['layer_saturated_frac'], [3 / 8, 1 / 6], rtol=1e-6)
+  s2 = jnp.zeros((2, 3))  # a dead layer
+  # Example 0's derivative has norm 0.5, example 1's norm 1, over 4 units: RMS 0.25 and 0.5.
+  d1 = jnp.array([[0.3, 0.0, 0.0, 0.4], [-0.6, 0.8, 0.0, 0.0]]).reshape(2, 2, 2, 1)
+  d = train_step.layer_diagnostics(spec, params, (s1, s2), (d1, jnp.zeros_like(s2)))
+  np.testing.assert_allclose(d['layer_mean_abs_state'], [4.25 / 8, 0.0], rtol=1e-6)
+  # conv1: 9 weights at 0.5 and a bias at 1.5; dense1: 12 weights summing to 16, 3 biases 0.
+  np.testing.assert_allclose(d['layer_mean_abs_theta'], [6.0 / 10, 16.0 / 15], rtol=1e-6)
+  np.testing.assert_allclose(d['layer_nudge'], [0.375, 0.0], atol=1e-6)
+  np.testing.assert_allclose(d['layer_zero_frac'], [1 / 8, 1.0], rtol=1e-6)
+  np.testing.assert_allclose(d['layer_one_frac'], [2 / 8, 0.0], rtol=1e-6)
+  near = train_step.layer_activity((jnp.array([[5e-4, 0.9995, 0.5]]),))  # within BOUND_TOL
+  np.testing.assert_allclose([near['zero_frac'][0], near['one_frac'][0]], [1 / 3, 1 / 3])
+  relu = train_step.layer_activity((jnp.array([[0.0, 3.0, 1.0]]),), 'relu')
+  np.testing.assert_allclose([relu['zero_frac'][0], relu['one_frac'][0]], [1 / 3, 0.0])
+
+
+def _scale_drive(p, s):
+  return s * p['g'].astype(s.dtype)
+
+
+def _scale_init(key, src_shape, dst_shape, dtype):
+  del key, src_shape
+  return {'g': jnp.ones(dst_shape, dtype)}
+
+
+def test_mean_abs_theta_attributes_skips_and_edges_to_their_destination():
+  """A skip link's and an edge's parameters count with the layer they drive."""
+  from ep_jax import connections
+  kind = connections.ConnectionKind('scale', _scale_drive, _scale_init)
+  spec = network.make_spec('2,2,2', input_shape=(4, 4, 1), num_classes=2, skips=((0, 2),),
+                           edges=[connections.Edge(0, 1, kind)])
+  params = jax.tree_util.tree_map(jnp.ones_like, network.init_params(spec, jax.random.PRNGKey(0)))
+  params['skips'] = ({'w': jnp.full((2, 2), 3.0)},)
+  params['edges'] = ({'g': jnp.full((4, 4, 2), 5.0)},)
+  theta = np.asarray(train_step.layer_mean_abs_theta(spec, params))
+  # conv1: 18 weights, 2 biases; conv2: 36 + 2, plus the edge's 32 at 5; conv3: 36 + 2, plus
+  # the skip's 4 at 3.
+  np.testing.assert_allclose(theta, [1.0, (38 + 160) / 70, (38 + 12) / 42], rtol=1e-6)
 
 
 def test_train_step_diagnostics_are_those_of_its_free_fixed_point():
-  """The logged per-layer mean |s| and saturated fraction are the values at the free phase the
-  step relaxes to (recomputed here with `inference.free_phase`)."""
+  """The logged per-layer mean |s| and fractions at 0 and 1 are the values at the free phase
+  the step relaxes to (recomputed here with `inference.free_phase`); every layer moves when
+  nudged and the nudged phases' per-layer residuals are logged (max over the phases)."""
   spec, ep, tx, state, batch = _setup()
   _, metrics = jax.jit(train_step.make_train_step(spec, ep, tx))(state, batch)
   free = inference.free_phase(spec, state.params, batch['image'], free_steps=ep.free_steps,
                               tol=ep.tol, mode=ep.mode).states
   np.testing.assert_allclose(metrics['layer_mean_abs_state'],
                              [float(jnp.mean(jnp.abs(s))) for s in free], rtol=1e-4)
-  np.testing.assert_allclose(metrics['layer_saturated_frac'],
-                             [float(jnp.mean((s <= 0) | (s >= 1))) for s in free], atol=1e-3)
-  assert np.all(np.asarray(metrics['layer_nudge_norm']) > 0)
+  np.testing.assert_allclose(metrics['layer_zero_frac'],
+                             [float(jnp.mean(s <= 1e-3)) for s in free], atol=1e-3)
+  np.testing.assert_allclose(metrics['layer_one_frac'],
+                             [float(jnp.mean(s >= 1 - 1e-3)) for s in free], atol=1e-3)
+  assert np.all(np.asarray(metrics['layer_nudge']) > 0)
   assert np.all(np.asarray(metrics['layer_mean_abs_state']) > 0.01)
+  residual = np.asarray(metrics['layer_nudged_residual'])
+  assert residual.shape == (spec.num_layers,) and np.all(np.isfinite(residual))
+
+
+def _nudge_step(spec, tx, estimator, free_steps, nudged_steps=100):
+  ep = EPConfig(estimator=estimator, beta=0.5, free_steps=free_steps, nudged_steps=nudged_steps)
+  step_fn = jax.jit(train_step.make_train_step(spec, ep, tx))
+
+  def nudge(state, batch, beta):
+    _, metrics = step_fn(state, batch, train_step.EPHyper(jnp.float32(beta), jnp.float32(0)))
+    return np.asarray(metrics['layer_nudge'])
+
+  return nudge
+
+
+def test_layer_nudge_is_a_derivative_and_cancels_the_free_phase_drift():
+  """The nudge per unit is divided by β: the same at β and 2β (linear response). From a free
+  phase stopped after 3 steps, the one-sided nudge carries the free phase's drift (divided
+  by β), the symmetric one cancels it and matches the value at a settled free phase."""
+  spec, _, tx, state, batch = _setup()
+  settled = _nudge_step(spec, tx, 'symmetric', 100)
+  small, double = settled(state, batch, 0.01), settled(state, batch, 0.02)
+  np.testing.assert_allclose(double / small, 1.0, atol=0.03)
+  assert np.all(small > 1e-4)
+  unsettled_sym = _nudge_step(spec, tx, 'symmetric', 3)(state, batch, 0.01)
+  unsettled_one = _nudge_step(spec, tx, 'one_sided', 3)(state, batch, 0.01)
+  np.testing.assert_allclose(unsettled_sym, small, rtol=0.02)
+  assert np.all(unsettled_one > 2 * small), (unsettled_one, small)
+
+
+def _les_nudging(spec, kappa_init):
+  from ep_jax import signals
+  from experiments.configs import default
+  cfg = default.get_config().signals
+  cfg.les.enabled, cfg.les.layers, cfg.les.normalize = True, (1,), 'unit'
+  cfg.kappa.init = kappa_init
+  return signals.build_signals(cfg, spec, num_epochs=2, rng=jax.random.PRNGKey(3))
+
+
+def test_nudge_split_adds_up_and_is_zero_without_a_signal():
+  """The split of the epoch-end diagnostics: its total is the train step's nudge; the output
+  part plus the response to the layer-wise signal's cost alone (its own relaxations) gives
+  the total derivative, and the logged signal part matches that response; LES on conv2
+  moves conv1 and dense1 too (through the couplings). At κ = 0 the signal part is 0; without
+  signals (or for BPTT) there is no split."""
+  spec, _, tx, state, batch = _setup()
+  ep = EPConfig(estimator='symmetric', beta=0.01, free_steps=100, nudged_steps=100)
+  assert train_step.make_nudge_split(spec, ep, None) is None
+  assert train_step.make_nudge_split(spec, EPConfig(estimator='bptt'), None) is None
+  setup = _les_nudging(spec, 1.0)
+  state = train_step.create_train_state(state.params, tx, state.rng, setup.frozen)
+  split = jax.jit(train_step.make_nudge_split(spec, ep, setup.nudging))(state, batch)
+  _, metrics = jax.jit(train_step.make_train_step(spec, ep, tx, nudging=setup.nudging))(
+      state, batch)
+  np.testing.assert_allclose(split['layer_nudge_end'], metrics['layer_nudge'], rtol=1e-4)
+  nudging = setup.nudging
+  targets = nudging.targets(state.frozen, state.params, batch, jnp.asarray(0))
+
+  def derivative(cost_fn):
+    s0 = inference.free_phase(spec, state.params, batch['image'], free_steps=100).states
+    betas, weights = estimators.stencil_points('symmetric', 0.01)
+    phases = estimators.nudged_relaxations(spec, state.params, batch['image'], s0, targets,
+                                           betas, cost_fn, nudged_steps=100)
+    return estimators.state_derivative(s0, [r.states for r in phases], weights, True)
+
+  total, output = derivative(nudging.cost), derivative(nudging.output_cost)
+  signal = derivative(nudging.signal_cost)
+  for t, o, s in zip(total, output, signal):
+    err = float(jnp.linalg.norm(o + s - t)) / float(jnp.linalg.norm(t))
+    assert err < 0.03, err
+  np.testing.assert_allclose(split['layer_nudge_output'], train_step.layer_nudge_of(output),
+                             rtol=1e-3)
+  np.testing.assert_allclose(split['layer_nudge_signal'], train_step.layer_nudge_of(signal),
+                             rtol=0.05)
+  assert np.all(np.asarray(split['layer_nudge_signal']) > 1e-3 * np.asarray(
+      split['layer_nudge_end']))
+  off = _les_nudging(spec, 0.0)
+  split = jax.jit(train_step.make_nudge_split(spec, ep, off.nudging))(state, batch)
+  np.testing.assert_array_equal(split['layer_nudge_signal'], 0.0)
+  np.testing.assert_array_equal(split['layer_nudge_output'], split['layer_nudge_end'])
 
 
 def _keep_grads() -> optax.GradientTransformation:

@@ -4,8 +4,11 @@ Files written by :class:`MetricsWriter` under ``workdir``:
 
 * ``metrics.jsonl``   -- one JSON object per epoch record (append-only; fsynced).
 * ``tensorboard/``    -- tensorboardX event files, one scalar per numeric field
-  (nested dicts are flattened as ``outer/inner``), ``global_step = epoch``.
+  (nested dicts are flattened as ``outer/inner``), and one per layer of each per-layer list
+  (``layer_*``, ``kappa``, ``les_loss``, ``kd_loss``) as ``layer/<name>/<metric>``
+  (``layer_`` dropped: ``layer/conv1/nudge``), ``global_step = epoch``.
 * ``curves.png``      -- redrawn from the full history after every record.
+* ``layers.png``      -- :meth:`MetricsWriter.write_layers` (:func:`plot_layers`).
 * ``config.json``     -- :meth:`MetricsWriter.write_config` (sorted, indented).
 
 NaN / inf convention
@@ -44,6 +47,7 @@ __all__ = [
     "MetricsWriter",
     "ProgressReporter",
     "plot_curves",
+    "plot_layers",
     "read_metrics",
     "METRICS_FILE",
     "jsonable",
@@ -52,6 +56,9 @@ __all__ = [
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 CURVES_FILE = "curves.png"
+LAYERS_FILE = "layers.png"
+# Per-layer lists that TensorBoard gets one scalar per layer of, besides the ``layer_*`` keys.
+PER_LAYER_KEYS = ("kappa", "les_loss", "kd_loss")
 CONFIG_FILE = "config.json"
 
 
@@ -184,8 +191,9 @@ def plot_curves(
     loss_keys: Iterable[str] = ("train_loss", "test_loss"),
     accuracy_keys: Iterable[str] = ("train_accuracy", "test_accuracy"),
     title: str | None = None,
-) -> None:
-    """Draws loss (left) and accuracy (right) vs ``x_key`` into ``path`` (PNG).
+):
+    """Draws loss (left) and accuracy (right) vs ``x_key`` into ``path`` (PNG), ticks at
+    whole epochs; returns the matplotlib ``Figure``.
 
     Uses the Agg canvas directly (no pyplot global state), and writes to a
     temporary file first so a reader never sees a half-written PNG.
@@ -205,6 +213,7 @@ def plot_curves(
                 ax.plot(xs, ys, marker="o", markersize=3, label=key)
                 drawn = True
         ax.set_xlabel(x_key)
+        integer_ticks(ax)
         ax.set_ylabel(name)
         ax.set_title(f"{name} vs {x_key}")
         ax.grid(True, alpha=0.3)
@@ -212,6 +221,19 @@ def plot_curves(
             ax.legend()
     if title:
         fig.suptitle(title)
+    _save_png(fig, path)
+    return fig
+
+
+def integer_ticks(ax) -> None:
+    """Ticks at whole numbers only (epochs)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _save_png(fig, path) -> None:
+    """``fig`` into ``path`` by way of a temporary file (a reader never sees half a PNG)."""
     fig.tight_layout()
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -225,6 +247,99 @@ def plot_curves(
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+# (title, [(key, line style, tag)], log scale): the panels of ``plot_layers``, each drawing
+# those of its keys the history has; the series with tag '' names the layers in the legend.
+LAYER_PANELS = (
+    ("mean |s| (free fixed point)", (("layer_mean_abs_state", "-", ""),), True),
+    ("nudge per unit ‖ds/dβ‖/√n (solid: total, dashed: output error's part, end of epoch)",
+     (("layer_nudge", "-", ""), ("layer_nudge_output", "--", " output")), True),
+    ("mean |θ| (weights, bias, links into the layer)",
+     (("layer_mean_abs_theta", "-", ""),), True),
+    ("units at 0 (solid) and at 1 (dashed)",
+     (("layer_zero_frac", "-", ""), ("layer_one_frac", "--", " at 1")), False),
+)
+# Older records' keys, drawn with their own definitions where the new ones are missing.
+LEGACY_LAYER_PANELS = {
+    "layer_nudge": ("‖s^β − s^0‖ per example (older runs: not per unit, not /β)",
+                    "layer_nudge_norm"),
+    "layer_mean_abs_theta": ("mean |w| (older runs: weights only)", "layer_mean_abs_param"),
+    "layer_zero_frac": ("units at 0 or 1 (older runs: together)", "layer_saturated_frac"),
+}
+
+
+def _layer_rows(history: Sequence[Mapping[str, Any]], key: str, x_key: str):
+    """``(xs (E,), values (E, L))`` of a per-layer list, NaN for gaps; None if absent."""
+    xs, rows = [], []
+    for rec in history:
+        value, x = rec.get(key), _scalar(rec.get(x_key))
+        if x is None or not isinstance(value, (list, tuple)):
+            continue
+        xs.append(x)
+        rows.append([math.nan if _scalar(v) is None else _scalar(v) for v in value])
+    if not rows:
+        return None
+    width = max(len(r) for r in rows)
+    values = np.full((len(rows), width), np.nan)
+    for i, row in enumerate(rows):
+        values[i, : len(row)] = row
+    return np.asarray(xs), values
+
+
+def plot_layers(
+    history: Sequence[Mapping[str, Any]],
+    path: str | os.PathLike,
+    *,
+    layer_names: Sequence[str] = (),
+    x_key: str = "epoch",
+) -> bool:
+    """Draws the per-layer diagnostics over epochs into ``path`` (PNG), one panel per metric
+    of ``LAYER_PANELS`` (mean |s|, nudge per unit, mean |θ|, units at 0 and 1) and one line
+    per layer, coloured from the bottom layer (dark) to the top (light). Older records' keys
+    stand in, titled with their definitions (``LEGACY_LAYER_PANELS``). Returns False (no
+    file) when the history has no per-layer metric."""
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    panels = []
+    for title, keys, log in LAYER_PANELS:
+        series = [(_layer_rows(history, k, x_key), style, suffix) for k, style, suffix in keys]
+        series = [(s, style, suffix) for s, style, suffix in series if s is not None]
+        if not series and keys[0][0] in LEGACY_LAYER_PANELS:
+            title, old = LEGACY_LAYER_PANELS[keys[0][0]]
+            found = _layer_rows(history, old, x_key)
+            series = [(found, "-", "")] if found is not None else []
+        if series:
+            panels.append((title, series, log))
+    if not panels:
+        return False
+    fig = Figure(figsize=(6 * min(len(panels), 2), 4 * ((len(panels) + 1) // 2)), dpi=100)
+    FigureCanvasAgg(fig)
+    width = max(values.shape[1] for _, s, _ in panels for (_, values), _, _ in s)
+    colors = [colormaps["viridis"](0.9 * l / max(width - 1, 1)) for l in range(width)]
+    names = list(layer_names) + [f"layer{l + 1}" for l in range(len(layer_names), width)]
+    for i, (title, series, log) in enumerate(panels):
+        ax = fig.add_subplot((len(panels) + 1) // 2, min(len(panels), 2), i + 1)
+        positive = False
+        for (xs, values), style, suffix in series:
+            for l in range(values.shape[1]):
+                if not np.any(np.isfinite(values[:, l])):
+                    continue
+                ax.plot(xs, values[:, l], style, marker="o", markersize=2.5, color=colors[l],
+                        label=None if suffix else names[l])
+                positive |= bool(np.any(values[:, l] > 0))
+        if log and positive:
+            ax.set_yscale("log")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(x_key)
+        integer_ticks(ax)
+        ax.grid(True, alpha=0.3)
+        if i == 0:
+            ax.legend(fontsize=7, ncol=2)
+    _save_png(fig, path)
+    return True
 
 
 # --------------------------------------------------------------------------
@@ -242,12 +357,15 @@ class MetricsWriter:
     ``is_primary=False`` every method is a no-op and nothing is created.
     """
 
-    def __init__(self, workdir: str | os.PathLike, *, is_primary: bool = True):
+    def __init__(self, workdir: str | os.PathLike, *, is_primary: bool = True,
+                 layer_names: Sequence[str] = ()):
         self.workdir = os.fspath(workdir)
+        self.layer_names = tuple(layer_names)
         self.is_primary = bool(is_primary)
         self.metrics_path = os.path.join(self.workdir, METRICS_FILE)
         self.tensorboard_dir = os.path.join(self.workdir, TENSORBOARD_DIR)
         self.curves_path = os.path.join(self.workdir, CURVES_FILE)
+        self.layers_path = os.path.join(self.workdir, LAYERS_FILE)
         self.config_path = os.path.join(self.workdir, CONFIG_FILE)
         self._tb = None
         self._purge_step: int | None = None
@@ -299,8 +417,27 @@ class MetricsWriter:
             v = _scalar(value)
             if v is not None:
                 tb.add_scalar(tag, v, global_step=step)
+            elif isinstance(value, (list, tuple, np.ndarray)) and (
+                    tag.startswith("layer_") or tag in PER_LAYER_KEYS):
+                for l, item in enumerate(value):
+                    v = _scalar(item)
+                    if v is not None:
+                        tb.add_scalar(f"layer/{self._layer_name(l)}/"
+                                      f"{tag.removeprefix('layer_')}", v, global_step=step)
         tb.flush()
         plot_curves(self.history, self.curves_path)
+
+    def _layer_name(self, l: int) -> str:
+        return self.layer_names[l] if l < len(self.layer_names) else f"layer{l + 1}"
+
+    def write_layers(self) -> str | None:
+        """Draws ``layers.png`` (:func:`plot_layers`) from the history; returns its path, or
+        None when there is nothing to draw (or on a non-primary process)."""
+        if not self.is_primary or not self.history:
+            return None
+        if plot_layers(self.history, self.layers_path, layer_names=self.layer_names):
+            return self.layers_path
+        return None
 
     def truncate_after(self, epoch: int) -> None:
         """Drops records with ``epoch > epoch`` (atomic rewrite of the JSONL).

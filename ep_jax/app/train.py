@@ -3,7 +3,8 @@
 Per epoch: shuffled (optionally augmented) training batches on a background thread, one
 jitted EP train step per batch over a `Mesh` of all devices (batch sharded on 'data',
 state replicated and donated), a full evaluation of the test split (padded last batch, masked),
-then one record in `metrics.jsonl`, TensorBoard and `curves.png`, and an orbax checkpoint
+then one record in `metrics.jsonl` (with signals, plus the nudge's split on the epoch's last
+batch: `train_step.make_nudge_split`), TensorBoard and `curves.png`, and an orbax checkpoint
 named by the number of epochs it completes (`checkpoints/1` after the first epoch). Running
 again with the same workdir and config resumes from the latest checkpoint (parameters,
 optimiser state, RNG, and the data order, which is a function of (seed, epoch)); another
@@ -40,7 +41,8 @@ from ep_jax.app.checkpointing import Checkpointer
 from ep_jax.app.loop import EpochRun, evaluate, mean_over_steps, run_epoch
 from ep_jax.estimators import EPConfig
 from ep_jax.app.metrics_io import MetricsWriter, ProgressReporter, jsonable
-from ep_jax.train_step import TrainState, create_train_state, make_eval_step, make_train_step
+from ep_jax.train_step import (TrainState, create_train_state, make_eval_step, make_nudge_split,
+                               make_train_step)
 
 CHECKPOINT_DIR = 'checkpoints'
 # The latest mid-epoch checkpoint (parameters, optimiser, the input iterator's position and
@@ -726,8 +728,15 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, print_fn, resum
       donate_argnums=0)
   eval_step = jax.jit(make_eval_step(spec, ep, state_dtype=dtype),
                       in_shardings=(replicated, batch_sharding), out_shardings=replicated)
+  # The nudge's split into output and signal parts, once per epoch on its last batch.
+  nudge_split = make_nudge_split(spec, ep, nudging, steps_per_epoch=steps_per_epoch,
+                                 state_dtype=dtype)
+  if nudge_split is not None:
+    nudge_split = jax.jit(nudge_split, in_shardings=(replicated, batch_sharding),
+                          out_shardings=replicated)
+  last_batch = {}
 
-  writer = MetricsWriter(workdir, is_primary=is_primary)
+  writer = MetricsWriter(workdir, is_primary=is_primary, layer_names=spec.layer_names)
   writer.write_config(config.to_dict())
   if checkpointer is None:
     checkpointer = Checkpointer(checkpoint_dir, max_to_keep=config.train.checkpoints_to_keep)
@@ -750,8 +759,7 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, print_fn, resum
                                                                         local_eval_batch))
   record: dict = writer.history[-1] if writer.history else {}
   if start_epoch >= num_epochs:
-    writer.close()
-    return _finish(record, print_fn, is_primary)
+    return _finish(record, print_fn, is_primary, writer)
   # One grain pipeline for the whole run; its iterator's position is checkpointed mid-epoch.
   batches = data_lib.train_iterator(
       data_lib.train_dataset(train_split, info, batch_size=local_batch, num_epochs=num_epochs,
@@ -800,11 +808,15 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, print_fn, resum
       if interrupt is not None:
         interrupt.check()
 
+    def step_keeping_batch(s, b):
+      last_batch['batch'] = place(b)
+      return train_step(s, last_batch['batch'])
+
     position.epoch = epoch + 1
     if epoch == start_epoch and is_primary:
       print_fn(f'epoch {epoch + 1}: compiling the train step (the first step takes a while)')
     try:
-      run_epoch(lambda s, b: train_step(s, place(b)), run, batches,
+      run_epoch(step_keeping_batch, run, batches,
                 num_steps=steps_per_epoch - first, examples_per_step=batch_size,
                 progress=progress, first_step=epoch * steps_per_epoch + first,
                 examples_before=examples_done, epoch=epoch + 1, on_step=on_step)
@@ -830,6 +842,8 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, print_fn, resum
           f'{checkpointer.all_steps()}); lower the learning rates or beta')
     check_convergence(config, spec, train, epoch=epoch + 1, checkpoints=checkpointer.directory,
                       steps=checkpointer.all_steps())
+    if nudge_split is not None and last_batch:
+      train.update(jax.device_get(nudge_split(state, last_batch['batch'])))
 
     sums = evaluate(eval_step, state.params, map(place, data_lib.eval_batches(
         test_split, info, batch_size=local_eval_batch, prefetch=config.data.prefetch,
@@ -857,12 +871,18 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, print_fn, resum
                f' | {record["examples_per_s"]:.0f} ex/s | {record["epoch_time_s"]:.1f} s')
     if interrupt is not None:
       interrupt.check()
-  writer.close()
-  return _finish(record, print_fn, is_primary)
+  return _finish(record, print_fn, is_primary, writer)
 
 
-def _finish(record: dict, print_fn, is_primary: bool) -> dict:
+def _finish(record: dict, print_fn, is_primary: bool, writer: MetricsWriter) -> dict:
+  """Draws `layers.png`, closes the writer and prints where the figures are."""
   final = record.get('test_accuracy', float('nan'))
+  layers = writer.write_layers()
+  writer.close()
   if is_primary:
+    print_fn(f'curves: {writer.curves_path}'
+             + (f'; per-layer diagnostics: {layers}' if layers else '')
+             + f'; to overlay runs: python -m experiments.plots --workdir={writer.workdir} '
+             '--workdir=OTHER_RUN')
     print_fn(f'final test_accuracy={final}')
   return record
