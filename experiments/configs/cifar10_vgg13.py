@@ -1,18 +1,23 @@
-"""CIFAR-10 on a VGG-13 CRNN with standard symmetric EP (no learning signals).
+r"""CIFAR-10 on a VGG-13 CRNN (10 conv layers, five 2x2 max pools, the published VGG widths)
+with the deep-CRNN recipe (`vgg_recipe`); the signals by the config argument.
 
-    python -m experiments.train --config=experiments/configs/cifar10_vgg13.py --workdir=DIR
+    python -m experiments.train --config=experiments/configs/cifar10_vgg13.py:kd --workdir=DIR
+    python -m experiments.ablation --config=experiments/configs/cifar10_vgg13.py --workdir=DIR \
+        --runs=bp,ep,ep_kd_layers,ep_kd_output,ep_kd,ep_les,ep_les_kd [--seeds=0,1]
 
-Needs the tfds extra and a GPU-scale budget. Not yet run: no accuracy has been measured with
-this config.
+ARG = VARIANT[,width=N][,links][,subset]: VARIANT ep (the default) | kd | kd_layers |
+kd_output | les | les_kd; width=N divides every layer's channels by N; links adds long skip
+links inside the energy; subset trains on the offline CIFAR-10 shards at the 2-core CPU scale
+(see `vgg_recipe`). A KD variant trains its BP teacher (the feed-forward twin) into
+DIR/teacher first.
+
+Needs the tfds extra (without `subset`) and a GPU-scale budget at full width. Not yet run at
+full width: no accuracy has been measured with this config (docs/RESULTS.md, "Summary", has
+what has been run).
 """
 
-from experiments.configs import cifar10_vgg5
+from experiments.configs import vgg_recipe
 
 
-def get_config():
-  config = cifar10_vgg5.get_config()
-  config.model.layout = 'vgg13'
-  # 10 conv layers + readout: rates decay with depth like the reference's.
-  config.optim.learning_rates = (0.25, 0.2, 0.15, 0.15, 0.1, 0.1, 0.08, 0.08, 0.06, 0.06, 0.05)
-  config.train.epochs = 100
-  return config
+def get_config(arg: str | None = None):
+  return vgg_recipe.get_config('vgg13', arg, dataset='cifar10')

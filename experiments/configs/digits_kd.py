@@ -1,4 +1,5 @@
-"""Digits-scale twin of cifar10_vgg13_kd. Teacher first:
+"""The 4-conv digits CRNN of `digits_deep` with layer-wise and output KD (its own settings, not
+the VGG recipe). Teacher first:
   python -m experiments.train_teacher --config=experiments/configs/digits_kd.py --workdir=runs/teacher_digits
 Then: python -m experiments.train --config=experiments/configs/digits_kd.py
     --config.signals.kd.teacher_workdir=runs/teacher_digits --workdir=DIR

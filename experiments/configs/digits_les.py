@@ -1,4 +1,4 @@
-"""Digits-scale twin of cifar10_vgg13_les: the 4-conv digits CRNN + local error signals.
+"""The 4-conv digits CRNN of `digits_deep` + local error signals (its own settings).
 
     python -m experiments.train --config=experiments/configs/digits_les.py --workdir=DIR
 

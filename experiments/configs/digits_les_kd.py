@@ -1,4 +1,4 @@
-r"""Digits-scale twin of cifar10_vgg13_les_kd (teacher first, as for digits_kd).
+r"""The 4-conv digits CRNN of `digits_deep` + LES + KD (teacher first, as for digits_kd).
 
     python -m experiments.train --config=experiments/configs/digits_les_kd.py \
         --config.signals.kd.teacher_workdir=runs/teacher_digits --workdir=DIR
