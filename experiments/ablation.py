@@ -45,9 +45,8 @@ import time
 from typing import Callable, Optional, Sequence
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-from ep_jax.app.metrics_io import read_metrics
+from ep_jax.app.metrics_io import percent, read_metrics
 from experiments import cli
 
 TEACHER = 'teacher'
@@ -387,8 +386,8 @@ def write_report(config, workdir: str, print_fn: Callable[[str], None] = print) 
         'best_test_accuracy': sm['best_test_accuracy'], 'epochs_done': sm['epochs'],
         'status': status.split()[0].strip('*'), 'wall_s': sm['wall_time_s']}
     lines.append(
-        f"| {name} | {descriptions[name]} | {_fmt(sm['final_test_accuracy'])} | "
-        f"{_fmt(sm['best_test_accuracy'])} ({sm['best_epoch']}) | {sm['epochs']} | "
+        f"| {name} | {descriptions[name]} | {percent(sm['final_test_accuracy'])} | "
+        f"{percent(sm['best_test_accuracy'])} ({sm['best_epoch']}) | {sm['epochs']} | "
         f"{_duration(sm['wall_time_s'])} | {_fmt(sm['final_train_loss'])} | "
         f"{_fmt(sm.get('free_steps_mean'), '.1f')} | {_fmt(sm.get('free_residual_mean'), '.1e')} "
         f"| {status} |")
@@ -450,9 +449,7 @@ def main(argv):
 def define_flags() -> None:
   """Defines this script's flags (only when run as a script)."""
   global _CONFIG
-  _CONFIG = config_flags.DEFINE_config_file(
-      'config', os.path.join(cli.CONFIG_DIR, 'ablation_deep.py'),
-      'Experiment config file.', lock_config=True)
+  _CONFIG = cli.define_config_file(os.path.join(cli.CONFIG_DIR, 'ablation_deep.py'))
   flags.DEFINE_string('workdir', None, 'Output folder (one sub-folder per run).')
   flags.DEFINE_list('runs', list(RUNS), f'Runs to do, from {RUNS}.')
   flags.DEFINE_multi_string('extra', [], "Extra run 'NAME=VARIANT;FIELD=VALUE;...' (repeatable).")

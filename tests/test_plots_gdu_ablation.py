@@ -277,7 +277,7 @@ def test_ablation_reports_a_stopped_run_and_goes_on(tmp_path, monkeypatch):
   assert trained == ['ep', 'ep_les']
   report = open(path).read()
   assert '**stopped** after epoch 1' in report and 'did not converge at epoch 2: boom' in report
-  assert '| ep | standard EP | 0.6000 |' in report and report.count('| finished |') == 1
+  assert '| ep | standard EP | 60.00% |' in report and report.count('| finished |') == 1
   summary = json.load(open(os.path.join(workdir, 'ablation.json')))['runs']
   assert summary['ep_les']['status'] == 'stopped' and summary['ep_les']['epochs_done'] == 1
   assert summary['ep']['status'] == 'finished' and summary['ep']['best_test_accuracy'] == 0.6
