@@ -18,7 +18,6 @@ import functools
 import os
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from ep_jax.app import teacher
 from experiments import cli
@@ -37,8 +36,8 @@ def main(argv):
 def define_flags() -> None:
   """Defines this script's flags (only when run as a script)."""
   global _CONFIG, _WORKDIR
-  _CONFIG = config_flags.DEFINE_config_file(
-      'config', os.path.join(cli.CONFIG_DIR, 'default.py'), lock_config=True)
+  _CONFIG = cli.define_config_file(os.path.join(cli.CONFIG_DIR, 'default.py'),
+                                   'path to config file.')
   _WORKDIR = flags.DEFINE_string('workdir', None, 'Where the teacher is saved.')
 
 
