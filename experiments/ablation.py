@@ -61,9 +61,8 @@ import time
 from typing import Callable, Optional, Sequence
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-from ep_jax.app.metrics_io import read_metrics
+from ep_jax.app.metrics_io import percent, read_metrics
 from experiments import cli
 
 BP = 'bp'
@@ -450,12 +449,12 @@ def aggregate(per_seed: dict) -> dict:
 
 
 def mean_std_text(mean, std, n: int) -> str:
-  """'0.9512 ± 0.0061 (3 seeds)', '0.9556 (1 seed)' or 'n/a'."""
+  """'95.12% ± 0.61% (3 seeds)', '95.56% (1 seed)' or 'n/a' (`percent`)."""
   if mean is None or not n:
     return 'n/a'
   if n == 1 or std is None:
-    return f'{_fmt(mean)} ({n} seed{"s" if n > 1 else ""})'
-  return f'{_fmt(mean)} ± {_fmt(std)} ({n} seeds)'
+    return f'{percent(mean)} ({n} seed{"s" if n > 1 else ""})'
+  return f'{percent(mean)} ± {percent(std)} ({n} seeds)'
 
 
 def _status_text(per_seed: dict, markdown_stopped: dict) -> str:
@@ -475,7 +474,7 @@ def accuracy_row(name: str, description: str, entry: dict, stopped: dict) -> str
   if not per_seed:
     return f'| {name} | {description} | not run | | | | | | | | |'
   seeds = '; '.join(
-      f"s{seed}: {_fmt(r['final_test_accuracy'])} / {_fmt(r['best_test_accuracy'])} "
+      f"s{seed}: {percent(r['final_test_accuracy'])} / {percent(r['best_test_accuracy'])} "
       f"({r['best_epoch']})" for seed, r in per_seed.items())
   epochs = sorted({r['epochs_done'] for r in per_seed.values()}, key=lambda v: (v is None, v))
   epochs_text = (str(epochs[0]) if len(epochs) == 1
@@ -645,9 +644,7 @@ def main(argv):
 def define_flags() -> None:
   """Defines this script's flags (only when run as a script)."""
   global _CONFIG
-  _CONFIG = config_flags.DEFINE_config_file(
-      'config', os.path.join(cli.CONFIG_DIR, 'ablation_deep.py'),
-      'Experiment config file.', lock_config=True)
+  _CONFIG = cli.define_config_file(os.path.join(cli.CONFIG_DIR, 'ablation_deep.py'))
   flags.DEFINE_string('workdir', None, 'Output folder (one sub-folder per run).')
   flags.DEFINE_list('runs', list(RUNS), f'Runs to do, from {RUNS} (teacher = bp).')
   flags.DEFINE_string('seeds', '', "Seeds, e.g. '0,1,2': every run per seed into seed=S/; "

@@ -25,7 +25,6 @@ from typing import Sequence
 
 import numpy as np
 from absl import flags
-from ml_collections import config_flags
 
 from experiments import cli
 
@@ -90,9 +89,7 @@ def main(argv: Sequence[str]) -> None:
 
 def define_flags() -> None:
   global _CONFIG
-  _CONFIG = config_flags.DEFINE_config_file(
-      'config', os.path.join(cli.CONFIG_DIR, 'ablation_digits.py'), 'Experiment config file.',
-      lock_config=True)
+  _CONFIG = cli.define_config_file(os.path.join(cli.CONFIG_DIR, 'ablation_digits.py'))
   flags.DEFINE_float('target_std', 0.3, "Target batch-std of every layer's drive.")
   flags.DEFINE_float('centre', 1.0, "Target mean of the drive (hard_sigmoid's middle is 1).")
   flags.DEFINE_integer('rounds', 30, 'Normalisation rounds.')

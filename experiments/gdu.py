@@ -38,7 +38,6 @@ import time
 from typing import Any, NamedTuple
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from experiments import cli
 
@@ -248,9 +247,7 @@ def define_flags() -> None:
   """Defines this script's flags (only when run as a script, so tests can import it)."""
   global _CONFIG, _WORKDIR, _BETAS, _BATCH, _ESTIMATORS, _NETWORK, _SIGNALS, _TOL
   global _MAX_STEPS, _BPTT_STEPS, _HOLO, _INIT_SCALE, _PARAMS_FROM, _PARAMS_STEP
-  _CONFIG = config_flags.DEFINE_config_file(
-      'config', os.path.join(cli.CONFIG_DIR, 'quickstart.py'), 'Experiment config file.',
-      lock_config=True)
+  _CONFIG = cli.define_config_file(os.path.join(cli.CONFIG_DIR, 'quickstart.py'))
   _WORKDIR = flags.DEFINE_string('workdir', None,
                                  'Output folder (default: a new runs/gdu-<time>-<config>).')
   _BETAS = flags.DEFINE_list('betas', ['0.01', '0.03', '0.1', '0.3', '1.0'], 'Values of |β|.')

@@ -37,7 +37,6 @@ import os
 import jax
 import jax.numpy as jnp
 from absl import app, flags
-from ml_collections import config_flags
 
 from ep_jax import energy, feedforward, kappa, network, optim, relaxation, signals, train_step
 from ep_jax.app import data
@@ -232,9 +231,8 @@ def _write(result: dict) -> None:
 def define_flags() -> None:
   """Defines this script's flags (only when run as a script)."""
   global _CONFIG, _TEACHER, _KAPPAS, _BATCH, _OUT, _ONLY_TEACHER, _CURVATURE, _MARGIN
-  _CONFIG = config_flags.DEFINE_config_file('config', os.path.join(cli.CONFIG_DIR,
-                                                                       'ablation_digits.py'),
-                                            lock_config=False)
+  _CONFIG = cli.define_config_file(os.path.join(cli.CONFIG_DIR, 'ablation_digits.py'),
+                                    'path to config file.', lock_config=False)
   _TEACHER = flags.DEFINE_string('teacher_workdir', '', 'A BP teacher (KD rows need one).')
   _KAPPAS = flags.DEFINE_list('kappas', ['0.1', '1'], 'κ values of the signal rows.')
   _BATCH = flags.DEFINE_integer('batch_size', 64, 'Training examples measured.')

@@ -75,9 +75,7 @@ def main(argv):
 def define_flags() -> None:
   """Defines this script's flags (only when run as a script, so other code can import it)."""
   global _CONFIG, _GRID, _SEEDS, _VMAP_SEEDS, _LAUNCHER, _WORKDIR, _AGGREGATE, _SBATCH
-  _CONFIG = config_flags.DEFINE_config_file(
-      'config', os.path.join(cli.CONFIG_DIR, 'quickstart.py'), 'Experiment config file.',
-      lock_config=True)
+  _CONFIG = cli.define_config_file(os.path.join(cli.CONFIG_DIR, 'quickstart.py'))
   _GRID = flags.DEFINE_string(
       'grid', '', "Grid, e.g. 'optim.learning_rates=[0.05,0.1];ep.beta=[0.5,1.0]' ('' = the "
       'config as is).')

@@ -3,4 +3,4 @@
 from ep_jax.app.train_main import default_workdir, define_flags, main, run  # noqa: F401
 
 if __name__ == '__main__':
-  run()
+  run('python -m experiments.train')

@@ -1,6 +1,7 @@
 """Initialisation modes: PyTorch default, He-style, per-layer gains, data-dependent."""
 
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -132,7 +133,7 @@ def test_data_init_is_calibrated_once_and_not_again_on_resume(tmp_path):
 
   def stop_after_epoch_1(line):
     lines.append(line)
-    if line.startswith('epoch 1/'):
+    if re.match(r'epoch 1/\d+: train ', line):  # the epoch's line, after its checkpoint
       raise Stop
 
   config.train.epochs = 2

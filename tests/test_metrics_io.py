@@ -9,8 +9,8 @@ import re
 import numpy as np
 import pytest
 
-from ep_jax.app.metrics_io import (MetricsWriter, ProgressReporter, plot_curves, plot_layers,
-                                   read_metrics)
+from ep_jax.app.metrics_io import (MetricsWriter, ProgressReporter, percent, plot_curves,
+                                   plot_layers, read_metrics)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -280,3 +280,18 @@ def test_progress_reporter_times_finished_steps_not_dispatched_ones():
     p.update(1, 10, _Pending(clock, 50.0), 0.5, 1)  # compile + first step: t0 after it
     out = p.update(2, 20, _Pending(clock, 10.0), 0.5, 1)
     assert "1.0 ex/s" in out and out.endswith("ETA 0:00:10"), out
+
+
+def test_progress_reporter_counts_steps_within_the_epoch():
+    clock = FakeClock(0.0)
+    lines = []
+    p = ProgressReporter(400, every_seconds=0.0, print_fn=lines.append, clock=clock,
+                         steps_per_epoch=40)
+    out = p.update(step=120, examples=120 * 32, loss=0.5, accuracy=0.9638, epoch=3)
+    assert out.startswith("epoch 3/10 step 40/40 (30.0%) ") and "acc 96.38%" in out, out
+    assert p.update(121, 121 * 32, 0.5, 0.5, 4).startswith("epoch 4/10 step 1/40 ")
+
+
+def test_percent_is_the_one_accuracy_format():
+    assert percent(0.9638) == "96.38%" and percent(1) == "100.00%"
+    assert percent(None) == "n/a" and percent(float("nan")) == "n/a"

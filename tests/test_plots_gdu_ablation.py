@@ -331,9 +331,9 @@ def test_ablation_report_aggregates_seeds(tmp_path, monkeypatch):
   assert summary['bp']['final_test_accuracy'] == pytest.approx(0.955)
   assert 'ep_les' not in summary
   report = open(path).read()
-  assert '| ep | standard EP | 0.6000 ± 0.1414 (2 seeds) | 0.6000 ± 0.1414 (2 seeds) |' in report
-  assert '| ep_kd_output | EP + output KD only | 0.6500 (1 seed) | 0.6500 (1 seed) |' in report
-  assert 's0: 0.7000 / 0.8000 (1); s1: 0.9000 / 0.9000 (1)' in report
+  assert '| ep | standard EP | 60.00% ± 14.14% (2 seeds) | 60.00% ± 14.14% (2 seeds) |' in report
+  assert '| ep_kd_output | EP + output KD only | 65.00% (1 seed) | 65.00% (1 seed) |' in report
+  assert 's0: 70.00% / 80.00% (1); s1: 90.00% / 90.00% (1)' in report
   assert '| ep_les | EP + LES | not run |' in report and '| bp | BP twin' in report
 
 
@@ -449,7 +449,7 @@ def test_ablation_reports_a_stopped_run_and_goes_on(tmp_path, monkeypatch):
   assert trained == ['ep', 'ep_les']
   report = open(path).read()
   assert '**stopped** after epoch 1' in report and 'did not converge at epoch 2: boom' in report
-  assert '| ep | standard EP | 0.6000 (1 seed) |' in report
+  assert '| ep | standard EP | 60.00% (1 seed) |' in report
   assert report.count('| finished |') == 1
   summary = json.load(open(os.path.join(workdir, 'ablation.json')))['runs']
   assert summary['ep_les']['status'] == 'stopped' and summary['ep_les']['epochs_done'] == 1

@@ -106,7 +106,7 @@ class _Stop(Exception):
 
 
 def _stop_after_epoch_1(line):
-  if line.startswith('epoch 1/'):  # printed after the epoch's checkpoint is saved
+  if re.match(r'epoch 1/\d+: (train|test) ', line):  # after the epoch's checkpoint
     raise _Stop(line)
 
 

@@ -13,6 +13,8 @@ import pytest
 
 from ep_jax.app import train
 from ep_jax.app.checkpointing import CheckpointError
+from ep_jax.app.metrics_io import read_metrics
+from experiments import cli
 from experiments.configs import default
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,7 +66,7 @@ def test_one_epoch_writes_every_output(tmp_path):
   assert (tmp_path / 'curves.png').stat().st_size > 1000
   assert os.listdir(tmp_path / 'checkpoints') == ['1']  # named by the epochs it completes
   compiling = [i for i, l in enumerate(lines) if 'compiling the train step' in l]
-  first_step = [i for i, l in enumerate(lines) if l.startswith('epoch 1 step 1/8 ')]
+  first_step = [i for i, l in enumerate(lines) if l.startswith('epoch 1/1 step 1/8 ')]
   assert compiling and first_step and compiling[0] < first_step[0]  # lines during epoch 1
 
 
@@ -141,7 +143,7 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
   config = tiny_config(train__epochs=2)
   config.optim.learning_rates = (1e38,)
   _adopt(tmp_path, config)
-  expected = r'epoch 2, step 1\d:.*non-finite parameters: \[.*conv1.*last good checkpoint'
+  expected = r'epoch 2/2, step \d/8:.*non-finite parameters: \[.*conv1.*last good checkpoint'
   with pytest.raises(train.NonFiniteError, match=expected):
     train.train_and_evaluate(config, str(tmp_path), print_fn=lambda _: None)
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == before
@@ -223,6 +225,7 @@ def test_resume_with_another_config_is_refused_before_anything_is_written(tmp_pa
 BAD_INPUTS = {
     'unknown_field': ['--config.train.epochz=3'],
     'missing_config_file': ['--config=no/such/config.py'],
+    'missing_config_file_with_override': ['--config=no/such/config.py', '--config.seed=1'],
     'zero_epochs': ['--config.train.epochs=0'],
     'negative_epochs': ['--config.train.epochs=-1'],
     'learning_rate_count': ['--config.optim.learning_rates=(0.1,0.2,0.3,0.4,0.5)'],
@@ -267,9 +270,10 @@ def test_ctrl_c_says_how_to_resume(tmp_path):
   assert 'Traceback' not in err and len(lines) == 2, err
   # Ctrl-C is acted on between steps, never inside a checkpoint's write.
   assert lines[0] == 'stopping after the current step (Ctrl-C again stops at once)'
-  match = re.fullmatch(r'interrupted at epoch (\d+)/200; run the same command to resume '
-                       r'(?:from epoch (\d+)|epoch (\d+) after its step (\d+))', lines[1])
+  match = re.fullmatch(r'interrupted at epoch (\d+)/200; to resume (?:from epoch (\d+)|'
+                       r'epoch (\d+) after its step (\d+)/8) run: (.*)', lines[1])
   assert match, err
+  assert match.group(5).startswith('python -m experiments.train --workdir=')
   done = max(int(n) for n in os.listdir(tmp_path / 'checkpoints') if n.isdigit())
   assert int(match.group(2) or match.group(3)) == done + 1
   assert int(match.group(1)) in (done, done + 1)
@@ -345,14 +349,14 @@ def test_data_statistics_and_crop_mode_come_from_the_config():
 
 
 class _StopAt:
-  """A print_fn that raises `exc` at the first progress line of global step `step`."""
+  """A print_fn that raises `exc` at the first progress line of `step` of `epoch`."""
 
-  def __init__(self, step, exc):
-    self.step, self.exc, self.lines = step, exc, []
+  def __init__(self, epoch, step, exc):
+    self.epoch, self.step, self.exc, self.lines = epoch, step, exc, []
 
   def __call__(self, line):
     self.lines.append(line)
-    if re.match(rf'epoch \d+ step {self.step}/', line):
+    if re.match(rf'epoch {self.epoch}/\d+ step {self.step}/', line):
       raise self.exc
 
 
@@ -364,23 +368,24 @@ def test_mid_epoch_checkpoints_resume_exactly_mid_epoch(tmp_path):
   # Ctrl-C at step 13 (epoch 2, step 5): the lines of step k are printed after step k + 1, so
   # the checkpoint it writes holds 6 steps of epoch 2.
   ctrl_c = tmp_path / 'ctrl_c'
-  with pytest.raises(train.Interrupted, match='resume epoch 2 after its step 6'):
-    train.train_and_evaluate(config, str(ctrl_c), print_fn=_StopAt(13, KeyboardInterrupt()))
+  with pytest.raises(train.Interrupted, match='resume epoch 2 after its step 6/8'):
+    train.train_and_evaluate(config, str(ctrl_c), print_fn=_StopAt(2, 5, KeyboardInterrupt()))
   assert os.listdir(ctrl_c / train.MID_EPOCH_DIR) == ['14']
   # A checkpoint whenever a step ends 0 s after the last one: one for each step of the epoch.
   timed = tmp_path / 'timed'
   with pytest.raises(RuntimeError, match='crash'):
     train.train_and_evaluate(tiny_config(train__log_every_seconds=0.0,
                                          train__checkpoint_every_seconds=1e-9),
-                             str(timed), print_fn=_StopAt(5, RuntimeError('crash')))
+                             str(timed), print_fn=_StopAt(1, 5, RuntimeError('crash')))
   assert os.listdir(timed / train.MID_EPOCH_DIR) == ['6']  # the latest only, after step 6
-  # A crash (no Ctrl-C handler) at step 12 with a checkpoint every 3 steps: resumes after 3.
+  # A crash (no Ctrl-C handler) at epoch 2, step 4 with a checkpoint every 3 steps: resumes
+  # after step 3.
   crash = tmp_path / 'crash'
   with pytest.raises(RuntimeError, match='crash'):
     train.train_and_evaluate(tiny_config(train__epochs=2, train__log_every_seconds=0.0,
                                          data__augment=True, train__checkpoint_every_steps=3,
                                          train__checkpoint_every_seconds=0.0),
-                             str(crash), print_fn=_StopAt(12, RuntimeError('crash')))
+                             str(crash), print_fn=_StopAt(2, 4, RuntimeError('crash')))
   assert os.listdir(crash / train.MID_EPOCH_DIR) == ['11']  # epoch 2, step 3
   for workdir, steps in ((ctrl_c, 6), (crash, 3)):
     lines = []
@@ -393,3 +398,151 @@ def test_mid_epoch_checkpoints_resume_exactly_mid_epoch(tmp_path):
       assert record[key] == straight[key], (workdir, key)
     for key in ('train_loss', 'train_accuracy'):  # epoch means over all 8 steps
       assert record[key] == pytest.approx(straight[key], rel=1e-9), (workdir, key)
+
+
+def _fake_run(runs, name, config, epochs_done):
+  """A run folder under `runs` with `config` saved and checkpoints of `epochs_done` epochs."""
+  path = runs / name
+  (path / 'checkpoints').mkdir(parents=True)
+  for epoch in range(1, epochs_done + 1):
+    (path / 'checkpoints' / str(epoch)).mkdir()
+  _adopt(path, config)
+  return str(path)
+
+
+def test_default_workdir_is_the_latest_unfinished_run_of_the_config(tmp_path):
+  from experiments import train as script
+  runs = tmp_path / 'runs'
+  config = tiny_config(train__epochs=3)
+  path = os.path.join(cli.CONFIG_DIR, 'quickstart.py')
+  workdir, resuming = script.default_workdir(config, path, str(runs))
+  assert not resuming and re.fullmatch(r'\d{8}-\d{6}-quickstart', os.path.basename(workdir))
+  older = _fake_run(runs, '20260101-000000-quickstart', config, 1)
+  _fake_run(runs, '20260102-000000-quickstart', config, 3)  # finished
+  _fake_run(runs, '20260103-000000-quickstart', tiny_config(train__epochs=4), 1)  # other config
+  _fake_run(runs, '20260104-000000-mnist', config, 1)  # another config file
+  # Fields that do not change the computation may differ.
+  assert script.default_workdir(tiny_config(train__epochs=3, train__log_every_seconds=1.0),
+                                path, str(runs)) == (older, True)
+  newer = _fake_run(runs, '20260105-000000-quickstart', config, 0)  # Ctrl-C in epoch 1
+  assert script.default_workdir(config, path, str(runs)) == (newer, True)
+  assert not script.default_workdir(tiny_config(train__epochs=5), path, str(runs))[1]
+
+
+def test_command_line_adds_the_workdir_it_lacks():
+  line = cli.command_line('python -m experiments.train',
+                          ['--config.optim.learning_rates=(0.1,)'], workdir='runs/a b')
+  assert line == ("python -m experiments.train '--config.optim.learning_rates=(0.1,)' "
+                  "'--workdir=runs/a b'")
+  for given in (['--workdir=x'], ['--workdir', 'x']):
+    assert cli.command_line('ep-jax-train', given, workdir='y') == 'ep-jax-train ' + ' '.join(
+        given)
+
+
+# One way of starting the train command, its training replaced by printing the resume command.
+_START = '''import runpy, sys
+from ep_jax.app import train
+train.train_and_evaluate = lambda config, workdir, resume_command: print(resume_command)
+sys.argv = ['prog', '--config.train.epochs=2', '--workdir=w']
+{start}
+'''
+
+
+@pytest.mark.parametrize('start, program', [
+    ("runpy.run_module('experiments.train', run_name='__main__')", 'python -m experiments.train'),
+    ("runpy.run_module('ep_jax.app.train_main', run_name='__main__')",
+     'python -m ep_jax.app.train_main'),
+    ('from ep_jax.app.train_main import run; run()', 'ep-jax-train'),  # the console script
+])
+def test_the_resume_command_starts_as_the_command_was_started(tmp_path, start, program):
+  done = subprocess.run([sys.executable, '-c', _START.format(start=start)], cwd=tmp_path,
+                        env=_env(), capture_output=True, text=True, timeout=120)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert done.stdout.strip() == f'{program} --config.train.epochs=2 --workdir=w'
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_the_default_command_prints_a_command_that_resumes_it(tmp_path):
+  """The command with no --workdir (the quick start, shortened) under Ctrl-C, then the printed
+  command as given: the same metrics as an uninterrupted run."""
+  flags = [*TINY, '--config.train.epochs=30']  # epochs of ~0.1 s: Ctrl-C lands before the end
+  straight, stopped = tmp_path / 'straight', tmp_path / 'stopped'
+  straight.mkdir()
+  stopped.mkdir()
+  command = [sys.executable, '-m', 'experiments.train', *flags]
+  done = subprocess.run(command, cwd=straight, env=_env(), capture_output=True, text=True,
+                        timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert done.stdout.startswith('new run in runs/')
+  proc = subprocess.Popen(command, cwd=stopped, env=_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 240
+  while not glob.glob(str(stopped / 'runs' / '*' / 'checkpoints' / '1')) and (
+      time.time() < deadline):
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGINT)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 130, err[-3000:]
+  advice = err.strip().splitlines()[-1]
+  assert ' run: python -m experiments.train ' in advice, err
+  resume = advice.split(' run: ', 1)[1]
+  workdir = glob.glob(str(stopped / 'runs' / '*'))
+  assert len(workdir) == 1 and resume.endswith(
+      f' --workdir=runs/{os.path.basename(workdir[0])}'), (resume, workdir)
+  # `python` on PATH is this interpreter: the printed line runs as it is.
+  env = dict(_env(), PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ['PATH'])
+  resumed = subprocess.run(resume, shell=True, cwd=stopped, env=env, capture_output=True,
+                           text=True, timeout=300)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert 'resumed from' in resumed.stdout
+  assert resumed.stdout.strip().splitlines()[-1] == done.stdout.strip().splitlines()[-1]
+  a, b = (read_metrics(glob.glob(str(d / 'runs' / '*'))[0]) for d in (straight, stopped))
+  assert [r['epoch'] for r in b] == list(range(1, 31))
+  for ra, rb in zip(a, b):
+    for key in ('train_loss', 'train_accuracy', 'test_loss', 'test_accuracy', 'step'):
+      assert ra[key] == pytest.approx(rb[key], rel=1e-9), (key, ra[key], rb[key])
+
+
+@pytest.mark.slow
+def test_a_refused_resume_resumes_with_the_config_it_advises(tmp_path):
+  config = tiny_config(train__epochs=2, train__log_every_seconds=0.0)
+  with pytest.raises(train.Interrupted):
+    train.train_and_evaluate(config, str(tmp_path), print_fn=_StopAt(2, 2, KeyboardInterrupt()))
+  refused = _run_cli(tmp_path, '--config.train.epochs=2')  # the quick start's own layout
+  assert refused.returncode == 1, refused.stderr
+  advice = re.search(r'the same flags, or (--config=\S+) (--workdir=\S+);', refused.stderr)
+  assert advice, refused.stderr
+  resumed = subprocess.run([sys.executable, '-m', 'experiments.train', *advice.groups()],
+                           cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert 'after step 3/8 of epoch 2' in resumed.stdout
+  assert read_metrics(str(tmp_path))[-1]['epoch'] == 2
+
+
+def test_a_saved_config_json_loads_with_the_default_schema(tmp_path):
+  config = tiny_config(model__skips=((1, 3),), optim__weight_decay=(1e-4, 2e-4))
+  _adopt(tmp_path, config)
+  loaded = cli.config_from_json(str(tmp_path / 'config.json'))
+  assert loaded.to_dict() == config.to_dict() and loaded.model.skips == ((1, 3),)
+  assert not train.config_differences(json.load(open(tmp_path / 'config.json')),
+                                      loaded.to_dict())
+  (tmp_path / 'bad.json').write_text('{"model": {"layers": 3}}')
+  with pytest.raises(ValueError, match='unknown config field model.layers'):
+    cli.config_from_json(str(tmp_path / 'bad.json'))
+
+
+@pytest.mark.slow
+def test_a_missing_config_file_is_named_on_every_path(tmp_path):
+  cases = [('experiments.train', ['--config=no/such.py']),
+           ('experiments.train', ['--config=no/such.py', '--config.train.epochs=2']),
+           ('experiments.train', ['--config=no/such.json', '--config.train.epochs=2']),
+           ('experiments.train', ['--config=no/such.py:arg']),
+           ('experiments.train_teacher', ['--config=no/such.py', '--config.teacher.epochs=1']),
+           ('experiments.sweep', ['--config=no/such.py'])]
+  for script, flags in cases:
+    done = _run_cli(tmp_path / 'w', *flags, script=script)
+    name = flags[0].split('=', 1)[1].split(':')[0]
+    assert done.returncode == 1 and done.stderr.startswith(
+        f"error: config file '{name}' not found ({cli.CONFIGS_HINT})\n"), (
+            script, flags, done.stderr)
+    assert not (tmp_path / 'w').exists()

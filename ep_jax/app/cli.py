@@ -12,13 +12,19 @@ from __future__ import annotations
 
 import ast
 import functools
+import json
 import os
+import shlex
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from absl import app
 from absl import flags
 from absl import logging
+import ml_collections
+from ml_collections import config_flags
+# The module behind `config_flags` (1.1.0 exports no parser class from the package).
+from ml_collections.config_flags import config_flags as config_flags_module
 
 TRACEBACK_ENV = 'EP_JAX_TRACEBACK'
 MAX_MESSAGE_LINES = 4
@@ -26,6 +32,94 @@ EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 # The config schema with the quick start's values, found from this file (installed or not).
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'config.py')
 CONFIG_FIELDS_HINT = 'the fields and their defaults are in ep_jax/app/config.py'
+# Where a missing config file's error points (true installed or not).
+CONFIGS_HINT = "the repository's configs are in experiments/configs/"
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The default config: every field a run can set (the schema a `config.json` is read into)."""
+  from ep_jax.app import config  # pylint: disable=g-import-not-at-top
+  return config.get_config()
+
+
+class ConfigFileNotFoundError(FileNotFoundError):
+  """The file of a `--config` flag does not exist."""
+
+
+def missing_config(path: str) -> ConfigFileNotFoundError:
+  return ConfigFileNotFoundError(f'config file {path!r} not found ({CONFIGS_HINT})')
+
+
+def _as_tuples(value: Any) -> Any:
+  """JSON lists as tuples, nested ones too (configs hold tuples)."""
+  if isinstance(value, (list, tuple)):
+    return tuple(_as_tuples(v) for v in value)
+  return value
+
+
+def config_from_json(path: str) -> ml_collections.ConfigDict:
+  """The config saved in `path` (a run's `config.json`), merged onto `default_config()`: the
+  fields keep the default's types, and fields the file lacks keep their defaults.
+
+  Raises:
+    ValueError: the file is not JSON, or names a field the default config lacks.
+  """
+  try:
+    with open(path, 'r', encoding='utf-8') as f:
+      saved = json.load(f)
+  except ValueError as e:
+    raise ValueError(f'config file {path!r} is not valid JSON: {e}') from e
+  config = default_config()
+
+  def merge(node: ml_collections.ConfigDict, values: dict, prefix: str) -> None:
+    for key, value in values.items():
+      if key not in node:
+        raise ValueError(f'config file {path!r}: unknown config field {prefix}{key}; '
+                         f'{CONFIG_FIELDS_HINT}')
+      if isinstance(value, dict) and isinstance(node[key], ml_collections.ConfigDict):
+        merge(node[key], value, f'{prefix}{key}.')
+      else:
+        node[key] = _as_tuples(value)
+
+  merge(config, saved, '')
+  return config
+
+
+class ConfigFileParser(config_flags_module.ConfigFileFlagParser):
+  """`config_flags`' parser of a config file, which also reads a run's saved `config.json`
+  (`config_from_json`) and names a missing file (`ConfigFileNotFoundError`)."""
+
+  def parse(self, path):
+    if not isinstance(path, str):
+      return super().parse(path)
+    file = path.split(':', 1)[0]
+    if not os.path.isfile(file):
+      raise missing_config(file)
+    if not file.endswith('.json'):
+      return super().parse(path)
+    config = config_from_json(file)
+    if self._lock_config:
+      config.lock()
+    return config
+
+
+def define_config_file(default: str, help_string: str = 'Experiment config file.', *,
+                       lock_config: bool = True, name: str = 'config'):
+  """`config_flags.DEFINE_config_file` whose value may also be a `config.json` of a run."""
+  holder = config_flags.DEFINE_config_file(name, default, help_string, lock_config=lock_config)
+  flags.FLAGS[name].parser = ConfigFileParser(name=name, lock_config=lock_config)
+  return holder
+
+
+def command_line(program: str, args: Sequence[str], **defaults: str) -> str:
+  """The shell command `program ARGS` (`program`: how the script was started, e.g.
+  `ep-jax-train` or `python -m experiments.train`), with `--NAME=VALUE` appended for each of
+  `defaults` that `args` does not set."""
+  args = list(args)
+  for flag, value in defaults.items():
+    if not any(a == f'--{flag}' or a.startswith(f'--{flag}=') for a in args):
+      args.append(f'--{flag}={value}')
+  return ' '.join([program] + [shlex.quote(a) for a in args])
 
 
 def quiet_logging() -> None:
@@ -100,6 +194,8 @@ def _flag_error(e: Exception, argv: list[str]) -> None:
   """Ends the command for an error in the flags (or re-raises it to show the traceback)."""
   if show_traceback(argv):
     raise e
+  if isinstance(e, ConfigFileNotFoundError):
+    fail(str(e))
   if isinstance(e, (KeyError, AttributeError)):  # ml_collections: an unknown config field
     text = _unquote(str(e))
     name, _, suggestion = text.partition('\n')
@@ -134,9 +230,8 @@ def config_value(config_flag) -> Any:
     return config
   except Exception as e:  # pylint: disable=broad-except
     path = flags.FLAGS[config_flag.name].config_filename
-    if os.path.split(path.split(':')[0])[1] and not os.path.isfile(path.split(':')[0]):
-      raise FileNotFoundError(f'config file {path.split(":")[0]!r} not found '
-                              f'(the repository\'s configs are in experiments/configs/)') from e
+    if not os.path.isfile(path.split(':')[0]):
+      raise missing_config(path.split(':')[0]) from e
     cause = e.__cause__ or e
     raise ValueError(f'config file {path!r} did not load: {describe(cause)}') from e
 
@@ -157,7 +252,7 @@ def _guarded(main: Callable[[list[str]], Any], argv: list[str]) -> Any:
   except Exception as e:  # pylint: disable=broad-except
     if show_traceback():
       raise
-    fail(describe(e))
+    fail(str(e) if isinstance(e, ConfigFileNotFoundError) else describe(e))
 
 
 def run(main: Callable[[list[str]], Any],

@@ -51,6 +51,7 @@ __all__ = [
     "read_metrics",
     "METRICS_FILE",
     "jsonable",
+    "percent",
 ]
 
 METRICS_FILE = "metrics.jsonl"
@@ -484,6 +485,13 @@ class MetricsWriter:
 # --------------------------------------------------------------------------
 
 
+def percent(fraction: Any) -> str:
+    """An accuracy (a fraction in [0, 1]) as every printed line shows it: ``96.38%``."""
+    if fraction is None or not math.isfinite(float(fraction)):
+        return "n/a"
+    return f"{100.0 * float(fraction):.2f}%"
+
+
 def _format_eta(seconds: float) -> str:
     return str(datetime.timedelta(seconds=int(round(max(seconds, 0.0)))))
 
@@ -493,12 +501,17 @@ class ProgressReporter:
 
     ``update(step, examples, loss, accuracy, epoch)`` where ``step`` and
     ``examples`` are *cumulative* counts for this run (steps done, examples
-    processed) and ``accuracy`` is a fraction in [0, 1].  The first call only
-    sets the reference point for throughput/ETA (so jit compile time does not
-    dominate) and prints a line without rate; later calls print at most once
-    every ``every_seconds`` (``force=True`` overrides), e.g.::
+    processed), ``epoch`` is 1-based and ``accuracy`` is a fraction in [0, 1].
+    The first call only sets the reference point for throughput/ETA (so jit
+    compile time does not dominate) and prints a line without rate; later calls
+    print at most once every ``every_seconds`` (``force=True`` overrides).
+    With ``steps_per_epoch`` the line counts steps within the epoch, of
+    ``total_steps / steps_per_epoch`` epochs (the percentage and the ETA are
+    the run's), e.g.::
 
-        epoch 3 step 120/400 (30.0%) 812.3 ex/s loss 0.4123 acc 88.12% ETA 0:03:10
+        epoch 3/10 step 40/40 (30.0%) 812.3 ex/s loss 0.4123 acc 88.12% ETA 0:03:10
+
+    (without it: ``epoch 3 step 120/400 ...``, the run's steps).
 
     ``update`` returns the printed line, or ``None`` if it stayed silent.
     ``clock`` (default ``time.monotonic``) is injectable for tests.
@@ -511,8 +524,10 @@ class ProgressReporter:
         every_seconds: float = 5.0,
         print_fn: Callable[[str], Any] = print,
         clock: Callable[[], float] = time.monotonic,
+        steps_per_epoch: int = 0,
     ):
         self.total_steps = int(total_steps)
+        self.steps_per_epoch = int(steps_per_epoch)
         self.every_seconds = float(every_seconds)
         self.print_fn = print_fn
         self.clock = clock
@@ -533,9 +548,17 @@ class ProgressReporter:
         else:
             rate_s = "-- ex/s"
             eta_s = "--:--:--"
+        if self.steps_per_epoch > 0:
+            epochs = -(-self.total_steps // self.steps_per_epoch)
+            where = (
+                f"epoch {epoch}/{epochs} step "
+                f"{step - (epoch - 1) * self.steps_per_epoch}/{self.steps_per_epoch}"
+            )
+        else:
+            where = f"epoch {epoch} step {step}/{self.total_steps}"
         return (
-            f"epoch {epoch} step {step}/{self.total_steps} ({pct:.1f}%) {rate_s} "
-            f"loss {float(loss):.4f} acc {100.0 * float(accuracy):.2f}% ETA {eta_s}"
+            f"{where} ({pct:.1f}%) {rate_s} "
+            f"loss {float(loss):.4f} acc {percent(accuracy)} ETA {eta_s}"
         )
 
     def update(self, step, examples, loss, accuracy, epoch, *, force: bool = False) -> str | None:

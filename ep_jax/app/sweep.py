@@ -55,7 +55,7 @@ from ep_jax.app import data as data_lib
 from ep_jax.app import train as train_lib
 from ep_jax.app.checkpointing import Checkpointer
 from ep_jax.app.loop import EpochRun, evaluate, mean_over_steps, run_epoch
-from ep_jax.app.metrics_io import MetricsWriter, ProgressReporter, read_metrics
+from ep_jax.app.metrics_io import MetricsWriter, ProgressReporter, percent, read_metrics
 from ep_jax.train_step import make_eval_step, make_train_step
 
 PLAN_FILE = 'sweep.json'
@@ -479,7 +479,7 @@ def train_vmapped_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
            f'{estimators.describe(ep)}; one '
            f'device ({device}); workdir {workdir}')
   progress = ProgressReporter(total_steps, every_seconds=config.train.log_every_seconds,
-                              print_fn=print_fn)
+                              print_fn=print_fn, steps_per_epoch=steps_per_epoch)
   last = [w.history[-1] if w.history else {} for w in writers]
   examples_done = 0
   d = config.data
@@ -540,7 +540,7 @@ def train_vmapped_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
                       metrics={'test_accuracy': float(np.mean(accuracies)) if accuracies
                                else 0.0})
     print_fn(f'epoch {epoch + 1}/{num_epochs}: test acc per seed '
-             f'{[round(r.get("test_accuracy", float("nan")), 4) for r in last]} | '
+             f'{" ".join(percent(r.get("test_accuracy")) for r in last)} | '
              f'{len(per_step) * batch_size * len(seeds) / max(train_time, 1e-9):.0f} ex/s '
              f'(all seeds) | {epoch_time:.1f} s')
   for w in writers:

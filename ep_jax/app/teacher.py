@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from ep_jax import connections, network, optim
 from ep_jax.app import data, loop
 from ep_jax.app.checkpointing import Checkpointer
+from ep_jax.app.metrics_io import percent
 from ep_jax.feedforward import make_eval_step, make_train_step
 from ep_jax.network import NetworkSpec
 
@@ -82,9 +83,9 @@ def train(spec: NetworkSpec, train_split: data.Split, test_split: data.Split,
               'test_accuracy': test['accuracy'], 'seconds': time.time() - start}
     history.append(record)
     if log is not None:
-      log(f"epoch {epoch + 1}/{epochs} train_loss={record['train_loss']:.4f} "
-          f"train_accuracy={record['train_accuracy']:.4f} test_loss={record['test_loss']:.4f} "
-          f"test_accuracy={record['test_accuracy']:.4f} time={record['seconds']:.1f}s")
+      log(f"epoch {epoch + 1}/{epochs}: train loss {record['train_loss']:.4f} "
+          f"acc {percent(record['train_accuracy'])} | test loss {record['test_loss']:.4f} "
+          f"acc {percent(record['test_accuracy'])} | elapsed {record['seconds']:.1f} s")
   return params, history
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from ep_jax.app import teacher
 from ep_jax.app import cli
@@ -40,8 +39,7 @@ def main(argv):
 def define_flags() -> None:
   """Defines this script's flags (only when run as a script)."""
   global _CONFIG, _WORKDIR
-  _CONFIG = config_flags.DEFINE_config_file(
-      'config', cli.DEFAULT_CONFIG, lock_config=True)
+  _CONFIG = cli.define_config_file(cli.DEFAULT_CONFIG, 'path to config file.')
   _WORKDIR = flags.DEFINE_string('workdir', None, 'Where the teacher is saved.')
 
 

@@ -40,7 +40,7 @@ from ep_jax import estimators, initialization, network, optim
 from ep_jax.app.checkpointing import Checkpointer
 from ep_jax.app.loop import EpochRun, evaluate, mean_over_steps, run_epoch
 from ep_jax.estimators import EPConfig
-from ep_jax.app.metrics_io import MetricsWriter, ProgressReporter, jsonable
+from ep_jax.app.metrics_io import MetricsWriter, ProgressReporter, jsonable, percent
 from ep_jax.train_step import (TrainState, create_train_state, make_eval_step, make_nudge_split,
                                make_train_step)
 
@@ -226,8 +226,33 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
             'longer in a new run' if any(k == 'train.epochs' for k, _, _ in diffs) else '')
   raise ValueError(
       f'{workdir} holds a run with another config: {listed}{more}{epochs}. Its checkpoints '
-      f'are kept. To resume it, run with its own config (the same flags, or '
-      f'--config={path}); for the new config use another --workdir.')
+      f'are kept. To resume it, run with its own config: the same flags, or '
+      f'--config={path} --workdir={workdir}; for the new config use another --workdir.')
+
+
+def saved_config(workdir: str) -> dict | None:
+  """The config a run in `workdir` saved (`config.json`), or None if it has none."""
+  try:
+    with open(os.path.join(workdir, 'config.json'), 'r', encoding='utf-8') as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def epochs_checkpointed(workdir: str) -> int:
+  """The epochs the latest epoch checkpoint of `workdir` completes (0 without one)."""
+  directory = os.path.join(workdir, CHECKPOINT_DIR)
+  if not os.path.isdir(directory):
+    return 0
+  return max((int(n) for n in os.listdir(directory) if n.isdigit()), default=0)
+
+
+def is_unfinished_run(config: ml_collections.ConfigDict, workdir: str) -> bool:
+  """True if `workdir` holds a run of `config` (its saved config differs in no field that
+  changes what is computed) that has not trained all `train.epochs` epochs."""
+  saved = saved_config(workdir)
+  return (saved is not None and not config_differences(saved, config.to_dict())
+          and epochs_checkpointed(workdir) < int(config.train.epochs))
 
 
 def epochs_done(extra: dict) -> int:
@@ -562,14 +587,14 @@ def initialize_distributed(config: ml_collections.ConfigDict) -> None:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       print_fn=print) -> dict:
+                       print_fn=print, resume_command: str = '') -> dict:
   """Trains per `config`, writes everything to `workdir`, returns the last epoch record.
 
   The config is checked (`check_config`) and, for a workdir with checkpoints, compared with
   the run's saved config (`check_resume`) before any data is loaded; nothing is written to
   the workdir until the checkpoint is restored. A workdir this call created is removed again
   if it is still empty when the call fails. Ctrl-C raises `Interrupted`, whose message says
-  from which epoch the same command resumes.
+  from which epoch and step `resume_command` (default: "the same command") resumes.
   """
   check_config(config)
   workdir = os.path.abspath(workdir)
@@ -581,7 +606,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if config.train.multihost:
     initialize_distributed(config)
   try:
-    return _train_and_evaluate(config, workdir, print_fn, resuming)
+    return _train_and_evaluate(config, workdir, print_fn, resuming, resume_command)
   except BaseException:
     if created and jax.process_index() == 0:
       _remove_empty_dirs(workdir)
@@ -590,10 +615,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 class _Position:
   """Where a run is, for the Ctrl-C message: the epoch in progress, the epochs checkpointed,
-  and the steps of the epoch in progress saved in a mid-epoch checkpoint."""
+  and the steps of the epoch in progress saved in a mid-epoch checkpoint (of
+  `steps_per_epoch`)."""
   epoch: int | None = None
   done: int = 0
   mid_steps: int = 0
+  steps_per_epoch: int = 0
 
 
 class _DeferredInterrupt:
@@ -630,20 +657,21 @@ class _DeferredInterrupt:
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, print_fn,
-                        resuming: bool) -> dict:
+                        resuming: bool, resume_command: str = '') -> dict:
   position = _Position()
   interrupt = _DeferredInterrupt()  # installed once training starts
   try:
     with interrupt:
       return _train_loop(config, workdir, print_fn, resuming, position, interrupt)
   except KeyboardInterrupt:
+    run = f'run: {resume_command}' if resume_command else 'run the same command'
     if position.mid_steps:
-      advice = (f'run the same command to resume epoch {position.done + 1} after its step '
-                f'{position.mid_steps}')
+      advice = (f'to resume epoch {position.done + 1} after its step '
+                f'{position.mid_steps}/{position.steps_per_epoch} {run}')
     elif position.done >= 1:
-      advice = f'run the same command to resume from epoch {position.done + 1}'
+      advice = f'to resume from epoch {position.done + 1} {run}'
     else:
-      advice = 'no epoch was completed; run the same command to start again'
+      advice = f'no epoch was completed; to start again {run}'
     where = ('before training started' if position.epoch is None else
              f'at epoch {position.epoch}/{int(config.train.epochs)}')
     raise Interrupted(f'interrupted {where}; {advice}') from None
@@ -718,6 +746,7 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, print_fn, resum
                        f'{start_step}/{steps_per_epoch} of epoch {start_epoch + 1}')
   state = jax.device_put(state, replicated)
   position.done, position.mid_steps = start_epoch, start_step
+  position.steps_per_epoch = steps_per_epoch
   if is_primary and restored_from:
     print_fn(f'resumed from {restored_from}'
              + (' (the run is complete)' if start_epoch >= num_epochs else ''))
@@ -752,7 +781,8 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, print_fn, resum
              f'tol={ep.tol}; {mesh.devices.size} device(s); '
              f'workdir {workdir}')
   progress = ProgressReporter(total_steps, every_seconds=config.train.log_every_seconds,
-                              print_fn=print_fn if is_primary else (lambda _: None))
+                              print_fn=print_fn if is_primary else (lambda _: None),
+                              steps_per_epoch=steps_per_epoch)
   # Every host runs the same number of eval steps (shards differ in size by at most one).
   num_eval = (math.ceil(math.ceil(test_size / jax.process_count()) / local_eval_batch)
               if jax.process_count() > 1 else data_lib.num_eval_batches(test_split,
@@ -814,7 +844,8 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, print_fn, resum
 
     position.epoch = epoch + 1
     if epoch == start_epoch and is_primary:
-      print_fn(f'epoch {epoch + 1}: compiling the train step (the first step takes a while)')
+      print_fn(f'epoch {epoch + 1}/{num_epochs}: compiling the train step (the first step takes '
+               'a while)')
     try:
       run_epoch(step_keeping_batch, run, batches,
                 num_steps=steps_per_epoch - first, examples_per_step=batch_size,
@@ -833,8 +864,8 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, print_fn, resum
       bad = next(i for i, m in enumerate(jax.device_get(per_step))
                  if not (bool(m['finite']) and np.isfinite(m['loss'])))
       raise NonFiniteError(
-          f'non-finite training at epoch {epoch + 1}, step '
-          f'{epoch * steps_per_epoch + first + bad + 1}: '
+          f'non-finite training at epoch {epoch + 1}/{num_epochs}, step '
+          f'{first + bad + 1}/{steps_per_epoch}: '
           f'first layer with non-finite states: '
           f'{_first_bad_layer(spec.layer_names, jax.device_get(per_step[bad]))}; layers with '
           f'non-finite parameters: {_bad_param_groups(spec, state.params)}; the last good '
@@ -866,9 +897,10 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, print_fn, resum
         shutil.rmtree(os.path.join(workdir, MID_EPOCH_DIR), ignore_errors=True)
     if is_primary:
       print_fn(f'epoch {epoch + 1}/{num_epochs}: train loss {record["train_loss"]:.4f} '
-               f'acc {record["train_accuracy"]:.4f} | test loss {record["test_loss"]:.4f} '
-               f'acc {record["test_accuracy"]:.4f} | free steps {record["free_steps_mean"]:.1f}'
-               f' | {record["examples_per_s"]:.0f} ex/s | {record["epoch_time_s"]:.1f} s')
+               f'acc {percent(record["train_accuracy"])} | test loss {record["test_loss"]:.4f} '
+               f'acc {percent(record["test_accuracy"])} | free steps '
+               f'{record["free_steps_mean"]:.1f} | {record["examples_per_s"]:.0f} ex/s | '
+               f'{record["epoch_time_s"]:.1f} s')
     if interrupt is not None:
       interrupt.check()
   return _finish(record, print_fn, is_primary, writer)
