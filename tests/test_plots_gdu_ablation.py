@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from ep_jax import gdu, network
-from ep_jax.app import train
-from experiments.configs import ablation_deep, ablation_digits, digits_skip, quickstart
+from ep_jax.app import data, train
+from experiments.configs import ablation_deep, ablation_digits, quickstart
 from experiments import ablation, plots
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -149,35 +149,28 @@ def test_gdu_symmetric_aligns_with_implicit_and_writes_reports(tmp_path):
     gdu.gdu_sweep(None, {}, None, {}, estimator_names=('bptt',))
 
 
-def test_ablation_configs_are_deep():
-  for mod in (ablation_deep, ablation_digits):
-    config = mod.get_config()
-    assert len(network.parse_layout(config.model.layout)) >= 8
-    rates = config.optim.learning_rates
-    assert isinstance(rates, float) or len(rates) == len(
-        network.parse_layout(config.model.layout)) + 1
-    assert not config.signals.les.enabled and not config.signals.kd.enabled
-    # The deep-CRNN recipe.
-    assert config.model.init == 'data' and config.model.readout_init_scale == 0.0
-    assert config.ep.mode == 'async'
-    assert config.signals.kd.normalize == 'unit' and config.signals.les.normalize == 'unit'
-  # Both ablations and digits_skip carry the long links (the plain chain: model.skips=()).
-  long_links = ((1, 5), (2, 7), (4, 8))
-  assert ablation_digits.get_config().model.skips == long_links
-  assert ablation_deep.get_config().model.skips == long_links
-  skip = digits_skip.get_config()
-  assert skip.model.skips == long_links and skip.model.layout == ablation_digits.get_config(
-  ).model.layout
-  assert skip.signals.kd.enabled and skip.signals.kd.train_teacher
-  # The digits recipe anneals κ from 0.1 to 0; the CIFAR-10 one keeps a smaller one constant.
-  kappa = ablation_digits.get_config().signals.kappa
-  assert (kappa.schedule, kappa.init, kappa.min) == ('cos', 0.1, 0.0)
-  for digits in (ablation_digits.get_config(), skip):
-    assert tuple(digits.signals.kd.layers) == tuple(digits.signals.les.layers) == ()
-  deep = ablation_deep.get_config().signals
-  assert (deep.kappa.schedule, deep.kappa.init) == ('constant', 0.025)
-  # On CIFAR-10 the signals act on conv5-conv8 (chosen on a validation split).
-  assert tuple(deep.kd.layers) == tuple(deep.les.layers) == (4, 5, 6, 7)
+@pytest.mark.parametrize('mod', [ablation_digits, ablation_deep])
+def test_ablation_runs_differ_only_in_their_signals_and_build_deep_networks(mod):
+  """Every EP run of an ablation builds an 8-conv network whose long links are valid for its
+  geometry, with one rate per synapse group, and differs from the shared config only in the
+  signals' switches (and the teacher it distils from): the comparison is of the signals."""
+  config = mod.get_config()
+  shape = (8, 8, 1) if config.data.dataset == 'digits' else (32, 32, 3)
+  info = data.DatasetInfo('d', shape, 10, 1, 1, (0.0,) * shape[2], (1.0,) * shape[2])
+  switches = {'signals.les.enabled', 'signals.kd.enabled', 'signals.kd.layerwise',
+              'signals.kd.output', 'signals.kd.teacher_workdir'}
+  base = train._flatten(config.to_dict())
+  for name, (les, kd_layers, kd_output, _) in ablation.VARIANTS.items():
+    c = ablation.variant_config(config, name, '/w')
+    spec = train.build_spec(c, info)
+    assert spec.num_conv == 8 and len(spec.skips) == len(config.model.skips) == 3
+    assert len(network.synapse_names(spec)) == len(c.optim.learning_rates)
+    flat = train._flatten(c.to_dict())
+    assert {k for k in flat if flat[k] != base[k]} <= switches, name
+    s = c.signals
+    assert (s.les.enabled, s.kd.enabled and s.kd.layerwise, s.kd.enabled and s.kd.output) == (
+        les, kd_layers, kd_output)
+    assert s.kd.teacher_workdir == ('/w/teacher' if kd_layers or kd_output else '')
 
 
 def _tiny_ablation_config(layout):
