@@ -23,8 +23,14 @@ import jax.numpy as jnp
 import optax
 
 from ep_jax import energy, inference
+from ep_jax._types import PyTree
 from ep_jax.estimators import EPConfig, ep_gradient
 from ep_jax.network import NetworkSpec
+
+__all__ = [
+    'EPHyper', 'Nudging', 'TrainState', 'create_train_state', 'ep_hyper', 'input_dependence_of',
+    'layer_activity', 'layer_diagnostics', 'make_eval_step', 'make_train_step',
+]
 
 
 class EPHyper(NamedTuple):
@@ -34,7 +40,7 @@ class EPHyper(NamedTuple):
   tol: Any
 
 
-def ep_hyper(ep: EPConfig, dtype=jnp.float32) -> EPHyper:
+def ep_hyper(ep: EPConfig, dtype: jax.typing.DTypeLike = jnp.float32) -> EPHyper:
   """`EPHyper` of `ep`'s β and tolerance as `dtype` scalars."""
   return EPHyper(jnp.asarray(ep.beta, dtype), jnp.asarray(ep.tol, dtype))
 
@@ -50,7 +56,7 @@ class TrainState(flax.struct.PyTreeNode):
   frozen: Any = flax.struct.field(default_factory=dict)
 
 
-def create_train_state(params, tx: optax.GradientTransformation, rng: jax.Array,
+def create_train_state(params: PyTree, tx: optax.GradientTransformation, rng: jax.Array,
                        frozen: Any = None) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     rng=rng, frozen={} if frozen is None else frozen)
@@ -59,13 +65,13 @@ def create_train_state(params, tx: optax.GradientTransformation, rng: jax.Array,
 class Nudging(Protocol):
   """What a nudging cost with learning signals provides to the train step."""
 
-  def targets(self, frozen, params, batch: dict, epoch: jax.Array) -> dict:
+  def targets(self, frozen: PyTree, params: PyTree, batch: dict, epoch: jax.Array) -> dict:
     """Per-batch targets (at least 'label'), e.g. teacher activations and κ values."""
 
-  def cost(self, params, states: tuple, targets: dict) -> jax.Array:
+  def cost(self, params: PyTree, states: tuple, targets: dict) -> jax.Array:
     """ℒ summed over the batch."""
 
-  def metrics(self, params, states: tuple, targets: dict) -> dict:
+  def metrics(self, params: PyTree, states: tuple, targets: dict) -> dict:
     """Extra scalar or per-layer metrics at the free fixed point."""
 
 
@@ -106,7 +112,7 @@ def input_dependence_of(s: jax.Array) -> jax.Array:
 
 def make_train_step(spec: NetworkSpec, ep: EPConfig, tx: optax.GradientTransformation, *,
                     nudging: Optional[Nudging] = None, steps_per_epoch: int = 1,
-                    state_dtype=None) -> Callable:
+                    state_dtype: Optional[jax.typing.DTypeLike] = None) -> Callable:
   """The EP train step `(state, batch, hyper=None) -> (state, metrics)` (not jitted).
 
   `ep` fixes the structure (estimator, step counts, mode, dtypes, damping, how the nudged
@@ -156,7 +162,8 @@ def make_train_step(spec: NetworkSpec, ep: EPConfig, tx: optax.GradientTransform
   return train_step
 
 
-def make_eval_step(spec: NetworkSpec, ep: EPConfig, *, state_dtype=None) -> Callable:
+def make_eval_step(spec: NetworkSpec, ep: EPConfig, *,
+                   state_dtype: Optional[jax.typing.DTypeLike] = None) -> Callable:
   """`(params, batch) -> sums` of loss, correct predictions, examples and free steps.
 
   A batch may carry `'mask'` (1 real, 0 padding); sums count real examples only.
