@@ -46,6 +46,9 @@ __all__ = [
     "plot_curves",
     "read_metrics",
     "METRICS_FILE",
+    "TENSORBOARD_DIR",
+    "CURVES_FILE",
+    "CONFIG_FILE",
     "jsonable",
 ]
 
@@ -384,7 +387,8 @@ class ProgressReporter:
         self._examples0 = 0
         self._last_print: float | None = None
 
-    def format_line(self, step, examples, loss, accuracy, epoch, now) -> str:
+    def format_line(self, step: int, examples: int, loss: float, accuracy: float, epoch: int,
+                    now: float) -> str:
         total = max(self.total_steps, 1)
         pct = 100.0 * step / total
         elapsed = None if self._t0 is None else now - self._t0
@@ -401,7 +405,8 @@ class ProgressReporter:
             f"loss {float(loss):.4f} acc {100.0 * float(accuracy):.2f}% ETA {eta_s}"
         )
 
-    def update(self, step, examples, loss, accuracy, epoch, *, force: bool = False) -> str | None:
+    def update(self, step: int, examples: int, loss: Any, accuracy: Any, epoch: int, *,
+               force: bool = False) -> str | None:
         # Waits for the values (device arrays) before reading the clock: the time is that of
         # a finished step, not of a dispatched one.
         loss, accuracy = float(loss), float(accuracy)
