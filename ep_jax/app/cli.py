@@ -20,6 +20,12 @@ from absl import app
 from absl import flags
 from absl import logging
 
+__all__ = [
+    'CONFIG_FIELDS_HINT', 'DEFAULT_CONFIG', 'EXIT_ERROR', 'EXIT_INTERRUPTED', 'EXIT_USAGE',
+    'FULL_HELP_FLAGS', 'HELP_FLAGS', 'MAX_MESSAGE_LINES', 'TRACEBACK_ENV', 'config_value',
+    'describe', 'fail', 'format_error', 'parse_flags', 'quiet_logging', 'run', 'show_traceback',
+]
+
 TRACEBACK_ENV = 'EP_JAX_TRACEBACK'
 MAX_MESSAGE_LINES = 4
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
@@ -125,7 +131,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   return []  # not reached
 
 
-def config_value(config_flag) -> Any:
+def config_value(config_flag: flags.FlagHolder) -> Any:
   """The config of a `config_flags.DEFINE_config_file` flag; a file that does not load
   (missing, or raising) is an error naming the file."""
   try:

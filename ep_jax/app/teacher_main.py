@@ -26,8 +26,10 @@ from ml_collections import config_flags
 from ep_jax.app import teacher
 from ep_jax.app import cli
 
+__all__ = ['define_flags', 'main', 'run']
 
-def main(argv):
+
+def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not _WORKDIR.value:

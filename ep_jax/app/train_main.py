@@ -19,6 +19,8 @@ from ml_collections import config_flags
 
 from ep_jax.app import cli
 
+__all__ = ['default_workdir', 'define_flags', 'main', 'run']
+
 
 def default_workdir(config_path: str) -> str:
   name = os.path.splitext(os.path.basename(config_path.split(':')[0]))[0]
@@ -28,7 +30,7 @@ def default_workdir(config_path: str) -> str:
   return os.path.join('runs', f'{stamp}-{name}')
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   cli.quiet_logging()
