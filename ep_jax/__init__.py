@@ -22,6 +22,11 @@ fixed points nudged towards the target. The library:
                    schedules.
   feedforward      the feed-forward twin (the BP teacher and baseline).
   gdu              gradient-alignment diagnostics (EP estimates vs BPTT and implicit gradients).
+  activations      the activation family σ of the dynamics.
+
+Each module lists its public names in `__all__`. Every function that takes targets accepts
+the integer labels `(B,)` or a mapping with at least 'label' (`energy.as_targets`); inputs
+are checked against `spec.input_shape` at the entry points (a ValueError naming both shapes).
 
 These modules are the math: they need jax, optax, flax and numpy only. The training
 application lives in `ep_jax.app` (input pipeline, trainer, checkpoints, metrics, teacher

@@ -13,23 +13,28 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+__all__ = [
+    'ACTIVATIONS', 'HOLOMORPHIC', 'UNBOUNDED', 'get', 'hard_sigmoid', 'hard_sigmoid_unit', 'relu',
+    'smooth_sigmoid',
+]
 
-def hard_sigmoid(u):
+
+def hard_sigmoid(u: jax.Array) -> jax.Array:
   """`clip(u / 2, 0, 1)`: the reference CRNN's activation."""
   return jnp.clip(0.5 * u, 0.0, 1.0)
 
 
-def hard_sigmoid_unit(u):
+def hard_sigmoid_unit(u: jax.Array) -> jax.Array:
   """`clip(u, 0, 1)`."""
   return jnp.clip(u, 0.0, 1.0)
 
 
-def smooth_sigmoid(u):
+def smooth_sigmoid(u: jax.Array) -> jax.Array:
   """`1 / (1 + exp(-4 (u - 1/2)))`: holomorphic, slope 1 at u = 1/2."""
   return 1.0 / (1.0 + jnp.exp(-4.0 * (u - 0.5)))
 
 
-def relu(u):
+def relu(u: jax.Array) -> jax.Array:
   """`max(u, 0)`: unbounded; for feed-forward reference networks."""
   return jnp.maximum(u, 0.0)
 

@@ -39,10 +39,17 @@ Example, a depthwise 3x3 convolution from conv layer 0 to conv layer 1 (same spa
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+
+from ep_jax._types import PyTree
+
+__all__ = [
+    'ConnectionKind', 'DriveFn', 'Edge', 'FeedbackFn', 'InitFn', 'Link', 'check_kind', 'drive',
+    'edge_energy', 'feedback', 'lateral_force', 'link_force', 'scale_params',
+]
 
 # drive(params, s_src) -> (B, *dst_shape)
 DriveFn = Callable[[Any, jax.Array], jax.Array]
@@ -99,7 +106,7 @@ def _cast(params, dtype):
       params)
 
 
-def scale_params(params, factor):
+def scale_params(params: PyTree, factor: jax.typing.ArrayLike) -> PyTree:
   """Floating leaves of `params` times `factor` (an init scale or a layer's gain)."""
   return jax.tree_util.tree_map(
       lambda v: v * jnp.asarray(factor, v.dtype) if jnp.issubdtype(v.dtype, jnp.inexact) else v,
@@ -110,13 +117,14 @@ def _kw(kind: ConnectionKind, compute_dtype) -> dict:
   return {'compute_dtype': compute_dtype} if kind.mixed_precision else {}
 
 
-def drive(kind: ConnectionKind, params, s_src: jax.Array, compute_dtype=None) -> jax.Array:
+def drive(kind: ConnectionKind, params: PyTree, s_src: jax.Array,
+          compute_dtype: Optional[jax.typing.DTypeLike] = None) -> jax.Array:
   """`drive(θ, s_src)` with θ cast to the states' dtype, `(B, *dst_shape)`."""
   return kind.drive(_cast(params, s_src.dtype), s_src, **_kw(kind, compute_dtype))
 
 
-def feedback(kind: ConnectionKind, params, s_dst: jax.Array, s_src: jax.Array,
-             compute_dtype=None) -> jax.Array:
+def feedback(kind: ConnectionKind, params: PyTree, s_dst: jax.Array, s_src: jax.Array,
+             compute_dtype: Optional[jax.typing.DTypeLike] = None) -> jax.Array:
   """`∂/∂s_src < s_dst, drive(θ, s_src) > = J_drive(s_src)^T s_dst`, `(B, *src_shape)`:
   the kind's `feedback` if it has one, else `jax.vjp` of `drive`."""
   if kind.feedback is not None:
@@ -125,13 +133,15 @@ def feedback(kind: ConnectionKind, params, s_dst: jax.Array, s_src: jax.Array,
   return vjp(s_dst.astype(s_src.dtype))[0]
 
 
-def lateral_force(kind: ConnectionKind, params, s: jax.Array, compute_dtype=None) -> jax.Array:
+def lateral_force(kind: ConnectionKind, params: PyTree, s: jax.Array,
+                  compute_dtype: Optional[jax.typing.DTypeLike] = None) -> jax.Array:
   """`∂/∂s ½ < s, drive(θ, s) > = ½ (drive(θ, s) + J_drive(s)^T s)`, like `s`."""
   return 0.5 * (drive(kind, params, s, compute_dtype)
                 + feedback(kind, params, s, s, compute_dtype))
 
 
-def link_force(link: Link, params: dict, states, l: int, compute_dtype=None):
+def link_force(link: Link, params: dict, states: Sequence[jax.Array], l: int,
+               compute_dtype: Optional[jax.typing.DTypeLike] = None) -> Optional[jax.Array]:
   """What `link` adds to the force on layer l (None when it does not touch l)."""
   p = params[link.group][link.index]
   if link.src == link.dst == l:
@@ -143,7 +153,7 @@ def link_force(link: Link, params: dict, states, l: int, compute_dtype=None):
   return None
 
 
-def edge_energy(links, params: dict, states) -> jax.Array:
+def edge_energy(links: Sequence[Link], params: dict, states: Sequence[jax.Array]) -> jax.Array:
   """`Σ_links < s_dst, drive(θ, s_src) >` (½ for a lateral link), summed over the batch."""
   terms = []
   for link in links:

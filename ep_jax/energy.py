@@ -20,7 +20,7 @@ every operation used with a smooth activation and average pooling is holomorphic
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Any, Callable, Mapping, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -30,8 +30,49 @@ from ep_jax import connections
 from ep_jax.connections import ConnectionKind, Link
 from ep_jax.network import POOL_TIES, NetworkSpec
 
+__all__ = [
+    'CostFn', 'Targets', 'as_targets', 'avg_pool_factor', 'check_labels', 'compute_dtype', 'conv2d',
+    'conv2d_loop', 'conv_drive', 'conv_pre', 'cross_entropy', 'dense_drive', 'drive_sources',
+    'example_losses', 'flip_kernel', 'layer_drive', 'layer_drives', 'links', 'log_softmax',
+    'logits', 'matmul', 'nudged_primitive', 'output_cost', 'pool2d', 'pool2d_transpose',
+    'primitive', 'skip_drive', 'skip_feedback', 'skip_kind', 'squared_error', 'target_labels',
+    'transpose_padding',
+]
+
 # A nudging cost: (params, states, targets) -> scalar summed over the batch.
 CostFn = Callable[[dict, tuple, dict], jax.Array]
+# What a cost is nudged towards: the integer labels `(B,)`, or a mapping with at least
+# 'label' and whatever else the cost reads (teacher activations, κ, ...).
+Targets = Union[Mapping[str, Any], jax.Array]
+
+
+def as_targets(targets: Optional[Targets]) -> Optional[Mapping[str, Any]]:
+  """`targets` as a mapping: labels `y` become `{'label': y}`; a mapping or None is returned
+  as it is. Every public function that takes targets or labels accepts both forms through it."""
+  if targets is None or isinstance(targets, Mapping):
+    return targets
+  return {'label': targets}
+
+
+def target_labels(targets: Targets) -> jax.Array:
+  """The labels `(B,)` of `targets`: the array itself, or `targets['label']`."""
+  targets = as_targets(targets)
+  if 'label' not in targets:
+    raise ValueError(f"targets must hold 'label' (the integer labels), got keys "
+                     f'{sorted(targets)}')
+  return targets['label']
+
+
+def check_labels(targets: Targets, batch: int) -> None:
+  """Raises ValueError unless the labels of `targets` are integers of shape `(batch,)`.
+
+  Static (shapes and dtypes only): free under `jit`.
+  """
+  labels = target_labels(targets)
+  shape, dtype = jnp.shape(labels), jnp.result_type(labels)
+  if shape != (batch,) or not jnp.issubdtype(dtype, jnp.integer):
+    raise ValueError(f'labels must be integers of shape (B,) = ({batch},) for inputs of batch '
+                     f'size {batch}, got {dtype} of shape {shape}')
 
 
 _DIMS = ('NHWC', 'HWIO', 'NHWC')
@@ -81,7 +122,7 @@ def conv2d(s_prev: jax.Array, w: jax.Array, padding: str = 'SAME') -> jax.Array:
 
 
 def conv2d_loop(s_prev: jax.Array, w: jax.Array, padding: str = 'SAME',
-                compute_dtype=None) -> jax.Array:
+                compute_dtype: Optional[jax.typing.DTypeLike] = None) -> jax.Array:
   """`conv2d` with a hand-written VJP, for convolutions inside loops that get differentiated.
 
   The relaxation uses it, so BPTT through `relax_fixed` keeps its convolutions on XLA's fast
@@ -99,7 +140,8 @@ def conv2d_loop(s_prev: jax.Array, w: jax.Array, padding: str = 'SAME',
                     s_prev.dtype)
 
 
-def matmul(a: jax.Array, b: jax.Array, compute_dtype=None) -> jax.Array:
+def matmul(a: jax.Array, b: jax.Array,
+           compute_dtype: Optional[jax.typing.DTypeLike] = None) -> jax.Array:
   """`a @ b` in `a`'s dtype, or with operands rounded to `compute_dtype` and accumulated in it."""
   if compute_dtype is None or jnp.dtype(compute_dtype) == a.dtype:
     return a @ b.astype(a.dtype)
@@ -153,7 +195,7 @@ def flip_kernel(w: jax.Array) -> jax.Array:
   return jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
 
 
-def transpose_padding(w: jax.Array, padding: str):
+def transpose_padding(w: jax.Array, padding: str) -> str | tuple[tuple[int, int], ...]:
   """Padding of the adjoint of a stride-1 convolution ('VALID' becomes a full padding)."""
   if padding == 'SAME':
     return padding
@@ -161,7 +203,8 @@ def transpose_padding(w: jax.Array, padding: str):
   return ((k_h - 1, k_h - 1), (k_w - 1, k_w - 1))
 
 
-def pool2d_transpose(g: jax.Array, u, kind: str | None, ties: str = 'first') -> jax.Array:
+def pool2d_transpose(g: jax.Array, u: jax.Array | tuple[int, ...], kind: str | None,
+                     ties: str = 'first') -> jax.Array:
   """The adjoint of `pool2d(·, kind, ties)` at `u` applied to `g`: `∂/∂u <g, P(u)>`, like `u`.
 
   Exactly the vector-Jacobian product of `pool2d` (so the explicit forces equal `jax.grad` of
@@ -213,7 +256,8 @@ def avg_pool_factor(s: jax.Array, factor: int) -> jax.Array:
   return jnp.mean(s.reshape(b, h // factor, factor, w // factor, factor, c), axis=(2, 4))
 
 
-def skip_drive(w: jax.Array, s_src: jax.Array, factor: int, compute_dtype=None) -> jax.Array:
+def skip_drive(w: jax.Array, s_src: jax.Array, factor: int,
+               compute_dtype: Optional[jax.typing.DTypeLike] = None) -> jax.Array:
   """`A_k(s_src) V`: what a skip link `(i, j)` sends up to layer j, `(B, H_j, W_j, C_j)`.
 
   `s_src` is layer i's state `(B, H_i, W_i, C_i)`, `factor = 2^k = H_i / H_j`, `w` the
@@ -222,7 +266,8 @@ def skip_drive(w: jax.Array, s_src: jax.Array, factor: int, compute_dtype=None) 
   return matmul(avg_pool_factor(s_src, factor), w, compute_dtype)
 
 
-def skip_feedback(w: jax.Array, s_dst: jax.Array, factor: int, compute_dtype=None) -> jax.Array:
+def skip_feedback(w: jax.Array, s_dst: jax.Array, factor: int,
+                  compute_dtype: Optional[jax.typing.DTypeLike] = None) -> jax.Array:
   """`A_k^T(s_dst V^T)`: the adjoint of `skip_drive` in `s_src`, `∂/∂s_i < s_j, A_k(s_i) V >`.
 
   `s_j V^T` spread evenly over each `factor x factor` window (the adjoint of average pooling:
@@ -277,7 +322,7 @@ def layer_drives(spec: NetworkSpec, params: dict, x: jax.Array,
   return tuple(layer_drive(spec, l, p, below[l]) for l, p in enumerate(params['layers']))
 
 
-def compute_dtype(dtype) -> jnp.dtype:
+def compute_dtype(dtype: jax.typing.DTypeLike) -> jnp.dtype:
   """The dtype energies and costs are evaluated in: float32 at least (bfloat16 states are
   upcast, so sums over the batch and the EP contrast do not lose the nudge in rounding)."""
   dtype = jnp.dtype(dtype)
@@ -342,20 +387,26 @@ def log_softmax(z: jax.Array) -> jax.Array:
   return z - shift - jnp.log(jnp.sum(jnp.exp(z - shift), axis=-1, keepdims=True))
 
 
-def cross_entropy(z: jax.Array, labels: jax.Array) -> jax.Array:
-  """Per-example `logsumexp(z) - z_y`, `(B,)`; holomorphic in `z`."""
+def cross_entropy(z: jax.Array, labels: Targets) -> jax.Array:
+  """Per-example `logsumexp(z) - z_y`, `(B,)`; holomorphic in `z`. labels: `(B,)` or targets."""
+  labels = target_labels(labels)
   return -jnp.take_along_axis(log_softmax(z), labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
 
 
-def squared_error(z: jax.Array, labels: jax.Array, num_classes: int) -> jax.Array:
-  """Per-example `½ ‖z - onehot(y)‖²`, `(B,)`."""
-  onehot = jax.nn.one_hot(labels, num_classes, dtype=z.dtype)
+def squared_error(z: jax.Array, labels: Targets, num_classes: int) -> jax.Array:
+  """Per-example `½ ‖z - onehot(y)‖²`, `(B,)`. labels: `(B,)` or targets."""
+  onehot = jax.nn.one_hot(target_labels(labels), num_classes, dtype=z.dtype)
   return 0.5 * jnp.sum((z - onehot) ** 2, axis=-1)
 
 
 def example_losses(spec: NetworkSpec, params: dict, states: tuple,
-                   labels: jax.Array) -> jax.Array:
-  """The output loss ℓ per example, `(B,)`: cross-entropy (softmax) or squared error (MSE)."""
+                   labels: Targets) -> jax.Array:
+  """The output loss ℓ per example, `(B,)`: cross-entropy (softmax) or squared error (MSE).
+
+  labels: the integer labels `(B,)`, or targets holding them under 'label'.
+  """
+  check_labels(labels, states[-1].shape[0])
+  labels = target_labels(labels)
   z = logits(spec, params, states)
   if spec.readout == 'mse':
     return squared_error(z, labels, spec.num_classes)
@@ -363,18 +414,24 @@ def example_losses(spec: NetworkSpec, params: dict, states: tuple,
 
 
 def output_cost(spec: NetworkSpec) -> CostFn:
-  """The plain EP nudging cost ℒ = Σ_batch ℓ(z(s_N), y); `targets['label']` holds y."""
+  """The plain EP nudging cost ℒ = Σ_batch ℓ(z(s_N), y): `(params, states, targets) -> scalar`,
+  targets the labels y or a mapping with y under 'label'."""
 
   def cost(params, states, targets):
-    return jnp.sum(example_losses(spec, params, states, targets['label']))
+    return jnp.sum(example_losses(spec, params, states, targets))
 
   return cost
 
 
 def nudged_primitive(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple,
-                     targets: dict, beta, cost_fn: CostFn | None) -> jax.Array:
-  """Φ^β = Φ - β ℒ; with `beta=None` (free phase) the cost is not computed at all."""
+                     targets: Optional[Targets], beta: Optional[jax.typing.ArrayLike],
+                     cost_fn: Optional[CostFn]) -> jax.Array:
+  """Φ^β = Φ - β ℒ; with `beta=None` (free phase) the cost is not computed at all.
+
+  targets: labels or a mapping (`as_targets`); cost_fn: ℒ (None: `output_cost(spec)`).
+  """
   phi = primitive(spec, params, x, states)
   if beta is None:
     return phi
-  return phi - beta * cost_fn(params, states, targets)
+  cost_fn = output_cost(spec) if cost_fn is None else cost_fn
+  return phi - beta * cost_fn(params, states, as_targets(targets))

@@ -20,7 +20,8 @@ The free term `f(0)` enters with weight `-Σ_k w_k`; it is computed only for ste
 weights do not sum to zero (one_sided: `-(f(β) - f(0))/β`; symmetric and holomorphic do not
 need it). A stencil with complex points relaxes complex states (holomorphic EP: it needs a
 holomorphic activation and average pooling). All nudged phases of a stencil start from `s^0`
-and run one after the other, each to its own stop. To add an estimator, add an entry,
+and run one after the other, each to its own stop (or as one relaxation vmapped over the points,
+`nudged_phases='vmapped'`: the same phases). To add an estimator, add an entry,
 e.g. the 4-point central difference (bias O(β⁴)):
 
     STENCILS['central4'] = lambda beta, holo_points: (
@@ -52,32 +53,40 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Mapping, NamedTuple, Optional, Sequence, Union
+from typing import NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ep_jax import activations
-from ep_jax.energy import CostFn, example_losses, logits, nudged_primitive, output_cost
-from ep_jax.network import NetworkSpec, init_states
+from ep_jax import energy
+from ep_jax.energy import CostFn, Targets, example_losses, logits, nudged_primitive, output_cost
+from ep_jax.network import NetworkSpec, check_input, init_states
 from ep_jax import relaxation
 from ep_jax.relaxation import MODES, RelaxResult, relax
 
+__all__ = [
+    'EPConfig', 'EPOutput', 'ESTIMATORS', 'NUDGED_PHASES', 'STENCILS', 'StencilShape',
+    'check_nudged_phases', 'describe', 'ep_gradient', 'holomorphic', 'holomorphic_unsupported',
+    'jitted_ep_gradient', 'nudged_relaxations', 'one_sided', 'state_derivative', 'stencil_points',
+    'stencil_shape', 'symmetric', 'validate',
+]
 
-def one_sided(beta, holo_points: int = 4) -> tuple:
+
+def one_sided(beta: jax.typing.ArrayLike, holo_points: int = 4) -> tuple:
   """β_k = (β,), w_k = (1/β,): `-(f(β) - f(0)) / β`."""
   del holo_points
   return (beta,), (1 / beta,)
 
 
-def symmetric(beta, holo_points: int = 4) -> tuple:
+def symmetric(beta: jax.typing.ArrayLike, holo_points: int = 4) -> tuple:
   """β_k = (β, -β), w_k = (1/(2β), -1/(2β)): `-(f(β) - f(-β)) / (2β)`."""
   del holo_points
   return (beta, -beta), (1 / (2 * beta), -1 / (2 * beta))
 
 
-def holomorphic(beta, holo_points: int = 4) -> tuple:
+def holomorphic(beta: jax.typing.ArrayLike, holo_points: int = 4) -> tuple:
   """β_k = β e^{2πik/K}, w_k = 1/(K β_k), k < K: `-(1/K) Σ_k Re[f(β_k) / β_k]`."""
   k = holo_points
   betas = tuple(beta * complex(math.cos(2 * math.pi * i / k), math.sin(2 * math.pi * i / k))
@@ -113,7 +122,8 @@ def stencil_shape(estimator: str, holo_points: int = 4) -> StencilShape:
                       bool(total <= 1e-9 * np.sum(np.abs(weights))))
 
 
-def stencil_points(estimator: str, beta, holo_points: int = 4, dtype=jnp.float32) -> tuple:
+def stencil_points(estimator: str, beta: jax.typing.ArrayLike, holo_points: int = 4,
+                   dtype: jax.typing.DTypeLike = jnp.float32) -> tuple:
   """`(betas (P,), weights (P,))` of `STENCILS[estimator]` at |β| = beta, as arrays of `dtype`
   (real stencils) or of its complex counterpart (complex ones)."""
   shape = stencil_shape(estimator, holo_points)
@@ -204,7 +214,8 @@ def check_nudged_phases(nudged_phases: str) -> None:
     raise ValueError(f'unknown nudged_phases {nudged_phases!r}; known: {NUDGED_PHASES}')
 
 
-def validate(estimator: str, beta, mode: str = 'sync', holo_points: int = 4) -> None:
+def validate(estimator: str, beta: jax.typing.ArrayLike, mode: str = 'sync',
+             holo_points: int = 4) -> None:
   """Raises ValueError for an unknown estimator or mode, or a concrete β <= 0."""
   if estimator not in STENCILS and estimator != 'bptt':
     raise ValueError(f'unknown estimator {estimator!r}; known: {tuple(STENCILS) + ("bptt",)}')
@@ -242,28 +253,32 @@ def _complex_dtype(dtype) -> jnp.dtype:
   return jnp.complex128 if jnp.dtype(dtype) == jnp.float64 else jnp.complex64
 
 
-def ep_gradient(spec: NetworkSpec, params: dict, x: jax.Array,
-                targets: Union[Mapping, jax.Array], *, beta,
-                estimator: str = 'symmetric', free_steps=250, nudged_steps=25, tol=0.0,
-                mode: str = 'sync', holo_points: int = 4, cost_fn: Optional[CostFn] = None,
-                rng: Optional[jax.Array] = None, state_dtype=None,
-                compute_dtype=None, damping=1.0,
-                nudged_phases: str = 'sequential') -> EPOutput:
+def ep_gradient(spec: NetworkSpec, params: dict, x: jax.Array, targets: Targets, *,
+                beta: jax.typing.ArrayLike, estimator: str = 'symmetric',
+                free_steps: int = 250, nudged_steps: int = 25,
+                tol: jax.typing.ArrayLike = 0.0, mode: str = 'sync', holo_points: int = 4,
+                cost_fn: Optional[CostFn] = None, rng: Optional[jax.Array] = None,
+                state_dtype: Optional[jax.typing.DTypeLike] = None,
+                compute_dtype: Optional[jax.typing.DTypeLike] = None,
+                damping: float = 1.0, nudged_phases: str = 'sequential') -> EPOutput:
   """Runs the free phase and the estimator's nudged phases; returns the EP gradient estimate.
 
-  Under `jit` the spec (and estimator, mode, holo_points, cost_fn and the dtypes) must be
-  static: use `jitted_ep_gradient`, or `jax.jit(ep_gradient, static_argnames=('spec', ...))`.
+  Under `jit` the spec (and estimator, mode, holo_points, cost_fn, the dtypes and the step
+  counts) must be static: use `jitted_ep_gradient`, or
+  `jax.jit(ep_gradient, static_argnames=('spec', 'estimator', 'free_steps', ...))`.
 
   Args:
     spec: the network. params: its parameters (plus any trainable signal heads that `cost_fn`
-      uses). x: inputs `(B, H, W, C)`. targets: the integer labels `(B,)`, or a dict the cost
-      reads with at least `'label'` (a plain array `y` is taken as `{'label': y}`).
+      uses). x: inputs `(B, H, W, C)`, `(H, W, C) = spec.input_shape`. targets: the integer
+      labels `(B,)`, or a dict the cost reads with at least `'label'` (a plain array `y` is
+      taken as `{'label': y}`).
     beta: |β| > 0, a Python float or a (traced) scalar, so `vmap` over β works.
     estimator: a name in `STENCILS` ('one_sided', 'random_sign', 'symmetric', 'holomorphic'
       or an added one), or 'bptt' (exact gradient through exactly `free_steps` unrolled free
       steps, static; tol, β, T2 unused; `nudged` is then empty).
-    free_steps, nudged_steps: T1, T2 (step limits; may be traced). tol: residual tolerance
-      (may be traced).
+    free_steps, nudged_steps: T1, T2, the step limits: Python ints, static under
+      `jitted_ep_gradient` (a new count compiles anew; 'bptt' unrolls exactly `free_steps`).
+      tol: residual tolerance (<= 0: exactly the step limits), a float or a traced scalar.
     mode: 'sync' or 'async'. holo_points: K for the holomorphic estimator.
     cost_fn: the nudging cost ℒ (default: the output loss). rng: needed by 'random_sign'.
     state_dtype: dtype of the states (default: the parameters' dtype).
@@ -275,13 +290,16 @@ def ep_gradient(spec: NetworkSpec, params: dict, x: jax.Array,
       'vmapped' runs them as one relaxation vmapped over the points β_k (each still stops at
       its own residual: a finished phase is held while the others go on). Both give the same
       phases and estimate; on a 2-core CPU 'sequential' was 10-25% faster (docs/BENCHMARKS.md).
+  Raises:
+    ValueError: an unknown estimator, mode or nudged_phases, a concrete β <= 0, inputs not
+      `(B, *spec.input_shape)` or labels not integers `(B,)` (static checks, free under `jit`).
   """
   validate(estimator, beta, mode, holo_points)
   check_nudged_phases(nudged_phases)
-  if not isinstance(targets, Mapping):
-    targets = {'label': targets}
+  batch = check_input(spec, x)
+  targets = energy.as_targets(targets)
+  energy.check_labels(targets, batch)
   cost_fn = output_cost(spec) if cost_fn is None else cost_fn
-  batch = x.shape[0]
   dtype = state_dtype or jax.tree_util.tree_leaves(params)[0].dtype
   if estimator == 'bptt':
     return _bptt(spec, params, x, targets, cost_fn, free_steps, mode, dtype, compute_dtype,
@@ -322,10 +340,12 @@ def ep_gradient(spec: NetworkSpec, params: dict, x: jax.Array,
   return EPOutput(grads, z, losses, free, nudged, betas, weights)
 
 
-def nudged_relaxations(spec: NetworkSpec, params: dict, x: jax.Array, s0: tuple, targets,
-                       betas: jax.Array, cost_fn: CostFn, *, nudged_steps=25, tol=0.0,
-                       mode: str = 'sync', compute_dtype=None, damping=1.0,
-                       nudged_phases: str = 'sequential') -> list:
+def nudged_relaxations(spec: NetworkSpec, params: dict, x: jax.Array, s0: tuple,
+                       targets: Targets, betas: jax.Array, cost_fn: CostFn, *,
+                       nudged_steps: int = 25, tol: jax.typing.ArrayLike = 0.0,
+                       mode: str = 'sync',
+                       compute_dtype: Optional[jax.typing.DTypeLike] = None,
+                       damping: float = 1.0, nudged_phases: str = 'sequential') -> list:
   """One `RelaxResult` per point of `betas` `(P,)`: the relaxation under `Φ^{β_k}` (cost
   `cost_fn`) from the free fixed point `s0`, its states cast to `betas`' dtype and held
   constant (stop_gradient). `nudged_phases` as in `ep_gradient`."""

@@ -25,7 +25,12 @@ import jax.numpy as jnp
 import optax
 
 from ep_jax import activations, connections, energy
-from ep_jax.network import NetworkSpec
+from ep_jax.energy import Targets
+from ep_jax.network import NetworkSpec, check_input
+
+__all__ = [
+    'forward', 'loss_fn', 'make_eval_step', 'make_train_step',
+]
 
 
 def forward(spec: NetworkSpec, params: dict, x: jax.Array) -> tuple[tuple, jax.Array]:
@@ -33,11 +38,12 @@ def forward(spec: NetworkSpec, params: dict, x: jax.Array) -> tuple[tuple, jax.A
 
   Args:
     spec: the network (the CRNN's spec or its twin's). params: `network.init_params` layout.
-    x: inputs `(B, H, W, C)`.
+    x: inputs `(B, *spec.input_shape)` (another shape: ValueError).
   Returns:
     `(activations, logits)`: one array per dynamical layer, `(B, *spec.state_shapes[l])`,
     and the readout `(B, num_classes)` (the last activation with an MSE readout).
   """
+  check_input(spec, x)
   sigma = activations.get(spec.activation)
   a = x
   acts = []
@@ -53,8 +59,9 @@ def forward(spec: NetworkSpec, params: dict, x: jax.Array) -> tuple[tuple, jax.A
   return acts, energy.logits(spec, params, acts)
 
 
-def loss_fn(spec: NetworkSpec, params: dict, x: jax.Array, labels: jax.Array) -> jax.Array:
-  """Mean output loss of the feed-forward pass (cross-entropy for a softmax readout)."""
+def loss_fn(spec: NetworkSpec, params: dict, x: jax.Array, labels: Targets) -> jax.Array:
+  """Mean output loss of the feed-forward pass (cross-entropy for a softmax readout);
+  labels: `(B,)` or targets holding them under 'label'."""
   acts, _ = forward(spec, params, x)
   return jnp.mean(energy.example_losses(spec, params, acts, labels))
 

@@ -40,9 +40,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from ep_jax import estimators, optim, reference_grads
-from ep_jax.energy import CostFn
+from ep_jax._types import PyTree
+from ep_jax.energy import CostFn, Targets
 from ep_jax.network import NetworkSpec, init_states, synapse_names
 from ep_jax.relaxation import relax
+
+__all__ = [
+    'ALL', 'DEFAULT_BETAS', 'DEFAULT_ESTIMATORS', 'alignment', 'cast_floats', 'compare',
+    'gdu_sweep', 'group_order', 'group_vectors', 'holomorphic_unsupported', 'markdown', 'plot',
+    'reference_gradients', 'smooth_twin',
+]
 
 DEFAULT_ESTIMATORS = ('one_sided', 'symmetric', 'holomorphic')
 DEFAULT_BETAS = (0.01, 0.03, 0.1, 0.3, 1.0)
@@ -68,7 +75,7 @@ def smooth_twin(spec: NetworkSpec) -> NetworkSpec:
 # ------------------------------------------------------------------------------ comparison
 
 
-def cast_floats(tree, dtype):
+def cast_floats(tree: PyTree, dtype: jax.typing.DTypeLike) -> PyTree:
   """Casts the floating (real) leaves of `tree` to `dtype`; other leaves are left alone."""
 
   def cast(leaf):
@@ -85,7 +92,7 @@ def group_order(spec: NetworkSpec, labels: Sequence[str]) -> list[str]:
   return ordered + sorted(present - set(ordered))
 
 
-def group_vectors(tree, spec: NetworkSpec) -> dict[str, np.ndarray]:
+def group_vectors(tree: PyTree, spec: NetworkSpec) -> dict[str, np.ndarray]:
   """`{group: flat float64 vector}` of a params-shaped pytree, plus `'all'`."""
   labels = jax.tree_util.tree_leaves(optim.group_labels(tree, spec))
   leaves = [np.asarray(leaf, np.float64).ravel() for leaf in jax.tree_util.tree_leaves(tree)]
@@ -113,7 +120,7 @@ def alignment(estimate: np.ndarray, reference: np.ndarray) -> dict:
           'ref_norm': float(n_ref)}
 
 
-def compare(estimate, reference, spec: NetworkSpec) -> dict[str, dict]:
+def compare(estimate: PyTree, reference: PyTree, spec: NetworkSpec) -> dict[str, dict]:
   """Per group (and `'all'`): `{'cos', 'rel_err'}` of `estimate` against `reference`."""
   est, ref = group_vectors(estimate, spec), group_vectors(reference, spec)
   return {g: alignment(est[g], ref[g]) for g in ref}
@@ -122,7 +129,7 @@ def compare(estimate, reference, spec: NetworkSpec) -> dict[str, dict]:
 # ------------------------------------------------------------------------------ references
 
 
-def reference_gradients(spec: NetworkSpec, params: dict, x: jax.Array, targets: dict, *,
+def reference_gradients(spec: NetworkSpec, params: dict, x: jax.Array, targets: Targets, *,
                         cost_fn: Optional[CostFn] = None, max_steps: int = 20_000,
                         tol: float = 1e-12, bptt_steps: Optional[int] = None,
                         mode: str = 'sync') -> tuple[dict, dict, dict]:
@@ -161,7 +168,7 @@ def reference_gradients(spec: NetworkSpec, params: dict, x: jax.Array, targets: 
 # ------------------------------------------------------------------------------- the sweep
 
 
-def gdu_sweep(spec: NetworkSpec, params: dict, x, targets: dict, *,
+def gdu_sweep(spec: NetworkSpec, params: dict, x: jax.Array, targets: Targets, *,
               cost_fn: Optional[CostFn] = None,
               betas: Sequence[float] = DEFAULT_BETAS,
               estimator_names: Sequence[str] = DEFAULT_ESTIMATORS,

@@ -14,34 +14,46 @@ step (`train_step.make_eval_step`) computes its accuracy from the same relaxatio
 
 from __future__ import annotations
 
+from typing import Optional
+
 import jax
 
 from ep_jax import energy
-from ep_jax.network import NetworkSpec, init_states
+from ep_jax.network import NetworkSpec, check_input, init_states
 from ep_jax.relaxation import RelaxResult, relax
 
+__all__ = [
+    'free_phase', 'jitted_predict', 'predict',
+]
 
-def free_phase(spec: NetworkSpec, params: dict, x: jax.Array, *, free_steps=250, tol=0.0,
-               mode: str = 'sync', compute_dtype=None, damping=1.0,
-               state_dtype=None) -> RelaxResult:
+
+def free_phase(spec: NetworkSpec, params: dict, x: jax.Array, *,
+               free_steps: jax.typing.ArrayLike = 250, tol: jax.typing.ArrayLike = 0.0,
+               mode: str = 'sync', compute_dtype: Optional[jax.typing.DTypeLike] = None,
+               damping: float = 1.0,
+               state_dtype: Optional[jax.typing.DTypeLike] = None) -> RelaxResult:
   """The free phase from zero states: `relax` without a nudge.
 
   Args:
-    spec, params: the network and its parameters. x: inputs `(B, H, W, C)`, cast to the
-      states' dtype.
-    free_steps: T1, the step limit (may be traced). tol: residual tolerance (<= 0: exactly
-      `free_steps` steps). mode: 'sync' or 'async'. compute_dtype, damping: as in `relax`.
+    spec, params: the network and its parameters. x: inputs `(B, *spec.input_shape)`, cast
+      to the states' dtype (another shape: ValueError).
+    free_steps: T1, the step limit (it bounds a `while_loop`: may be traced; `jitted_predict`
+      traces it). tol: residual tolerance (<= 0: exactly `free_steps` steps).
+      mode: 'sync' or 'async'. compute_dtype, damping: as in `relax`.
     state_dtype: dtype of the states (default: the parameters' dtype).
   """
+  batch = check_input(spec, x)
   dtype = state_dtype or jax.tree_util.tree_leaves(params)[0].dtype
-  return relax(spec, params, x.astype(dtype), init_states(spec, x.shape[0], dtype),
+  return relax(spec, params, x.astype(dtype), init_states(spec, batch, dtype),
                max_steps=free_steps, tol=tol, mode=mode, compute_dtype=compute_dtype,
                damping=damping)
 
 
-def predict(spec: NetworkSpec, params: dict, x: jax.Array, *, free_steps=250, tol=0.0,
-            mode: str = 'sync', compute_dtype=None, damping=1.0,
-            state_dtype=None) -> jax.Array:
+def predict(spec: NetworkSpec, params: dict, x: jax.Array, *,
+            free_steps: jax.typing.ArrayLike = 250, tol: jax.typing.ArrayLike = 0.0,
+            mode: str = 'sync', compute_dtype: Optional[jax.typing.DTypeLike] = None,
+            damping: float = 1.0,
+            state_dtype: Optional[jax.typing.DTypeLike] = None) -> jax.Array:
   """Logits `(B, num_classes)` at the free fixed point reached from zero states.
 
   The arguments are `free_phase`'s; a trained run's are its config's `ep.free_steps`,

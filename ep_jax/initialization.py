@@ -34,6 +34,11 @@ import numpy as np
 from ep_jax import connections, network, relaxation
 from ep_jax.network import NetworkSpec
 
+__all__ = [
+    'Calibration', 'MODES', 'SLOPES', 'apply_gains', 'calibrate_gains', 'he_gain', 'init_params',
+    'layer_gains',
+]
+
 MODES = ('pytorch', 'he', 'gains', 'data')
 
 # Slope of each activation in its linear range.
@@ -97,7 +102,7 @@ def apply_gains(params: dict, gains: Sequence[float], spec: NetworkSpec | None =
 def init_params(spec: NetworkSpec, key: jax.Array, *, mode: str = 'pytorch', scale: float = 1.0,
                 gains: Sequence[float] = (), readout_scale: float = 1.0,
                 skip_scale: float = 1.0, bias_scale: float = 1.0,
-                dtype=jnp.float32) -> dict:
+                dtype: jax.typing.DTypeLike = jnp.float32) -> dict:
   """PyTorch-default parameters times the gains of `mode` ('data': the 'pytorch' start).
 
   readout_scale: multiplies the softmax readout's weights and bias (0: a zero readout, whose

@@ -17,11 +17,16 @@ optax's decay schedules do), so κ never turns negative.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+__all__ = [
+    'SCHEDULES', 'Schedule', 'constant', 'cosine', 'exponential', 'layer_init', 'linear',
+    'make_layer_schedule', 'make_schedule',
+]
 
 SCHEDULES = ('constant', 'linear', 'exp', 'cos')
 _ALIASES = {'exponential': 'exp', 'cosine': 'cos', 'const': 'constant'}
@@ -46,7 +51,7 @@ def _check_total(total_epochs) -> None:
     raise ValueError(f'total_epochs must be >= 1, got {total_epochs}')
 
 
-def constant(kappa_init) -> Schedule:
+def constant(kappa_init: jax.typing.ArrayLike) -> Schedule:
   """κ(E) = κ_init."""
   _check_init(kappa_init)
 
@@ -57,7 +62,7 @@ def constant(kappa_init) -> Schedule:
   return schedule
 
 
-def linear(kappa_init, total_epochs: int) -> Schedule:
+def linear(kappa_init: jax.typing.ArrayLike, total_epochs: int) -> Schedule:
   """κ(E) = -κ_init · E / E_total + κ_init, E clipped to [0, E_total] (0 at E_total)."""
   _check_init(kappa_init)
   _check_total(total_epochs)
@@ -71,7 +76,7 @@ def linear(kappa_init, total_epochs: int) -> Schedule:
   return schedule
 
 
-def exponential(kappa_init, gamma: float) -> Schedule:
+def exponential(kappa_init: jax.typing.ArrayLike, gamma: float) -> Schedule:
   """κ(E) = κ_init · exp(-γ E)."""
   _check_init(kappa_init)
   if not math.isfinite(gamma) or gamma < 0:
@@ -83,7 +88,7 @@ def exponential(kappa_init, gamma: float) -> Schedule:
   return schedule
 
 
-def cosine(kappa_init, total_epochs: int, kappa_min: float = 0.0) -> Schedule:
+def cosine(kappa_init: jax.typing.ArrayLike, total_epochs: int, kappa_min: float = 0.0) -> Schedule:
   """κ(E) = κ_min + ½ (κ_init - κ_min)(1 + cos(π E / E_total)), E clipped to [0, E_total]."""
   _check_init(kappa_init)
   _check_total(total_epochs)
@@ -97,8 +102,8 @@ def cosine(kappa_init, total_epochs: int, kappa_min: float = 0.0) -> Schedule:
   return schedule
 
 
-def make_schedule(name: str, kappa_init, *, total_epochs: int, kappa_min: float = 0.0,
-                  gamma: float = 0.1) -> Schedule:
+def make_schedule(name: str, kappa_init: jax.typing.ArrayLike, *, total_epochs: int,
+                  kappa_min: float = 0.0, gamma: float = 0.1) -> Schedule:
   """The schedule called `name` (one of SCHEDULES; 'exponential'/'cosine' accepted)."""
   key = _ALIASES.get(str(name).lower(), str(name).lower())
   if key == 'constant':
@@ -135,11 +140,12 @@ def layer_init(num_layers: int, layers: Sequence[int], kappa_init: float,
   return values
 
 
-def make_layer_schedule(kappa_config, *, num_layers: int, layers: Sequence[int],
+def make_layer_schedule(kappa_config: Any, *, num_layers: int, layers: Sequence[int],
                         total_epochs: int) -> Schedule:
   """`epoch -> (N,)` κ per layer from a `signals.kappa` config, exactly 0 off `layers`.
 
-  `kappa_config` has fields `schedule`, `init`, `min`, `gamma`, `per_layer`.
+  `kappa_config` (a `signals.kappa` ConfigDict) has fields `schedule`, `init`, `min`, `gamma`,
+  `per_layer`.
   """
   init = layer_init(num_layers, layers, kappa_config.init, kappa_config.per_layer)
   mask = np.zeros((num_layers,), np.float64)

@@ -39,6 +39,13 @@ import jax.numpy as jnp
 
 from ep_jax.connections import Edge, check_kind, scale_params
 
+__all__ = [
+    'ConvLayer', 'EDGE_KEY', 'NetworkSpec', 'PADDINGS', 'POOLS', 'POOL_TIES', 'PRESET_LAYOUTS',
+    'PRESET_PADDINGS', 'check_edges', 'check_input', 'check_skips', 'init_params', 'init_states',
+    'layer_colour_classes', 'layer_colouring', 'layer_names', 'make_spec', 'model_layer_names',
+    'parse_layout', 'synapse_names',
+]
+
 POOLS = {'M': 'max', 'A': 'avg'}
 # Where max pooling's derivative goes in a tied window: all to the first maximum in row-major
 # window order (torch's max_pool2d, the reference's), or split evenly between the tied ones.
@@ -436,7 +443,7 @@ def _uniform(key, shape, bound, dtype):
   return jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
-def init_params(spec: NetworkSpec, key: jax.Array, *, dtype=jnp.float32,
+def init_params(spec: NetworkSpec, key: jax.Array, *, dtype: jax.typing.DTypeLike = jnp.float32,
                 scale: float = 1.0, skip_scale: float = 1.0) -> dict:
   """Initialises parameters like PyTorch's default (U(±1/sqrt(fan_in))), times `scale`.
 
@@ -484,7 +491,33 @@ def init_params(spec: NetworkSpec, key: jax.Array, *, dtype=jnp.float32,
   return params
 
 
-def init_states(spec: NetworkSpec, batch_size: int, dtype=jnp.float32) -> tuple[jax.Array, ...]:
+def check_input(spec: NetworkSpec, x: jax.typing.ArrayLike,
+                states: Optional[Sequence[jax.typing.ArrayLike]] = None) -> int:
+  """The batch size B of inputs `x` `(B, *spec.input_shape)` (and of `states`, one
+  `(B, *spec.state_shapes[l])` per layer, if given).
+
+  Static (shapes only): free under `jit`.
+
+  Raises:
+    ValueError: naming the expected and the given shape.
+  """
+  shape = tuple(jnp.shape(x))
+  if len(shape) != 4 or shape[1:] != spec.input_shape:
+    h, w, c = spec.input_shape
+    raise ValueError(f'inputs x must have shape (B, H, W, C) = (B, {h}, {w}, {c}) for this '
+                     f'network, got {shape}')
+  batch = shape[0]
+  if states is not None:
+    want = tuple((batch,) + s for s in spec.state_shapes)
+    got = tuple(tuple(jnp.shape(s)) for s in states)
+    if got != want:
+      raise ValueError(f'states must have shapes {want} (one per layer, batch {batch}), got '
+                       f'{got}')
+  return batch
+
+
+def init_states(spec: NetworkSpec, batch_size: int,
+                dtype: jax.typing.DTypeLike = jnp.float32) -> tuple[jax.Array, ...]:
   """Zero states, one `(B, *shape)` array per dynamical layer."""
   return tuple(jnp.zeros((batch_size,) + shape, dtype) for shape in spec.state_shapes)
 

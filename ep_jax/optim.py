@@ -11,12 +11,17 @@ epoch. Weight decay before momentum matches `torch.optim.SGD(weight_decay=...)`.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import optax
 
 from ep_jax.network import NetworkSpec, synapse_names
+
+__all__ = [
+    'OPTIMIZERS', 'SCHEDULES', 'SCHEDULE_STEPS', 'current_learning_rates', 'group_labels',
+    'learning_rate_schedule', 'make_optimizer', 'per_group', 'schedule_kwargs',
+]
 
 SCHEDULES = ('constant', 'cosine', 'sgdr')
 SCHEDULE_STEPS = ('step', 'epoch')
@@ -168,8 +173,8 @@ def make_optimizer(spec: NetworkSpec, params: dict, *, learning_rates: float | S
                                labels)
 
 
-def current_learning_rates(spec: NetworkSpec, *, learning_rates, step: int,
-                           **schedule_args) -> list[float]:
+def current_learning_rates(spec: NetworkSpec, *, learning_rates: float | Sequence[float],
+                           step: int, **schedule_args: Any) -> list[float]:
   """The per-group learning rates at `step` (for logging); `schedule_args`: the keyword
   arguments of `learning_rate_schedule` (e.g. `schedule_kwargs(...)`)."""
   rates = per_group(learning_rates, spec, 'learning_rates')

@@ -19,24 +19,35 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ep_jax.energy import CostFn, output_cost
+from ep_jax.energy import CostFn, Targets, output_cost
 from ep_jax.network import NetworkSpec, init_states
-from ep_jax.relaxation import relax_fixed, step
+from ep_jax.relaxation import check_call, relax_fixed, step
+
+__all__ = [
+    'ImplicitResult', 'bptt_gradient', 'implicit_gradient',
+]
 
 
 class ImplicitResult(NamedTuple):
+  """The gradient pytree (like `params`), the adjoint iterations used and the adjoint's final
+  residual `max |λ_{k+1} - λ_k|`."""
   grads: dict
   steps: jax.Array
   residual: jax.Array
 
 
-def bptt_gradient(spec: NetworkSpec, params: dict, x: jax.Array, targets: dict, *,
+def bptt_gradient(spec: NetworkSpec, params: dict, x: jax.Array, targets: Targets, *,
                   steps: int, mode: str = 'sync',
                   cost_fn: Optional[CostFn] = None) -> dict:
-  """Gradient of `mean ℒ(s_T)` through `steps` (static) unrolled free-phase updates."""
+  """Gradient of `mean ℒ(s_T)` through `steps` (static) unrolled free-phase updates.
+
+  x: inputs `(B, *spec.input_shape)`. targets: the labels `(B,)` or a mapping with 'label'
+  (and what `cost_fn` reads). cost_fn: ℒ (default: the output loss).
+  """
   cost_fn = output_cost(spec) if cost_fn is None else cost_fn
   batch = x.shape[0]
   dtype = jax.tree_util.tree_leaves(params)[0].dtype
+  targets = check_call(spec, x, None, targets)
 
   def loss(p):
     final = relax_fixed(spec, p, x, init_states(spec, batch, dtype), steps=steps, mode=mode)
@@ -45,14 +56,16 @@ def bptt_gradient(spec: NetworkSpec, params: dict, x: jax.Array, targets: dict, 
   return jax.grad(loss)(params)
 
 
-def implicit_gradient(spec: NetworkSpec, params: dict, x: jax.Array, targets: dict,
+def implicit_gradient(spec: NetworkSpec, params: dict, x: jax.Array, targets: Targets,
                       fixed_point: tuple, *, cost_fn: Optional[CostFn] = None,
                       max_steps: int = 10_000, tol: float = 1e-12) -> ImplicitResult:
   """Exact gradient at the free fixed point `fixed_point` by recurrent backprop.
 
+  x, targets, cost_fn: as in `bptt_gradient`; `fixed_point` one `(B, *state_shape)` per layer.
   Returns the gradient pytree, the adjoint iterations used and the adjoint's final residual
   `max |λ_{k+1} - λ_k|`.
   """
+  targets = check_call(spec, x, fixed_point, targets)
   cost_fn = output_cost(spec) if cost_fn is None else cost_fn
   batch = x.shape[0]
   s_star = tuple(lax.stop_gradient(s) for s in fixed_point)

@@ -33,15 +33,21 @@ returns the steps used and the final residual. `tol <= 0` means exactly `max_ste
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Any, Mapping, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from ep_jax import activations, connections, energy
-from ep_jax.energy import CostFn, nudged_primitive
-from ep_jax.network import NetworkSpec
+from ep_jax.energy import CostFn, Targets, nudged_primitive
+from ep_jax.network import NetworkSpec, check_input
+
+__all__ = [
+    'MODES', 'RelaxResult', 'bottom_drive', 'carried_conv_layers', 'check_call', 'check_damping',
+    'force', 'force_autodiff', 'layer_changes', 'max_change', 'relax', 'relax_fixed',
+    'residual_trace', 'step',
+]
 
 MODES = ('sync', 'async')
 
@@ -58,10 +64,27 @@ class RelaxResult(NamedTuple):
   layer_residuals: Optional[jax.Array] = None
 
 
-def force_autodiff(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, targets: dict,
-                   beta, cost_fn: Optional[CostFn],
+def check_call(spec: NetworkSpec, x: jax.Array, states: Optional[tuple],
+               targets: Optional[Targets] = None) -> Optional[Mapping[str, Any]]:
+  """`targets` as a mapping (`energy.as_targets`), after checking `x` and `states` (if given)
+  against `spec` (`network.check_input`) and the labels, if `targets` holds any, against the
+  batch.
+
+  Static (shapes and dtypes only). Raises ValueError naming the expected and given shapes.
+  """
+  batch = check_input(spec, x, states)
+  targets = energy.as_targets(targets)
+  if targets is not None and 'label' in targets:
+    energy.check_labels(targets, batch)
+  return targets
+
+
+def force_autodiff(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple,
+                   targets: Optional[Targets], beta: Optional[jax.typing.ArrayLike],
+                   cost_fn: Optional[CostFn],
                    layers: Optional[tuple[int, ...]] = None) -> tuple:
   """`∂Φ^β/∂s_l` by `jax.grad` of the energy (the definition; `force` computes it explicitly)."""
+  targets = check_call(spec, x, states, targets)
   layers = tuple(range(len(states))) if layers is None else layers
   holomorphic = jnp.iscomplexobj(states[0])
 
@@ -74,7 +97,8 @@ def force_autodiff(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple,
   return jax.grad(energy, holomorphic=holomorphic)(tuple(states[l] for l in layers))
 
 
-def bottom_drive(spec: NetworkSpec, params: dict, x: jax.Array, dtype) -> jax.Array:
+def bottom_drive(spec: NetworkSpec, params: dict, x: jax.Array,
+                 dtype: jax.typing.DTypeLike) -> jax.Array:
   """The drive of layer 1 from the input, `P(W_1 ⋆ x + b_1)`: constant during a relaxation."""
   return energy.layer_drive(spec, 0, params['layers'][0], x.astype(dtype))
 
@@ -116,7 +140,9 @@ class _Forces:
     self.spec, self.params, self.compute_dtype = spec, params, compute_dtype
     self.drive0, self.kernels_t = prepared
     self.states = list(states)
-    self.targets, self.beta, self.cost_fn = targets, beta, cost_fn
+    if beta is not None and cost_fn is None:
+      cost_fn = energy.output_cost(spec)
+    self.targets, self.beta, self.cost_fn = energy.as_targets(targets), beta, cost_fn
     self._conv = dict(convs or {})  # {l: W_l ⋆ s_{l-1}} valid for `states`
 
   def set(self, l, value):
@@ -211,15 +237,17 @@ def _setup(spec, params, x, states, compute_dtype):
   return _prepare(spec, params, x, states[0].dtype, compute_dtype), compute_dtype
 
 
-def force(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, targets: dict, beta,
+def force(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple,
+          targets: Optional[Targets], beta: Optional[jax.typing.ArrayLike],
           cost_fn: Optional[CostFn], layers: Optional[tuple[int, ...]] = None,
-          compute_dtype=None) -> tuple:
+          compute_dtype: Optional[jax.typing.DTypeLike] = None) -> tuple:
   """`∂Φ^β/∂s_l` for the layers in `layers` (all by default), each shaped like `s_l`.
 
   Real states use the explicit feedforward + feedback form (`_Forces`); complex states
   (holomorphic EP) use `jax.grad` of the energy. Both are the same function.
   compute_dtype: see `relax` (real states only).
   """
+  targets = check_call(spec, x, states, targets)
   layers = tuple(range(len(states))) if layers is None else tuple(layers)
   if not _explicit(states):
     return force_autodiff(spec, params, x, states, targets, beta, cost_fn, layers)
@@ -253,7 +281,7 @@ def _initial_convs(spec, params, prepared, states, mode, compute_dtype):
   return {l: forces.conv(l) for l in layers}
 
 
-def check_damping(damping) -> None:
+def check_damping(damping: jax.typing.ArrayLike) -> None:
   """Raises ValueError unless a concrete damping lies in (0, 1]."""
   if isinstance(damping, (int, float)) and not 0.0 < damping <= 1.0:
     raise ValueError(f'damping must be in (0, 1] (1 = undamped), got {damping}')
@@ -305,11 +333,14 @@ def _step(spec, params, x, prepared, states, targets, beta, cost_fn, mode, compu
   return tuple(forces.states), {l: forces.conv(l) for l in carried_conv_layers(spec, n, mode)}
 
 
-def step(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, targets: dict, beta,
-         cost_fn: Optional[CostFn], mode: str = 'sync', compute_dtype=None,
-         damping=1.0) -> tuple:
+def step(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple,
+         targets: Optional[Targets], beta: Optional[jax.typing.ArrayLike],
+         cost_fn: Optional[CostFn], mode: str = 'sync',
+         compute_dtype: Optional[jax.typing.DTypeLike] = None,
+         damping: jax.typing.ArrayLike = 1.0) -> tuple:
   """One update of the dynamics, synchronous or asynchronous (colour class by colour class of
   `spec.colour_classes`: even layers, then odd ones, without skip links)."""
+  targets = check_call(spec, x, states, targets)
   check_damping(damping)
   prepared, compute_dtype = _setup(spec, params, x, states, compute_dtype)
   return _step(spec, params, x, prepared, states, targets, beta, cost_fn, mode,
@@ -326,16 +357,22 @@ def max_change(new: tuple, old: tuple) -> jax.Array:
   return jnp.max(layer_changes(new, old))
 
 
-def relax(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, *, targets=None,
-          beta=None, cost_fn: Optional[CostFn] = None, max_steps=100, tol=0.0,
-          mode: str = 'sync', compute_dtype=None, damping=1.0) -> RelaxResult:
+def relax(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, *,
+          targets: Optional[Targets] = None, beta: Optional[jax.typing.ArrayLike] = None,
+          cost_fn: Optional[CostFn] = None, max_steps: jax.typing.ArrayLike = 100,
+          tol: jax.typing.ArrayLike = 0.0, mode: str = 'sync',
+          compute_dtype: Optional[jax.typing.DTypeLike] = None,
+          damping: jax.typing.ArrayLike = 1.0) -> RelaxResult:
   """Iterates the dynamics from `states` until the residual is `<= tol` or `max_steps`.
 
   Args:
     spec, params, x: the network, its parameters and the input `(B, H, W, C)`.
     states: initial states (zeros for a free phase, the free fixed point for nudged phases).
     targets, beta, cost_fn: the nudge `-β ℒ(params, s, targets)`; `beta=None` is free.
-    max_steps: step limit (may be traced). tol: residual tolerance; `<= 0` disables it.
+      targets: the labels `(B,)` or a mapping with at least what `cost_fn` reads (default
+      cost: the output loss, which reads 'label').
+    max_steps: step limit (it only bounds the `while_loop`, so it may be traced).
+    tol: residual tolerance; `<= 0` disables it.
     mode: 'sync' or 'async'.
     compute_dtype: mixed precision (e.g. `jnp.bfloat16`): convolutions and matmuls round
       their operands to it and accumulate in the states' dtype, which the states keep. None:
@@ -343,7 +380,11 @@ def relax(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, *, targe
     damping: γ in (0, 1] of `s <- (1 - γ) s + γ σ(force)` (1: undamped); may be traced.
   Returns:
     a `RelaxResult`. The loop also stops as soon as the residual is not finite.
+  Raises:
+    ValueError: `x`, `states` or the labels not shaped for `spec` (`check_call`), an unknown
+      mode or a damping outside (0, 1].
   """
+  targets = check_call(spec, x, states, targets)
   if mode not in MODES:
     raise ValueError(f'unknown relaxation mode {mode!r}; known: {MODES}')
   check_damping(damping)
@@ -396,12 +437,16 @@ def _scan(spec, params, x, states, steps, targets, beta, cost_fn, mode, compute_
 
 
 def relax_fixed(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, *, steps: int,
-                targets=None, beta=None, cost_fn: Optional[CostFn] = None,
-                mode: str = 'sync', compute_dtype=None, damping=1.0) -> RelaxResult:
+                targets: Optional[Targets] = None,
+                beta: Optional[jax.typing.ArrayLike] = None,
+                cost_fn: Optional[CostFn] = None, mode: str = 'sync',
+                compute_dtype: Optional[jax.typing.DTypeLike] = None,
+                damping: jax.typing.ArrayLike = 1.0) -> RelaxResult:
   """Exactly `steps` (static) updates with `lax.scan`; differentiable w.r.t. params and x.
 
-  compute_dtype, damping: as in `relax`.
+  targets, beta, cost_fn, compute_dtype, damping: as in `relax`.
   """
+  targets = check_call(spec, x, states, targets)
   final, residuals = _scan(spec, params, x, states, steps, targets, beta, cost_fn, mode,
                            compute_dtype, damping)
   per_layer = residuals[-1] if steps > 0 else jnp.full((len(states),), jnp.inf)
@@ -409,13 +454,18 @@ def relax_fixed(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, *,
 
 
 def residual_trace(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, *, steps: int,
-                   targets=None, beta=None, cost_fn: Optional[CostFn] = None,
-                   mode: str = 'sync', compute_dtype=None, damping=1.0) -> jax.Array:
+                   targets: Optional[Targets] = None,
+                   beta: Optional[jax.typing.ArrayLike] = None,
+                   cost_fn: Optional[CostFn] = None, mode: str = 'sync',
+                   compute_dtype: Optional[jax.typing.DTypeLike] = None,
+                   damping: jax.typing.ArrayLike = 1.0) -> jax.Array:
   """The residual after each of `steps` (static) updates, `(steps, L)`:
   `trace[t - 1, l] = max |s_l^t - s_l^{t-1}|`.
 
   `relax(..., tol=τ)` stops at the first t with `max_l trace[t - 1, l] <= τ`; the trace also
   shows what a fixed T would leave and whether the dynamics settle or keep moving.
+  targets, beta, cost_fn, compute_dtype, damping: as in `relax`.
   """
+  targets = check_call(spec, x, states, targets)
   return _scan(spec, params, x, states, steps, targets, beta, cost_fn, mode, compute_dtype,
                damping)[1]

@@ -49,7 +49,7 @@ import dataclasses
 import functools
 import logging
 import math
-from typing import Callable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -57,7 +57,15 @@ import numpy as np
 from jax import lax
 
 from ep_jax import energy, feedforward, kappa
+from ep_jax._types import PyTree
 from ep_jax.network import NetworkSpec
+
+__all__ = [
+    'HEADS', 'KDConfig', 'KD_NORMALIZE', 'LESConfig', 'LES_LOSSES', 'LES_NORMALIZE', 'LayerSignals',
+    'POOLS', 'SIMILARITY_EPS', 'SignalSetup', 'build_signals', 'check_teacher', 'feature_dim',
+    'features', 'head_logits', 'init_head', 'init_heads', 'kd_curvature', 'kd_divergence',
+    'kd_layer_cost', 'les_cost', 'les_scale', 'num_hidden', 'resolve_layers', 'similarity_matrix',
+]
 
 HEADS = ('fixed', 'learned')
 POOLS = ('gap', 'flatten')
@@ -90,7 +98,7 @@ def feature_dim(shape: Sequence[int], pool: str) -> int:
 
 
 def init_head(gen: np.random.Generator, dim: int, num_classes: int, *, learned: bool,
-              dtype=jnp.float32) -> dict:
+              dtype: jax.typing.DTypeLike = jnp.float32) -> dict:
   """A linear head `{'w': (dim, K), 'b': (K,)}`, `w ~ U(±1/sqrt(dim))`.
 
   A fixed random projection has `b = 0`; a learned head draws `b` like `w` (PyTorch Linear).
@@ -128,9 +136,11 @@ def similarity_matrix(f: jax.Array) -> jax.Array:
   return fn @ fn.T
 
 
-def les_cost(kind: str, feats: jax.Array, head: dict, labels: jax.Array, num_classes: int,
-             mix: float = 0.99) -> jax.Array:
-  """ℓ_l summed over the batch (scalar) for LES loss `kind` on features `(B, d)`."""
+def les_cost(kind: str, feats: jax.Array, head: dict, labels: energy.Targets,
+             num_classes: int, mix: float = 0.99) -> jax.Array:
+  """ℓ_l summed over the batch (scalar) for LES loss `kind` on features `(B, d)`; labels:
+  `(B,)` or targets holding them under 'label'."""
+  labels = energy.target_labels(labels)
   z = head_logits(head, feats)
   if kind == 'ce':
     return jnp.sum(energy.cross_entropy(z, labels))
@@ -288,7 +298,8 @@ class LayerSignals:
   def _name(self, l: int) -> str:
     return self.spec.layer_names[l]
 
-  def targets(self, frozen, params, batch: dict, epoch) -> dict:
+  def targets(self, frozen: PyTree, params: PyTree, batch: dict,
+              epoch: jax.typing.ArrayLike) -> dict:
     """`{'label', 'kappa': (N,)}`, plus the fixed heads and the teacher's targets.
 
     'les_heads': `{name: head}` (fixed heads); 'kd_targets': `{name: t_l (B, *state_shape)}`;
@@ -313,7 +324,7 @@ class LayerSignals:
   def _heads(self, params, targets) -> dict:
     return params['signals']['les'] if self.les.head == 'learned' else targets['les_heads']
 
-  def les_costs(self, params, states: tuple, targets: dict) -> dict:
+  def les_costs(self, params: PyTree, states: tuple, targets: dict) -> dict:
     """`{l: ℓ_l}` LES losses summed over the batch (unweighted by κ)."""
     if self.les is None:
       return {}
@@ -324,7 +335,7 @@ class LayerSignals:
                           self.les.predsim_mix)
             for l in self.les.layers}
 
-  def kd_costs(self, params, states: tuple, targets: dict) -> dict:
+  def kd_costs(self, params: PyTree, states: tuple, targets: dict) -> dict:
     """`{l: ℓ_l}` layer-wise KD losses summed over the batch (unweighted by κ)."""
     del params
     if self.kd is None:
@@ -333,7 +344,7 @@ class LayerSignals:
                              self.kd.normalize)
             for l in self.kd.layers}
 
-  def signal_cost(self, params, states: tuple, targets: dict) -> jax.Array:
+  def signal_cost(self, params: PyTree, states: tuple, targets: dict) -> jax.Array:
     """`Σ_l κ_l ℓ_l(s_l)` summed over the batch (the layer-wise part of ℒ)."""
     k = targets['kappa']
     total = 0.0
@@ -343,7 +354,7 @@ class LayerSignals:
         total = total + k[l].astype(c.dtype) * c
     return total
 
-  def output_cost(self, params, states: tuple, targets: dict) -> jax.Array:
+  def output_cost(self, params: PyTree, states: tuple, targets: dict) -> jax.Array:
     """The output term summed over the batch: ℓ(z, y), or `(1-α) ℓ(z, y) + α τ² KL` with
     α = `targets['kd_alpha']` (α = 0: exactly ℓ(z, y))."""
     label_cost = jnp.sum(energy.example_losses(self.spec, params, states, targets['label']))
@@ -354,11 +365,11 @@ class LayerSignals:
     alpha = targets['kd_alpha'].astype(label_cost.dtype)
     return (1.0 - alpha) * label_cost + alpha * kd
 
-  def cost(self, params, states: tuple, targets: dict) -> jax.Array:
+  def cost(self, params: PyTree, states: tuple, targets: dict) -> jax.Array:
     """ℒ = output term + Σ_l κ_l ℓ_l, summed over the batch (scalar)."""
     return self.output_cost(params, states, targets) + self.signal_cost(params, states, targets)
 
-  def metrics(self, params, states: tuple, targets: dict) -> dict:
+  def metrics(self, params: PyTree, states: tuple, targets: dict) -> dict:
     """'kappa' (N,); 'les_loss' / 'kd_loss' (N,) batch-mean ℓ_l (0 off the layers);
     'kd_output_loss' (mean τ² KL) and 'kd_alpha' (α); 'signal_loss' (mean Σ κ_l ℓ_l)."""
     batch = targets['label'].shape[0]
@@ -449,8 +460,8 @@ def check_teacher(teacher_spec: NetworkSpec, spec: NetworkSpec, *, output: bool)
                     teacher_spec.activation, spec.activation)
 
 
-def build_signals(signals_config, spec: NetworkSpec, *, num_epochs: int,
-                  rng: jax.Array, teacher_params=None,
+def build_signals(signals_config: Any, spec: NetworkSpec, *, num_epochs: int,
+                  rng: jax.Array, teacher_params: Optional[PyTree] = None,
                   teacher_spec: Optional[NetworkSpec] = None) -> SignalSetup:
   """Builds the learning signals from a `config.signals` ConfigDict.
 

@@ -28,10 +28,16 @@ import jax.numpy as jnp
 import optax
 
 from ep_jax import activations, energy, inference, relaxation
+from ep_jax._types import PyTree
 from ep_jax.estimators import (EPConfig, ep_gradient, nudged_relaxations, state_derivative,
                                stencil_points, stencil_shape)
 from ep_jax.network import NetworkSpec, init_states
 
+__all__ = [
+    'BOUND_TOL', 'EPHyper', 'Nudging', 'SILENT_RMS', 'TrainState', 'create_train_state',
+    'ep_hyper', 'input_share_of', 'layer_activity', 'layer_diagnostics', 'layer_mean_abs_theta',
+    'layer_nudge_of', 'make_eval_step', 'make_nudge_split', 'make_train_step',
+]
 
 class EPHyper(NamedTuple):
   """The EP hyperparameters a train step takes as traced values: β (|β| > 0) and the
@@ -40,7 +46,7 @@ class EPHyper(NamedTuple):
   tol: Any
 
 
-def ep_hyper(ep: EPConfig, dtype=jnp.float32) -> EPHyper:
+def ep_hyper(ep: EPConfig, dtype: jax.typing.DTypeLike = jnp.float32) -> EPHyper:
   """`EPHyper` of `ep`'s β and tolerance as `dtype` scalars."""
   return EPHyper(jnp.asarray(ep.beta, dtype), jnp.asarray(ep.tol, dtype))
 
@@ -56,7 +62,7 @@ class TrainState(flax.struct.PyTreeNode):
   frozen: Any = flax.struct.field(default_factory=dict)
 
 
-def create_train_state(params, tx: optax.GradientTransformation, rng: jax.Array,
+def create_train_state(params: PyTree, tx: optax.GradientTransformation, rng: jax.Array,
                        frozen: Any = None) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     rng=rng, frozen={} if frozen is None else frozen)
@@ -65,16 +71,16 @@ def create_train_state(params, tx: optax.GradientTransformation, rng: jax.Array,
 class Nudging(Protocol):
   """What a nudging cost with learning signals provides to the train step."""
 
-  def targets(self, frozen, params, batch: dict, epoch: jax.Array) -> dict:
+  def targets(self, frozen: PyTree, params: PyTree, batch: dict, epoch: jax.Array) -> dict:
     """Per-batch targets (at least 'label'), e.g. teacher activations and κ values."""
 
-  def cost(self, params, states: tuple, targets: dict) -> jax.Array:
+  def cost(self, params: PyTree, states: tuple, targets: dict) -> jax.Array:
     """ℒ summed over the batch."""
 
-  def output_cost(self, params, states: tuple, targets: dict) -> jax.Array:
+  def output_cost(self, params: PyTree, states: tuple, targets: dict) -> jax.Array:
     """The output term of ℒ alone (the layer-wise signals' κ at 0), summed over the batch."""
 
-  def metrics(self, params, states: tuple, targets: dict) -> dict:
+  def metrics(self, params: PyTree, states: tuple, targets: dict) -> dict:
     """Extra scalar or per-layer metrics at the free fixed point."""
 
 
@@ -161,7 +167,8 @@ def _nudge_derivative(ep: EPConfig, out) -> tuple:
 
 
 def make_nudge_split(spec: NetworkSpec, ep: EPConfig, nudging: Optional[Nudging], *,
-                     steps_per_epoch: int = 1, state_dtype=None) -> Optional[Callable]:
+                     steps_per_epoch: int = 1,
+                     state_dtype: Optional[jax.typing.DTypeLike] = None) -> Optional[Callable]:
   """The nudge split into its sources, for the diagnostics (not the train step): a function
   `(state, batch, hyper=None) -> dict` of `(N,)` arrays, or None without layer-wise signals
   (the nudge is then the output error's alone) or for BPTT (no nudge).
@@ -211,7 +218,7 @@ def make_nudge_split(spec: NetworkSpec, ep: EPConfig, nudging: Optional[Nudging]
 
 def make_train_step(spec: NetworkSpec, ep: EPConfig, tx: optax.GradientTransformation, *,
                     nudging: Optional[Nudging] = None, steps_per_epoch: int = 1,
-                    state_dtype=None) -> Callable:
+                    state_dtype: Optional[jax.typing.DTypeLike] = None) -> Callable:
   """The EP train step `(state, batch, hyper=None) -> (state, metrics)` (not jitted).
 
   `ep` fixes the structure (estimator, step counts, mode, dtypes, damping, how the nudged
@@ -263,7 +270,8 @@ def make_train_step(spec: NetworkSpec, ep: EPConfig, tx: optax.GradientTransform
   return train_step
 
 
-def make_eval_step(spec: NetworkSpec, ep: EPConfig, *, state_dtype=None) -> Callable:
+def make_eval_step(spec: NetworkSpec, ep: EPConfig, *,
+                   state_dtype: Optional[jax.typing.DTypeLike] = None) -> Callable:
   """`(params, batch) -> sums` of loss, correct predictions, examples and free steps.
 
   A batch may carry `'mask'` (1 real, 0 padding); sums count real examples only.

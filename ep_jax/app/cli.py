@@ -26,6 +26,14 @@ from ml_collections import config_flags
 # The module behind `config_flags` (1.1.0 exports no parser class from the package).
 from ml_collections.config_flags import config_flags as config_flags_module
 
+__all__ = [
+    'CONFIGS_HINT', 'CONFIG_FIELDS_HINT', 'ConfigFileNotFoundError', 'ConfigFileParser',
+    'DEFAULT_CONFIG', 'EXIT_ERROR', 'EXIT_INTERRUPTED', 'EXIT_USAGE', 'FULL_HELP_FLAGS',
+    'HELP_FLAGS', 'MAX_MESSAGE_LINES', 'TRACEBACK_ENV', 'command_line', 'config_from_json',
+    'config_value', 'default_config', 'define_config_file', 'describe', 'fail', 'format_error',
+    'missing_config', 'parse_flags', 'quiet_logging', 'run', 'show_traceback',
+]
+
 TRACEBACK_ENV = 'EP_JAX_TRACEBACK'
 MAX_MESSAGE_LINES = 4
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
@@ -89,7 +97,7 @@ class ConfigFileParser(config_flags_module.ConfigFileFlagParser):
   """`config_flags`' parser of a config file, which also reads a run's saved `config.json`
   (`config_from_json`) and names a missing file (`ConfigFileNotFoundError`)."""
 
-  def parse(self, path):
+  def parse(self, path: Any) -> Any:
     if not isinstance(path, str):
       return super().parse(path)
     file = path.split(':', 1)[0]
@@ -221,7 +229,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   return []  # not reached
 
 
-def config_value(config_flag) -> Any:
+def config_value(config_flag: flags.FlagHolder) -> Any:
   """The config of a `config_flags.DEFINE_config_file` flag; a file that does not load
   (missing, or raising) is an error naming the file."""
   try:

@@ -7,6 +7,8 @@ in the repository's `experiments/configs/` start from `get_config()` and change 
 
 import ml_collections
 
+__all__ = ['get_config']
+
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()

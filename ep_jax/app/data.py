@@ -46,9 +46,12 @@ import logging
 import os
 import socket
 import zipfile
-from typing import Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+  import grain
 
 __all__ = [
     "DatasetInfo",
@@ -68,6 +71,11 @@ __all__ = [
     "epoch_permutation",
     "split_for_process",
     "stratified_split",
+    "check_dataset_name",
+    "known_input_shape",
+    "download_host_reachable",
+    "read_options",
+    "TFDS_EXTRA_HINT",
 ]
 
 log = logging.getLogger(__name__)
@@ -913,7 +921,8 @@ def train_dataset(
   return ds.map(lambda example: {"image": normalize(example[0], info), "label": example[1]})
 
 
-def train_iterator(dataset, *, prefetch: int = 2, state: dict | None = None, start: int = 0):
+def train_iterator(dataset: grain.MapDataset, *, prefetch: int = 2, state: dict | None = None,
+                   start: int = 0):
   """A checkpointable iterator over a :func:`train_dataset`, ``prefetch`` batches ahead.
 
   ``iterator.get_state()`` is a small JSON-able dict (the index of the next batch);

@@ -9,11 +9,18 @@ epoch means and the evaluation sums are this module's, for all three.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+if TYPE_CHECKING:
+  from ep_jax.app.metrics_io import ProgressReporter
+
+__all__ = [
+    'EpochRun', 'evaluate', 'mean_over_steps', 'run_epoch',
+]
 
 
 @dataclasses.dataclass
@@ -28,7 +35,8 @@ class EpochRun:
 
 def run_epoch(step: Callable[[Any, dict], tuple[Any, dict]], run: EpochRun,
               batches: Iterator[dict], *, num_steps: int, examples_per_step: int,
-              progress=None, first_step: int = 0, examples_before: int = 0, epoch: int = 1,
+              progress: Optional[ProgressReporter] = None, first_step: int = 0,
+              examples_before: int = 0, epoch: int = 1,
               reduce: Optional[Callable] = None,
               on_step: Optional[Callable[[EpochRun], None]] = None) -> EpochRun:
   """Runs `num_steps` steps `run.state, metrics = step(run.state, next(batches))`.

@@ -46,10 +46,17 @@ import numpy as np
 __all__ = [
     "MetricsWriter",
     "ProgressReporter",
+    "integer_ticks",
     "plot_curves",
     "plot_layers",
     "read_metrics",
     "METRICS_FILE",
+    "TENSORBOARD_DIR",
+    "CURVES_FILE",
+    "LAYERS_FILE",
+    "LAYER_PANELS",
+    "PER_LAYER_KEYS",
+    "CONFIG_FILE",
     "jsonable",
     "percent",
 ]
@@ -226,7 +233,7 @@ def plot_curves(
     return fig
 
 
-def integer_ticks(ax) -> None:
+def integer_ticks(ax: Any) -> None:
     """Ticks at whole numbers only (epochs)."""
     from matplotlib.ticker import MaxNLocator
 
@@ -536,7 +543,8 @@ class ProgressReporter:
         self._examples0 = 0
         self._last_print: float | None = None
 
-    def format_line(self, step, examples, loss, accuracy, epoch, now) -> str:
+    def format_line(self, step: int, examples: int, loss: float, accuracy: float, epoch: int,
+                    now: float) -> str:
         total = max(self.total_steps, 1)
         pct = 100.0 * step / total
         elapsed = None if self._t0 is None else now - self._t0
@@ -561,7 +569,8 @@ class ProgressReporter:
             f"loss {float(loss):.4f} acc {percent(accuracy)} ETA {eta_s}"
         )
 
-    def update(self, step, examples, loss, accuracy, epoch, *, force: bool = False) -> str | None:
+    def update(self, step: int, examples: int, loss: Any, accuracy: Any, epoch: int, *,
+               force: bool = False) -> str | None:
         # Waits for the values (device arrays) before reading the clock: the time is that of
         # a finished step, not of a dispatched one.
         loss, accuracy = float(loss), float(accuracy)

@@ -58,6 +58,14 @@ from ep_jax.app.loop import EpochRun, evaluate, mean_over_steps, run_epoch
 from ep_jax.app.metrics_io import MetricsWriter, ProgressReporter, percent, read_metrics
 from ep_jax.train_step import make_eval_step, make_train_step
 
+__all__ = [
+    'CORE_FIELDS', 'DIVERGED_FILE', 'GridError', 'PLAN_FILE', 'Point', 'SLURM_FILE', 'Sweep',
+    'aggregate', 'apply_overrides', 'check_field', 'choose_best', 'diverged_message', 'expand',
+    'field_figure', 'format_override', 'format_value', 'get_field', 'is_diverged', 'is_finished',
+    'make_sweep', 'mark_diverged', 'parse_grid', 'plot_field', 'point_name', 'run_local',
+    'set_field', 'split_name', 'train_vmapped_seeds', 'write_plan', 'write_slurm',
+]
+
 PLAN_FILE = 'sweep.json'
 DIVERGED_FILE = 'diverged.json'
 SLURM_FILE = 'sweep.sbatch'
@@ -259,8 +267,8 @@ def expand(grid: Sequence[tuple[str, list]]) -> list[Point]:
   return [Point(o, n) for o, n in zip(overrides, names)]
 
 
-def apply_overrides(config: ml_collections.ConfigDict, overrides, seed: Optional[int] = None
-                    ) -> ml_collections.ConfigDict:
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[tuple[str, Any]],
+                    seed: Optional[int] = None) -> ml_collections.ConfigDict:
   """A copy of `config` with the overrides (and the seed) set."""
   config = copy.deepcopy(config)
   for field, value in overrides:

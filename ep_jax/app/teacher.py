@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +24,14 @@ from ep_jax.app.checkpointing import Checkpointer
 from ep_jax.app.metrics_io import percent
 from ep_jax.feedforward import make_eval_step, make_train_step
 from ep_jax.network import NetworkSpec
+
+if TYPE_CHECKING:
+  import ml_collections
+
+__all__ = [
+    'CHECKPOINT_DIR', 'TEACHER_JSON', 'evaluate', 'init_scale', 'is_trained', 'load_teacher',
+    'save_teacher', 'spec_from_dict', 'spec_to_dict', 'train', 'train_from_config',
+]
 
 TEACHER_JSON = 'teacher.json'
 CHECKPOINT_DIR = 'checkpoints'
@@ -130,12 +138,12 @@ def spec_from_dict(fields: dict, kinds: Sequence[connections.ConnectionKind] = (
                            edges=edges)
 
 
-def init_scale(config) -> float:
+def init_scale(config: ml_collections.ConfigDict) -> float:
   """The teacher's weight init scale: `config.teacher.init_scale`, or the CRNN's when 0."""
   return float(config.teacher.get('init_scale', 0.0)) or float(config.model.init_scale)
 
 
-def is_trained(workdir: str, config) -> bool:
+def is_trained(workdir: str, config: ml_collections.ConfigDict) -> bool:
   """`workdir` holds a teacher trained for `config.teacher.epochs` epochs."""
   path = os.path.join(workdir, TEACHER_JSON)
   try:
@@ -146,7 +154,8 @@ def is_trained(workdir: str, config) -> bool:
   return int(meta.get('epochs', -1)) == int(config.teacher.epochs)
 
 
-def train_from_config(config, workdir: str, print_fn: Callable[[str], None] = print) -> dict:
+def train_from_config(config: ml_collections.ConfigDict, workdir: str,
+                      print_fn: Callable[[str], None] = print) -> dict:
   """Trains the feed-forward twin of `config`'s CRNN on its data with `config.teacher`'s
   epochs, rate, batch size, init scale and activation (`teacher.activation`, '' = the CRNN's),
   and `config.optim`'s momentum, weight decay and final rate; saves it to `workdir`; returns

@@ -25,8 +25,10 @@ from absl import app, flags
 from ep_jax.app import teacher
 from ep_jax.app import cli
 
+__all__ = ['define_flags', 'main', 'run']
 
-def main(argv):
+
+def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not _WORKDIR.value:

@@ -27,7 +27,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +43,17 @@ from ep_jax.estimators import EPConfig
 from ep_jax.app.metrics_io import MetricsWriter, ProgressReporter, jsonable, percent
 from ep_jax.train_step import (TrainState, create_train_state, make_eval_step, make_nudge_split,
                                make_train_step)
+
+__all__ = [
+    'CHECKPOINT_DIR', 'DTYPES', 'Interrupted', 'MID_EPOCH_DIR', 'NonConvergenceError',
+    'NonFiniteError', 'RESUME_FREE_FIELDS', 'RunSetup', 'TEACHER_DIR', 'VALIDATION_SEED',
+    'augmentation', 'build_ep_config', 'build_run', 'build_spec', 'calibrated_config',
+    'check_config', 'check_convergence', 'check_resume', 'config_differences', 'epoch_record',
+    'epochs_checkpointed', 'epochs_done', 'has_checkpoints', 'init_key', 'init_model_params',
+    'initialize_distributed', 'is_unfinished_run', 'load_data', 'make_mesh', 'saved_config',
+    'signals_enabled', 'skips_from_config', 'state_dtype',
+    'template_config', 'to_global', 'train_and_evaluate', 'with_teacher',
+]
 
 CHECKPOINT_DIR = 'checkpoints'
 # The latest mid-epoch checkpoint (parameters, optimiser, the input iterator's position and
@@ -287,7 +298,7 @@ def build_spec(config: ml_collections.ConfigDict, info: data_lib.DatasetInfo,
                            skips=skips_from_config(m.get('skips', ())))
 
 
-def skips_from_config(skips) -> tuple[tuple[int, int], ...]:
+def skips_from_config(skips: Sequence[Sequence[int]]) -> tuple[tuple[int, int], ...]:
   """`model.skips` (pairs of 1-based conv layer numbers) as 0-based layer index pairs.
 
   Raises:
@@ -429,8 +440,10 @@ def init_key(config: ml_collections.ConfigDict) -> jax.Array:
   return jax.random.split(jax.random.PRNGKey(config.seed), 3)[0]
 
 
-def calibrated_config(config: ml_collections.ConfigDict, train_split, info,
-                      print_fn=None) -> ml_collections.ConfigDict:
+def calibrated_config(config: ml_collections.ConfigDict, train_split: data_lib.Split,
+                      info: data_lib.DatasetInfo,
+                      print_fn: Optional[Callable[[str], None]] = None
+                      ) -> ml_collections.ConfigDict:
   """`config` itself, or for `model.init='data'` a copy with `init='gains'` and the gains
   calibrated (`initialization.calibrate_gains`) on `model.init_batch` training images of
   `train_split`, so that they are computed once and recorded in the config a run saves. The
@@ -461,7 +474,7 @@ def calibrated_config(config: ml_collections.ConfigDict, train_split, info,
 
 
 def with_teacher(config: ml_collections.ConfigDict, workdir: str,
-                 print_fn=print) -> ml_collections.ConfigDict:
+                 print_fn: Callable[[str], None] = print) -> ml_collections.ConfigDict:
   """`config` itself, or with `signals.kd.train_teacher` and no `teacher_workdir` a copy whose
   teacher is `workdir/teacher`, trained there first (`teacher.train_from_config`) unless a
   teacher of `config.teacher.epochs` epochs is already there."""
@@ -587,7 +600,8 @@ def initialize_distributed(config: ml_collections.ConfigDict) -> None:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       print_fn=print, resume_command: str = '') -> dict:
+                       print_fn: Callable[[str], None] = print,
+                       resume_command: str = '') -> dict:
   """Trains per `config`, writes everything to `workdir`, returns the last epoch record.
 
   The config is checked (`check_config`) and, for a workdir with checkpoints, compared with

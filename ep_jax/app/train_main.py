@@ -21,8 +21,11 @@ import sys
 
 from absl import app
 from absl import flags
+import ml_collections
 
 from ep_jax.app import cli
+
+__all__ = ['PROGRAM', 'RUNS_DIR', 'config_name', 'default_workdir', 'define_flags', 'main', 'run']
 
 RUNS_DIR = 'runs'
 # How the command was started, for the resume command Ctrl-C prints (`run(program=...)`).
@@ -38,7 +41,8 @@ def config_name(config_path: str) -> str:
   return os.path.splitext(os.path.basename(config_path.split(':')[0]))[0]
 
 
-def default_workdir(config, config_path: str, runs_dir: str = RUNS_DIR) -> tuple[str, bool]:
+def default_workdir(config: ml_collections.ConfigDict, config_path: str,
+                    runs_dir: str = RUNS_DIR) -> tuple[str, bool]:
   """`(workdir, resuming)`: the latest unfinished run of `config` in `runs_dir`
   (`<time>-<config name>` folders), or a new `runs_dir/<time>-<config name>`."""
   from ep_jax.app import train  # pylint: disable=g-import-not-at-top
@@ -57,7 +61,7 @@ def default_workdir(config, config_path: str, runs_dir: str = RUNS_DIR) -> tuple
   return path, False
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   cli.quiet_logging()
