@@ -1,7 +1,6 @@
 """experiments.make_cifar10_npz offline: a small fabricated cifar-10-python archive, and tfds's
 mock data; the shards read back through the `npz:DIR` loader."""
 
-import importlib.util
 import os
 import pickle
 import subprocess
@@ -107,8 +106,7 @@ def test_binaries_cli_and_errors(binaries, tmp_path):
     assert bad.returncode == status and message in bad.stderr, bad.stderr
 
 
-@pytest.mark.skipif(importlib.util.find_spec('tensorflow_datasets') is None,
-                    reason='tensorflow_datasets is not installed (the tfds extra)')
+@pytest.mark.tfds
 def test_tfds_source_with_mock_data(tmp_path):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   with tfds.testing.mock_data(num_examples=2 * make.NUM_SHARDS):
