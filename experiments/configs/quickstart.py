@@ -2,7 +2,7 @@
 
     python -m experiments.train [--workdir=DIR]
 
-Expected: 98.33% test accuracy after 20 epochs, 65 s on a 2-core CPU (docs/RESULTS.md,
+Expected: 98.33% test accuracy after 20 epochs, 44-65 s on a 2-core CPU (docs/RESULTS.md,
 "Summary").
 """
 
