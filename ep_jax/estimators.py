@@ -150,6 +150,8 @@ class EPConfig:
     damping: γ in (0, 1] of the relaxations' `s <- (1 - γ) s + γ σ(force)` (1: undamped).
     nudged_phases: 'sequential' (the stencil's nudged phases one after the other) or
       'vmapped' (one relaxation vmapped over the stencil's points); the same estimate.
+    solver: how every phase iterates the sweep to its fixed point (`relaxation.Solver`;
+      None: plain iteration).
   """
   estimator: str = 'symmetric'
   beta: float = 0.5
@@ -161,6 +163,7 @@ class EPConfig:
   compute_dtype: Optional[str] = None
   damping: float = 1.0
   nudged_phases: str = 'sequential'
+  solver: Optional[relaxation.Solver] = None
 
   def __post_init__(self):
     validate(self.estimator, self.beta, self.mode, self.holo_points)
@@ -201,7 +204,10 @@ def describe(ep: EPConfig) -> str:
   """One line for logs: 'symmetric EP beta=0.5 T1=60 T2=20' or 'BPTT through T1=60 steps'."""
   if ep.estimator == 'bptt':
     return f'BPTT through T1={ep.free_steps} steps'
-  return f'{ep.estimator} EP beta={ep.beta} T1={ep.free_steps} T2={ep.nudged_steps}'
+  text = f'{ep.estimator} EP beta={ep.beta} T1={ep.free_steps} T2={ep.nudged_steps}'
+  if ep.solver is not None and ep.solver.kind != 'plain':
+    text += f' {ep.solver.kind}(m={ep.solver.memory})'
+  return text
 
 
 # How a stencil's nudged phases run: one relaxation after the other, or one relaxation vmapped
@@ -260,7 +266,9 @@ def ep_gradient(spec: NetworkSpec, params: dict, x: jax.Array, targets: Targets,
                 cost_fn: Optional[CostFn] = None, rng: Optional[jax.Array] = None,
                 state_dtype: Optional[jax.typing.DTypeLike] = None,
                 compute_dtype: Optional[jax.typing.DTypeLike] = None,
-                damping: float = 1.0, nudged_phases: str = 'sequential') -> EPOutput:
+                damping: float = 1.0, nudged_phases: str = 'sequential',
+                solver: Optional[relaxation.Solver] = None,
+                free_start: Optional[tuple] = None) -> EPOutput:
   """Runs the free phase and the estimator's nudged phases; returns the EP gradient estimate.
 
   Under `jit` the spec (and estimator, mode, holo_points, cost_fn, the dtypes and the step
@@ -290,6 +298,10 @@ def ep_gradient(spec: NetworkSpec, params: dict, x: jax.Array, targets: Targets,
       'vmapped' runs them as one relaxation vmapped over the points β_k (each still stops at
       its own residual: a finished phase is held while the others go on). Both give the same
       phases and estimate; on a 2-core CPU 'sequential' was 10-25% faster (docs/BENCHMARKS.md).
+    solver: how every phase iterates the sweep (`relaxation.Solver`; None: plain iteration).
+    free_start: the free phase's initial states, one `(B, *state_shape)` per layer (a warm
+      start, e.g. each example's last free fixed point); None: zeros. The estimate is taken
+      at whichever fixed point the free phase reaches from there.
   Raises:
     ValueError: an unknown estimator, mode or nudged_phases, a concrete β <= 0, inputs not
       `(B, *spec.input_shape)` or labels not integers `(B,)` (static checks, free under `jit`).
@@ -309,8 +321,10 @@ def ep_gradient(spec: NetworkSpec, params: dict, x: jax.Array, targets: Targets,
     _check_holomorphic(spec)
   if estimator == 'random_sign' and rng is None:
     raise ValueError("the 'random_sign' estimator needs an rng key")
-  free = relax(spec, params, x, init_states(spec, batch, dtype), max_steps=free_steps, tol=tol,
-               mode=mode, compute_dtype=compute_dtype, damping=damping)
+  start = (init_states(spec, batch, dtype) if free_start is None
+           else tuple(jnp.asarray(s, dtype) for s in free_start))
+  free = relax(spec, params, x, start, max_steps=free_steps, tol=tol,
+               mode=mode, compute_dtype=compute_dtype, damping=damping, solver=solver)
   s0 = jax.tree_util.tree_map(jax.lax.stop_gradient, free.states)
   real_dtype = jnp.real(s0[0]).dtype
   if estimator == 'random_sign':
@@ -319,7 +333,7 @@ def ep_gradient(spec: NetworkSpec, params: dict, x: jax.Array, targets: Targets,
   phases = nudged_relaxations(spec, params, x, s0, targets, betas, cost_fn,
                               nudged_steps=nudged_steps, tol=tol, mode=mode,
                               compute_dtype=compute_dtype, damping=damping,
-                              nudged_phases=nudged_phases)
+                              nudged_phases=nudged_phases, solver=solver)
 
   def phi(p, states, b):
     return nudged_primitive(spec, p, x, states, targets, b, cost_fn)
@@ -345,16 +359,17 @@ def nudged_relaxations(spec: NetworkSpec, params: dict, x: jax.Array, s0: tuple,
                        nudged_steps: int = 25, tol: jax.typing.ArrayLike = 0.0,
                        mode: str = 'sync',
                        compute_dtype: Optional[jax.typing.DTypeLike] = None,
-                       damping: float = 1.0, nudged_phases: str = 'sequential') -> list:
+                       damping: float = 1.0, nudged_phases: str = 'sequential',
+                       solver: Optional[relaxation.Solver] = None) -> list:
   """One `RelaxResult` per point of `betas` `(P,)`: the relaxation under `Φ^{β_k}` (cost
   `cost_fn`) from the free fixed point `s0`, its states cast to `betas`' dtype and held
-  constant (stop_gradient). `nudged_phases` as in `ep_gradient`."""
+  constant (stop_gradient). `nudged_phases`, `solver` as in `ep_gradient`."""
   start = tuple(s.astype(betas.dtype) for s in s0)
 
   def nudge(b):
     result = relax(spec, params, x, start, targets=targets, beta=b, cost_fn=cost_fn,
                    max_steps=nudged_steps, tol=tol, mode=mode, compute_dtype=compute_dtype,
-                   damping=damping)
+                   damping=damping, solver=solver)
     return result._replace(states=jax.tree_util.tree_map(jax.lax.stop_gradient, result.states))
 
   points = betas.shape[0]
@@ -393,7 +408,7 @@ def state_derivative(free: tuple, phases: Sequence[tuple], weights: jax.Array,
 jitted_ep_gradient = jax.jit(
     ep_gradient, static_argnames=('spec', 'estimator', 'free_steps', 'nudged_steps', 'mode',
                                   'holo_points', 'cost_fn', 'state_dtype', 'compute_dtype',
-                                  'damping', 'nudged_phases'))
+                                  'damping', 'nudged_phases', 'solver'))
 
 
 def _bptt(spec, params, x, targets, cost_fn, steps, mode, dtype, compute_dtype, damping):

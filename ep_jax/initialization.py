@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -146,7 +146,8 @@ def calibrate_gains(spec: NetworkSpec, params: dict, x: jax.Array, *,
                     target: tuple[float, float] = (0.1, 0.3), mode: str = 'async',
                     max_steps: int = 400, tol: float = 1e-4, max_gain: float = 20.0,
                     rounds: int = 30, rate: float = 0.5,
-                    damping: float = 1.0) -> tuple[dict, Calibration]:
+                    damping: float = 1.0,
+                    solver: Optional[relaxation.Solver] = None) -> tuple[dict, Calibration]:
   """Data-dependent init: per-layer gains that put each layer's free-phase activity in `target`.
 
   Each round relaxes the calibration batch `x` from zero states (`mode`, at most `max_steps`
@@ -157,6 +158,7 @@ def calibrate_gains(spec: NetworkSpec, params: dict, x: jax.Array, *,
   is in range with a converged relaxation, or after `rounds` rounds, keeping the gains of the
   best converged round (fewest layers out of range, then the smallest log-distance). Gains
   are multipliers on `params`' layers (1 = unchanged), clipped to `[1/max_gain, max_gain]`.
+  `damping` and `solver` are the relaxations' (`relaxation.relax`).
 
   Args:
     spec, params: the network and its starting parameters (e.g. PyTorch's default).
@@ -178,7 +180,7 @@ def calibrate_gains(spec: NetworkSpec, params: dict, x: jax.Array, *,
   def measure(gains):
     p = apply_gains(params, [gains[l] for l in range(n)], spec)
     r = relaxation.relax(spec, p, x, states0, max_steps=max_steps, tol=tol, mode=mode,
-                         damping=damping)
+                         damping=damping, solver=solver)
     activity = jnp.stack([jnp.mean(jnp.abs(s)) for s in r.states])
     return activity, r.residual, r.steps
 

@@ -27,16 +27,27 @@ Both have the same fixed points. Damping `γ ∈ (0, 1]` (`damping`) replaces ea
 `relax` runs a `lax.while_loop` that stops when the largest absolute state change falls to
 `tol` or below, at `max_steps`, or when the residual stops being finite (divergence); it
 returns the steps used and the final residual. `tol <= 0` means exactly `max_steps` steps.
+
+Solvers (`Solver`): the sweep above is a map `G` (sync or async, damped or not) whose fixed
+points are the relaxation's; `relax` finds one by plain iteration `s <- G(s)` (the default) or
+by type-II Anderson acceleration, which mixes the last m evaluations of G per example:
+`s <- Σ_i α_i (s_i + β_mix (G(s_i) - s_i))`, α minimising `‖Σ_i α_i (G(s_i) - s_i)‖² + λ‖α‖²`
+subject to `Σ_i α_i = 1`, safeguarded (a mixed point whose residual exceeds that of the point
+it was mixed after is replaced by that point's plain step). Both stop on the same residual
+`max |G(s) - s|` and return `G(s)`, so at a given tolerance they reach the same fixed point
+(where it is unique) and EP's gradient is unchanged; a step is one evaluation of G.
 `relax_fixed` is a `lax.scan` over a static number of steps, differentiable (used by BPTT);
 `residual_trace` returns the residual of every step of such a scan (convergence diagnostics).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from ep_jax import activations, connections, energy
@@ -44,12 +55,59 @@ from ep_jax.energy import CostFn, Targets, nudged_primitive
 from ep_jax.network import NetworkSpec, check_input
 
 __all__ = [
-    'MODES', 'RelaxResult', 'bottom_drive', 'carried_conv_layers', 'check_call', 'check_damping',
-    'force', 'force_autodiff', 'layer_changes', 'max_change', 'relax', 'relax_fixed',
+    'MODES', 'SOLVERS', 'RelaxResult', 'Solver', 'check_solver', 'bottom_drive', 'carried_conv_layers', 'check_call', 'check_damping',
+    'anderson_weights', 'force', 'force_autodiff', 'layer_changes', 'max_change', 'relax', 'relax_fixed',
     'residual_trace', 'step',
 ]
 
 MODES = ('sync', 'async')
+SOLVERS = ('plain', 'anderson')
+
+
+@dataclasses.dataclass(frozen=True)
+class Solver:
+  """How `relax` iterates the sweep G to its fixed point `s = G(s)` (static, hashable).
+
+  Attributes:
+    kind: 'plain' (`s <- G(s)`) or 'anderson' (type-II Anderson acceleration, per example).
+    memory: m >= 1, the evaluations `(s_i, G(s_i))` Anderson keeps (state memory 2 m x the
+      states; m = 1 is the plain iteration).
+    regularization: λ >= 0 of the least squares, relative to the largest `‖G(s_i) - s_i‖²`
+      in memory (Tikhonov; keeps the m x m system well posed as the residuals vanish).
+    mixing: β_mix in (0, 1]: the mixed point `Σ α_i (s_i + β_mix (G(s_i) - s_i))` (1: of the
+      G values alone).
+    safeguard: a mixed point whose residual `max |G(s) - s|` exceeds that of the point it was
+      mixed after is rejected: the next point is that earlier point's plain step.
+    start_residual: plain steps until an example's residual first falls to this, Anderson
+      from then on (inf: from the first step). The hard sigmoid and max pooling make G
+      piecewise linear; mixing across pieces far from the fixed point slowed convergence on
+      strongly coupled nets, near it (one piece) Anderson converges much faster.
+  """
+  kind: str = 'plain'
+  memory: int = 5
+  regularization: float = 1e-8
+  mixing: float = 1.0
+  safeguard: bool = True
+  start_residual: float = 1e-2
+
+  def __post_init__(self):
+    check_solver(self)
+
+
+def check_solver(solver: Optional['Solver']) -> None:
+  """Raises ValueError for an unknown kind, memory < 1, λ < 0 or β_mix outside (0, 1]."""
+  if solver is None:
+    return
+  if solver.kind not in SOLVERS:
+    raise ValueError(f'unknown solver {solver.kind!r}; known: {SOLVERS}')
+  if int(solver.memory) < 1:
+    raise ValueError(f'solver memory must be >= 1, got {solver.memory}')
+  if not float(solver.regularization) >= 0.0:
+    raise ValueError(f'solver regularization must be >= 0, got {solver.regularization}')
+  if not 0.0 < float(solver.mixing) <= 1.0:
+    raise ValueError(f'solver mixing must be in (0, 1], got {solver.mixing}')
+  if not float(solver.start_residual) > 0.0:
+    raise ValueError(f'solver start_residual must be > 0, got {solver.start_residual}')
 
 
 class RelaxResult(NamedTuple):
@@ -362,7 +420,8 @@ def relax(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, *,
           cost_fn: Optional[CostFn] = None, max_steps: jax.typing.ArrayLike = 100,
           tol: jax.typing.ArrayLike = 0.0, mode: str = 'sync',
           compute_dtype: Optional[jax.typing.DTypeLike] = None,
-          damping: jax.typing.ArrayLike = 1.0) -> RelaxResult:
+          damping: jax.typing.ArrayLike = 1.0,
+          solver: Optional[Solver] = None) -> RelaxResult:
   """Iterates the dynamics from `states` until the residual is `<= tol` or `max_steps`.
 
   Args:
@@ -378,18 +437,23 @@ def relax(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, *,
       their operands to it and accumulate in the states' dtype, which the states keep. None:
       everything in the states' dtype. Ignored for complex states.
     damping: γ in (0, 1] of `s <- (1 - γ) s + γ σ(force)` (1: undamped); may be traced.
+    solver: how the sweep is iterated (`Solver`; None: plain iteration). A step is one sweep.
   Returns:
     a `RelaxResult`. The loop also stops as soon as the residual is not finite.
   Raises:
     ValueError: `x`, `states` or the labels not shaped for `spec` (`check_call`), an unknown
-      mode or a damping outside (0, 1].
+      mode or solver, or a damping outside (0, 1].
   """
   targets = check_call(spec, x, states, targets)
   if mode not in MODES:
     raise ValueError(f'unknown relaxation mode {mode!r}; known: {MODES}')
   check_damping(damping)
+  check_solver(solver)
   real_dtype = jnp.real(states[0]).dtype
   tol = jnp.asarray(tol, real_dtype)
+  if solver is not None and solver.kind == 'anderson' and solver.memory > 1:
+    return _relax_anderson(spec, params, x, tuple(states), targets, beta, cost_fn, max_steps,
+                           tol, mode, compute_dtype, damping, solver)
 
   def cond(carry):
     steps, _, residual, _, _ = carry
@@ -415,6 +479,125 @@ def relax(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple, *,
   per_layer = jnp.where(steps == 0, jnp.inf, per_layer)
   return RelaxResult(final, steps, residual, per_layer)
 
+
+def _flatten(states: tuple) -> jax.Array:
+  """The states as one `(B, N)` array, layer after layer."""
+  return jnp.concatenate([s.reshape(s.shape[0], -1) for s in states], axis=1)
+
+
+def _unflatten(flat: jax.Array, like: tuple) -> tuple:
+  out, start = [], 0
+  for s in like:
+    size = s[0].size
+    out.append(flat[:, start:start + size].reshape(s.shape))
+    start += size
+  return tuple(out)
+
+
+def _per_layer_max(diff: jax.Array, like: tuple) -> jax.Array:
+  """`max |diff|` per example and layer, `(B, L)`, for `diff` `(B, N)` laid out as `like`."""
+  bounds = np.cumsum([0] + [s[0].size for s in like])
+  return jnp.stack([jnp.max(jnp.abs(diff[:, a:b]), axis=1)
+                    for a, b in zip(bounds[:-1], bounds[1:])], axis=1)
+
+
+def anderson_weights(residuals: jax.Array, valid: jax.Array,
+                     regularization: jax.typing.ArrayLike) -> jax.Array:
+  """Anderson's mixing weights per example.
+
+  residuals: `(m, B, N)`, `r_i = G(s_i) - s_i` for the m slots of the memory; valid: `(m,)`
+  or `(B, m)` bool, the slots filled (at least one per example). Returns α `(B, m)` (0 on
+  empty slots): `argmin ‖Σ_i α_i r_i‖² + λ max_i ‖r_i‖² ‖α‖²` subject to `Σ_i α_i = 1`,
+  i.e. `α = z / Σ z` with `(R R^H + λ' I) z = 1` on the filled slots.
+  """
+  gram = jnp.einsum('ibn,jbn->bij', residuals, jnp.conj(residuals))
+  batch, m = gram.shape[0], residuals.shape[0]
+  valid = jnp.broadcast_to(valid, (batch, m))
+  pair = valid[:, :, None] & valid[:, None, :]
+  diag = jnp.real(jnp.diagonal(gram, axis1=1, axis2=2))  # (B, m)
+  scale = jnp.max(jnp.where(valid, diag, 0.0), axis=1)  # (B,)
+  tiny = jnp.finfo(diag.dtype).tiny
+  eye = jnp.eye(m, dtype=gram.dtype)
+  lam = (regularization * scale + tiny)[:, None, None]
+  # Empty slots: an identity block with a zero right-hand side, so their weight is 0.
+  system = jnp.where(pair, gram + lam * eye, eye)
+  z = jnp.linalg.solve(system, valid.astype(gram.dtype)[..., None])[..., 0]
+  return z / jnp.sum(z, axis=1, keepdims=True)
+
+
+def _relax_anderson(spec, params, x, states, targets, beta, cost_fn, max_steps, tol, mode,
+                    compute_dtype, damping, solver):
+  """`relax` with type-II Anderson acceleration of the sweep G (see the module docstring).
+
+  Per example, plain steps `p <- G(p)` until the residual `max |G(p) - p|` first falls to
+  `solver.start_residual`; from then on each iteration evaluates `g = G(p)`, stores
+  `(g, g - p)` in a ring buffer of m slots (shared by the batch: slot `step mod m`, with a
+  per-example mask of the slots written since its start) and moves to the buffer's mixed
+  point. The accepted point is the
+  last one whose residual did not exceed its predecessor's (every plain step is accepted);
+  the result is G of the accepted point with its residual, as in plain iteration. Carried
+  convolutions are not used (a mixed point is not a sweep's output).
+  """
+  prepared, compute_dtype = _setup(spec, params, x, states, compute_dtype)
+  m = int(solver.memory)
+  real_dtype = jnp.real(states[0]).dtype
+  flat0 = _flatten(states)
+  batch = flat0.shape[0]
+  big = jnp.asarray(jnp.finfo(real_dtype).max, real_dtype)
+  start_residual = jnp.asarray(solver.start_residual, real_dtype)
+
+  def sweep(flat):
+    new, _ = _step(spec, params, x, prepared, _unflatten(flat, states), targets, beta, cost_fn,
+                   mode, compute_dtype, None, damping)
+    return _flatten(new)
+
+  def cond(carry):
+    steps, residual = carry[0], jnp.max(carry[4])
+    keep_going = (steps < max_steps) & jnp.isfinite(residual)
+    return keep_going & ((residual > tol) | (tol <= 0))
+
+  def body(carry):
+    steps, point, proposal, best_g, best_r, best_layers, valid, gs, rs = carry
+    g = sweep(point)
+    diff = g - point
+    r = jnp.max(jnp.abs(diff), axis=1)  # (B,)
+    layers = _per_layer_max(diff, states)
+    # Accept the point unless it is a mixed one that raised the residual (the safeguard).
+    accept = (~proposal | (r <= best_r)) if solver.safeguard else jnp.ones_like(proposal)
+    best_g = jnp.where(accept[:, None], g, best_g)
+    best_r = jnp.where(accept, r, best_r)
+    best_layers = jnp.where(accept[:, None], layers, best_layers)
+    # A rejected mixed point clears its example's memory (a restart: the memory then spans
+    # another piece of G); examples whose residual has reached `start_residual` keep
+    # (G(p), G(p) - p) in the ring buffer's slot of this step.
+    valid = valid & accept[:, None]
+    started = jnp.any(valid, axis=1) | (r <= start_residual)
+    slot = steps % m
+    gs = gs.at[slot].set(g)
+    rs = rs.at[slot].set(diff)
+    valid = valid.at[:, slot].set(started)
+    alpha = anderson_weights(rs, valid | ~started[:, None], solver.regularization)
+    # Σ α_i (s_i + β_mix r_i) with s_i = G(s_i) - r_i.
+    mixed = jnp.einsum('bi,ibn->bn', alpha, gs)
+    if solver.mixing != 1.0:
+      mixed = mixed - (1.0 - solver.mixing) * jnp.einsum('bi,ibn->bn', alpha, rs)
+    # A mixed point needs two evaluations in memory and an accepted, finite mixture; else the
+    # plain step of the accepted point.
+    use_mixed = (accept & (jnp.sum(valid, axis=1) >= 2) &
+                 jnp.all(jnp.isfinite(mixed), axis=1))
+    point = jnp.where(use_mixed[:, None], mixed, best_g)
+    return (steps + 1, point, use_mixed, best_g, best_r, best_layers, valid, gs, rs)
+
+  memory = jnp.zeros((m,) + flat0.shape, flat0.dtype)
+  init = (jnp.zeros((), jnp.int32), flat0, jnp.zeros((batch,), bool), flat0,
+          jnp.full((batch,), big), jnp.full((batch, len(states)), big),
+          jnp.zeros((batch, m), bool), memory, memory)
+  steps, _, _, best_g, best_r, best_layers, _, _, _ = lax.while_loop(cond, body, init)
+  residual = jnp.where(steps == 0, jnp.inf, jnp.max(best_r))
+  per_layer = jnp.where(steps == 0, jnp.inf, jnp.max(best_layers, axis=0))
+  final = tuple(jnp.where(steps == 0, s0, s)
+                for s0, s in zip(states, _unflatten(best_g, states)))
+  return RelaxResult(final, steps, residual, per_layer)
 
 def _scan(spec, params, x, states, steps, targets, beta, cost_fn, mode, compute_dtype,
           damping=1.0):

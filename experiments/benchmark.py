@@ -3,7 +3,7 @@ r"""Benchmark harness: compile and time full training steps on one batch, print 
   python -m experiments.benchmark --layout=32,M,64,M,128,M --input_shape=32,32,3 \
       --num_classes=10 --batch_size=64 --t1=30 --t2=10 --estimator=symmetric --tol=0 \
       --steps=5 [--dtype=float32|bfloat16] [--mode=ep|bptt] [--compare_fp32] \
-      [--state_dtype=float32|bfloat16]
+      [--state_dtype=float32|bfloat16] [--solver=plain|anderson] [--memory=5]
 
 The defaults are the line above. One step is what training does: for `--mode=ep` the free
 phase, the estimator's nudged phases (two for `symmetric`), the EP contrast and the optax update
@@ -19,7 +19,8 @@ The printed JSON line (the contract other tools parse) has at least:
   peak_memory_mb   the device's peak bytes in use where the backend reports it (GPU), else the
                    process's peak resident set size (ru_maxrss; includes the compiler's peak)
 
-plus `step_s` (every timed step), `step_s_median`, `nudged_steps`, `peak_rss_mb`,
+plus `step_s` (every timed step), `step_s_median`, `nudged_steps`, the final residuals
+`free_residual` and `nudged_residual` (the largest over the nudged phases), `solver`, `peak_rss_mb`,
 `device_peak_mb` (null on CPU), `compiled_temp_mb` and `compiled_memory` (XLA's
 `memory_analysis()` of the compiled step: temporaries, arguments, outputs, code; the most
 meaningful number for comparing EP with BPTT, since EP's relaxation is a while loop whose
@@ -67,6 +68,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p.add_argument('--relax_mode', default='sync', choices=('sync', 'async'))
   p.add_argument('--nudged_phases', default='sequential', choices=('sequential', 'vmapped'),
                  help="a stencil's nudged phases one after the other, or vmapped over β_k")
+  p.add_argument('--solver', default='plain', choices=('plain', 'anderson'),
+                 help='how every relaxation iterates its sweep (relaxation.Solver)')
+  p.add_argument('--memory', type=int, default=5, help="Anderson's memory m")
   p.add_argument('--activation', default='hard_sigmoid')
   p.add_argument('--steps', type=int, default=5, help='timed training steps')
   p.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'),
@@ -133,7 +137,7 @@ def build(args):
   import jax.numpy as jnp
   import optax
 
-  from ep_jax import network, optim, reference_grads, train_step
+  from ep_jax import network, optim, reference_grads, relaxation, train_step
   from ep_jax.estimators import EPConfig
 
   spec = network.make_spec(args.layout, input_shape=_ints(args.input_shape),
@@ -162,7 +166,9 @@ def build(args):
   ep = EPConfig(estimator=args.estimator, beta=args.beta, free_steps=args.t1,
                 nudged_steps=args.t2, tol=args.tol, mode=args.relax_mode,
                 compute_dtype=None if args.dtype == 'float32' else args.dtype,
-                nudged_phases=args.nudged_phases)
+                nudged_phases=args.nudged_phases,
+                solver=(None if args.solver == 'plain'
+                        else relaxation.Solver(args.solver, memory=args.memory)))
   state_dtype = jnp.bfloat16 if args.state_dtype == 'bfloat16' else None
 
   if args.mode == 'ep':
@@ -245,6 +251,10 @@ def run(argv: Sequence[str] | None = None) -> dict:
       'lower_compile_s': round(lower_compile_s, 3),
       'free_steps': None if metrics is None else int(metrics['free_steps']),
       'nudged_steps': None if metrics is None else float(metrics['nudged_steps']),
+      'free_residual': None if metrics is None else float(metrics.get('free_residual', 0.0)),
+      'nudged_residual': (None if metrics is None or 'layer_nudged_residual' not in metrics
+                          else float(metrics['layer_nudged_residual'].max())),
+      'solver': args.solver,
       'peak_memory_mb': dev_peak if dev_peak is not None else rss,
       'peak_rss_mb': rss,
       'device_peak_mb': dev_peak,

@@ -177,9 +177,16 @@ def load_run_params(run_dir: str, step=None, flag: str = '--params_from'):
                             'experiments.train)')
   with open(path, 'r', encoding='utf-8') as f:
     config = ml_collections.ConfigDict(json.load(f))
+  kd = config.get('signals', {}).get('kd', {})
+  if kd.get('enabled') and kd.get('train_teacher') and not kd.get('teacher_workdir'):
+    # The run trained its own teacher into run_dir/teacher (`train.with_teacher`).
+    config.signals.kd.teacher_workdir = os.path.join(run_dir, train_lib.TEACHER_DIR)
 
   def restore(spec):
-    target = train_lib.build_run(train_lib.template_config(config), spec, 1).state
+    num_train = (len(train_lib.load_data(config)[0]) if config.ep.get('warm_start', False)
+                 else None)
+    target = train_lib.build_run(train_lib.template_config(config), spec, 1,
+                                 num_train=num_train).state
     with Checkpointer(os.path.join(run_dir, 'checkpoints')) as ckpt:
       chosen = ckpt.latest_step() if step is None else int(step)
       if chosen is None:

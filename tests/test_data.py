@@ -367,10 +367,14 @@ def test_train_batches_deterministic_and_epoch_dependent():
     b = _collect(data.train_batches(split, info, epoch=0, prefetch=0, **kw))
     c = _collect(data.train_batches(split, info, epoch=1, **kw))
     assert len(a) == data.num_train_batches(split, 8) == 6  # last partial batch dropped
-    for x, y in zip(a, b):
-        assert x.keys() == {"image", "label"}
+    for i, (x, y) in enumerate(zip(a, b)):
+        assert x.keys() == {"image", "label", "index"}
         assert x["image"].dtype == np.float32 and x["image"].shape == (8, 6, 5, 3)
         assert x["label"].dtype == np.int32 and x["label"].shape == (8,)
+        # `index` is each example's position in the split.
+        np.testing.assert_array_equal(x["label"], split.labels[x["index"]])
+        np.testing.assert_array_equal(
+            x["index"], data.epoch_permutation(50, 3, 0)[8 * i:8 * i + 8])
         np.testing.assert_array_equal(x["image"], y["image"])
         np.testing.assert_array_equal(x["label"], y["label"])
     order_a = np.concatenate([x["label"] for x in a])

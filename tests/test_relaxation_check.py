@@ -86,3 +86,27 @@ def test_bad_arguments_name_the_problem(tmp_path):
                         ({'split': 'val'}, '--split')):
     with pytest.raises(ValueError, match=match):
       relaxation_check.run(str(tmp_path), print_fn=lambda _: None, **kwargs)
+
+
+def test_solver_comparison_counts_the_steps_relax_takes():
+  """Per mode, solver and phase, the steps to each τ are those of `relax(..., tol=τ)` with
+  that solver, from zeros (free) or from the common free fixed point (nudged)."""
+  spec, params, x = _net()
+  labels = np.array([0, 1, 2])
+  out = relaxation_check.solver_comparison(spec, params, x, labels, modes=('async',),
+                                           solvers=('plain', 'anderson'), tols=(1e-3, 1e-6),
+                                           max_steps=200, beta=0.5, memory=3)
+  assert set(out['async']) == {'plain', 'anderson'}
+  assert set(out['async']['plain']) == {'free', 'nudged+', 'nudged-'}
+  zeros = network.init_states(spec, 3)
+  for name, solver in (('plain', None), ('anderson', relaxation.Solver('anderson', memory=3))):
+    for tol in (1e-3, 1e-6):
+      want = relaxation.relax(spec, params, x, zeros, max_steps=200, tol=tol, mode='async',
+                              solver=solver)
+      row = out['async'][name]['free'][f'{tol:g}']
+      assert row['steps'] == int(want.steps) and row['residual'] <= tol
+      assert row['seconds'] > 0
+  table = relaxation_check.solver_markdown(out, (1e-3, 1e-6))
+  assert len(table.splitlines()) == 2 + 2 * 3
+  with pytest.raises(ValueError, match='unknown solver'):
+    relaxation_check.solver_of('broyden')

@@ -546,3 +546,28 @@ def test_a_missing_config_file_is_named_on_every_path(tmp_path):
         f"error: config file '{name}' not found ({cli.CONFIGS_HINT})\n"), (
             script, flags, done.stderr)
     assert not (tmp_path / 'w').exists()
+
+
+@pytest.mark.slow
+def test_warm_starts_resume_exactly_mid_epoch_and_shorten_the_free_phase(tmp_path):
+  """`ep.warm_start`: the per-example store is part of the checkpointed state (a run
+  interrupted mid-epoch ends exactly as an uninterrupted one) and, from the second epoch on,
+  the free phase starts near its fixed point."""
+  kw = dict(train__epochs=2, train__log_every_seconds=0.0, model__layout='8,8,M,8',
+            ep__tol=1e-6, ep__free_steps=100, ep__mode='async')
+  config = tiny_config(ep__warm_start=True, **kw)
+  straight = train.train_and_evaluate(config, str(tmp_path / 'straight'), print_fn=lambda _: None)
+  cold = train.train_and_evaluate(tiny_config(**kw), str(tmp_path / 'cold'),
+                                  print_fn=lambda _: None)
+  history = [json.loads(l) for l in open(tmp_path / 'straight' / 'metrics.jsonl')]
+  cold_history = [json.loads(l) for l in open(tmp_path / 'cold' / 'metrics.jsonl')]
+  assert history[0]['free_steps_mean'] == cold_history[0]['free_steps_mean']
+  assert history[1]['free_steps_mean'] < cold_history[1]['free_steps_mean']
+  del cold
+  ctrl_c = tmp_path / 'ctrl_c'
+  with pytest.raises(train.Interrupted, match='resume epoch 2 after its step 6/8'):
+    train.train_and_evaluate(config, str(ctrl_c), print_fn=_StopAt(2, 5, KeyboardInterrupt()))
+  record = train.train_and_evaluate(config, str(ctrl_c), print_fn=lambda _: None)
+  for key in ('test_loss', 'test_accuracy'):
+    assert record[key] == straight[key], key
+  assert record['train_loss'] == pytest.approx(straight['train_loss'], rel=1e-9)

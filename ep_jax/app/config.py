@@ -79,6 +79,22 @@ def get_config() -> ml_collections.ConfigDict:
   # A stencil's nudged phases: 'sequential' (one after the other; faster on a 2-core CPU) or
   # 'vmapped' (one relaxation vmapped over the stencil's points); the same estimate.
   config.ep.nudged_phases = 'sequential'
+  # How every relaxation (free, nudged, evaluation, the data init's calibration) iterates its
+  # sweep to the fixed point (`ep_jax.relaxation.Solver`): 'plain' (s <- G(s)) or 'anderson'
+  # (type-II Anderson acceleration over `memory` past sweeps, per example, from the step at
+  # which an example's residual first falls to `start_residual`; safeguarded). Both stop on
+  # the same residual `ep.tol`.
+  # Warm starts: each training example's free phase starts from its own last free fixed point
+  # (a store of N x the states, checkpointed with the run; `train_step.free_state_store`)
+  # instead of zeros. The evaluation's free phases start from zeros.
+  config.ep.warm_start = False
+  config.ep.solver = ml_collections.ConfigDict()
+  config.ep.solver.kind = 'plain'
+  config.ep.solver.memory = 5
+  config.ep.solver.regularization = 1e-8
+  config.ep.solver.mixing = 1.0
+  config.ep.solver.safeguard = True
+  config.ep.solver.start_residual = 1e-2
   # Stop with NonConvergenceError when an epoch's mean final free-phase residual (max |Δs| of
   # the last step) exceeds this: the relaxation oscillates instead of settling. 0 = off.
   config.ep.max_residual = 0.25

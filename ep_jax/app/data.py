@@ -884,7 +884,9 @@ def train_dataset(
   process runs the same number of steps; N above is then the shard's size.
 
   Elements: ``{'image': float32 batch_size x H x W x C (normalised), 'label': int32
-  batch_size}``. Iterate with :func:`train_batches` or :func:`train_iterator`.
+  batch_size, 'index': int32 batch_size}`` (``index``: each example's position in ``split``,
+  the key of a per-example store such as the free phase's warm starts). Iterate with
+  :func:`train_batches` or :func:`train_iterator`.
   """
   batch_size = _check_batch_size(batch_size)
   if int(seed) < 0 or int(num_epochs) < 1:
@@ -908,17 +910,19 @@ def train_dataset(
   order = _example_order(size, seed)[: n_batches * batch_size]
   ds = order.map(lambda i: examples[i]) if count > 1 else order
   ds = ds.batch(batch_size, drop_remainder=True).repeat(int(num_epochs))
-  ds = ds.map(lambda idx: (images[idx], labels[idx]))
+  ds = ds.map(lambda idx: (images[idx], labels[idx], idx))
   if augment:
 
     def augmented(example, rng):
       return (
           _augment(example[0], rng, crop_padding=crop_padding, flip=flip, crop_mode=crop_mode),
           example[1],
+          example[2],
       )
 
     ds = ds.random_map(augmented, seed=_seed32(seed, _AUG_TAG))
-  return ds.map(lambda example: {"image": normalize(example[0], info), "label": example[1]})
+  return ds.map(lambda example: {"image": normalize(example[0], info), "label": example[1],
+                                 "index": np.asarray(example[2], np.int32)})
 
 
 def train_iterator(dataset: grain.MapDataset, *, prefetch: int = 2, state: dict | None = None,
@@ -961,7 +965,8 @@ def train_batches(
   ``start_batch`` resumes mid-epoch with exactly the batches a full pass gives from there.
 
   Yields:
-    ``{'image': float32 batch_size x H x W x C (normalised), 'label': int32 batch_size}``.
+    ``{'image': float32 batch_size x H x W x C (normalised), 'label': int32 batch_size,
+    'index': int32 batch_size}`` (as :func:`train_dataset`).
   """
   if int(epoch) < 0:
     raise ValueError(f"epoch must be >= 0, got {epoch}")

@@ -450,7 +450,8 @@ def train_vmapped_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
   num_epochs = int(config.train.epochs)
   total_steps = steps_per_epoch * num_epochs
 
-  runs = [train_lib.build_run(train_lib.calibrated_config(c, tr, info), spec, steps_per_epoch)
+  runs = [train_lib.build_run(train_lib.calibrated_config(c, tr, info), spec, steps_per_epoch,
+                              num_train=len(tr))
           for c, (tr, _, info) in zip(configs, splits)]
   tx, nudging = runs[0].tx, runs[0].nudging  # depend on the config, not on the seed
   rates, lr_kwargs = runs[0].rates, runs[0].lr_kwargs

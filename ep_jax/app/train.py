@@ -36,19 +36,20 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ep_jax.app import data as data_lib
-from ep_jax import estimators, initialization, network, optim
+from ep_jax import estimators, initialization, network, optim, relaxation
 from ep_jax.app.checkpointing import Checkpointer
 from ep_jax.app.loop import EpochRun, evaluate, mean_over_steps, run_epoch
 from ep_jax.estimators import EPConfig
 from ep_jax.app.metrics_io import MetricsWriter, ProgressReporter, jsonable, percent
-from ep_jax.train_step import (TrainState, create_train_state, make_eval_step, make_nudge_split,
-                               make_train_step)
+from ep_jax.train_step import (TrainState, create_train_state, free_state_store, make_eval_step,
+                               make_nudge_split, make_train_step)
 
 __all__ = [
     'CHECKPOINT_DIR', 'DTYPES', 'Interrupted', 'MID_EPOCH_DIR', 'NonConvergenceError',
     'NonFiniteError', 'RESUME_FREE_FIELDS', 'RunSetup', 'TEACHER_DIR', 'VALIDATION_SEED',
-    'augmentation', 'build_ep_config', 'build_run', 'build_spec', 'calibrated_config',
-    'check_config', 'check_convergence', 'check_resume', 'config_differences', 'epoch_record',
+    'augmentation', 'build_ep_config', 'build_run', 'build_solver', 'build_spec',
+    'calibrated_config', 'check_config', 'check_convergence', 'check_resume',
+    'config_differences', 'epoch_record',
     'epochs_checkpointed', 'epochs_done', 'has_checkpoints', 'init_key', 'init_model_params',
     'initialize_distributed', 'is_unfinished_run', 'load_data', 'make_mesh', 'saved_config',
     'signals_enabled', 'skips_from_config', 'state_dtype',
@@ -324,7 +325,19 @@ def build_ep_config(config: ml_collections.ConfigDict) -> EPConfig:
                   holo_points=int(e.holo_points),
                   compute_dtype=e.get('compute_dtype', '') or None,
                   damping=float(e.get('damping', 1.0)),
-                  nudged_phases=e.get('nudged_phases', 'sequential'))
+                  nudged_phases=e.get('nudged_phases', 'sequential'),
+                  solver=build_solver(config))
+
+
+def build_solver(config: ml_collections.ConfigDict) -> Optional[relaxation.Solver]:
+  """`config.ep.solver` as a `relaxation.Solver`; None (plain iteration) for 'plain' or a
+  config.json written before the field existed."""
+  s = config.ep.get('solver')
+  if s is None or s.get('kind', 'plain') == 'plain':
+    return None
+  return relaxation.Solver(kind=s.kind, memory=int(s.memory),
+                           regularization=float(s.regularization), mixing=float(s.mixing),
+                           safeguard=bool(s.safeguard), start_residual=float(s.start_residual))
 
 
 def state_dtype(config: ml_collections.ConfigDict):
@@ -462,7 +475,8 @@ def calibrated_config(config: ml_collections.ConfigDict, train_split: data_lib.S
   x = jnp.asarray(data_lib.normalize(train_split.images[order], info))
   _, cal = initialization.calibrate_gains(
       spec, params, x, target=tuple(m.init_target), mode=config.ep.mode,
-      max_steps=max(int(config.ep.free_steps), 400), damping=float(config.ep.get('damping', 1.0)))
+      max_steps=max(int(config.ep.free_steps), 400), damping=float(config.ep.get('damping', 1.0)),
+      solver=build_solver(config))
   if print_fn is not None:
     print_fn('init=data: gains ' + ' '.join(f'{g:.3g}' for g in cal.gains) + ' | mean |s| '
              + ' '.join(f'{a:.3f}' for a in cal.activity) + f' | residual {cal.residual:.1e} '
@@ -503,8 +517,11 @@ def template_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
 
 
 def build_run(config: ml_collections.ConfigDict, spec: network.NetworkSpec,
-              steps_per_epoch: int) -> RunSetup:
+              steps_per_epoch: int, num_train: Optional[int] = None) -> RunSetup:
   """Parameters, learning signals, optimiser and train state of a run with `config.seed`.
+
+  num_train: the training split's size, needed with `ep.warm_start` (the state then holds a
+  zero `free_store` of that many examples).
 
   `PRNGKey(seed)` splits into init / state / signal keys, so the same seed always gives the
   same initial state (`ep_jax.app.sweep`'s vmapped seeds rely on it). `model.init='data'` must
@@ -531,7 +548,12 @@ def build_run(config: ml_collections.ConfigDict, spec: network.NetworkSpec,
                             weight_decay=o.weight_decay,
                             extra_learning_rates={'signals': o.signal_learning_rate},
                             optimizer=o.get('optimizer', 'sgd'), **lr_kwargs)
-  state = create_train_state(params, tx, state_key, frozen)
+  store = None
+  if config.ep.get('warm_start', False):
+    if num_train is None:
+      raise ValueError('ep.warm_start needs the number of training examples (num_train)')
+    store = free_state_store(spec, num_train, state_dtype(config))
+  state = create_train_state(params, tx, state_key, frozen, free_store=store)
   return RunSetup(state, tx, nudging, rates, lr_kwargs)
 
 
@@ -736,7 +758,7 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, print_fn, resum
   steps_per_epoch = (len(train_split) // jax.process_count()) // local_batch
   total_steps = steps_per_epoch * num_epochs
   run_config = with_teacher(run_config, workdir, print_fn if is_primary else (lambda _: None))
-  run = build_run(run_config, spec, steps_per_epoch)
+  run = build_run(run_config, spec, steps_per_epoch, num_train=len(train_split))
   state, tx, nudging = run.state, run.tx, run.nudging
   rates, lr_kwargs = run.rates, run.lr_kwargs
 
