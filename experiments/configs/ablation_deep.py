@@ -13,8 +13,9 @@ readout) with the long links of `digits_skip`, a fixed training subset (8192) an
 for all runs), an EP epoch with its evaluation about 5.5 min (26-34 ex/s; twice that beside
 other jobs) and the BP twin 4 min (docs/RESULTS.md, "CIFAR-10, 8,192 images"). With
 `--config.train.epochs=15` (the teacher's length) EP + KD reached 55.1% on the 1,000 test
-images against 59.4% for the BP twin and 50.6% for standard EP (83-86 min per EP run;
-docs/RESULTS.md, "Summary" and "The BP twin's figures, re-measured").
+images against 55.7% for the BP twin on the same machine type (59.4% on another VM at the
+same commit) and 50.6% for standard EP (83-86 min per EP run; docs/RESULTS.md, "Summary" and
+"The BP twin's figure depends on the machine, not the commit").
 
 The deep-CRNN recipe (README, docs/RESULTS.md "Deep CRNNs"): data-dependent per-layer gains,
 a zero readout, asynchronous updates, per-unit signal normalisation, one rate 0.05 for every
