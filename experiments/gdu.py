@@ -185,19 +185,19 @@ def run(config, workdir: str, *, betas, batch_size: int = 8,
 
   from ep_jax import gdu, network, signals  # pylint: disable=g-import-not-at-top
   from ep_jax.app import data  # pylint: disable=g-import-not-at-top
-  from ep_jax.app import train as train_lib  # pylint: disable=g-import-not-at-top
+  from ep_jax.app import build, train as train_lib  # pylint: disable=g-import-not-at-top
 
   start = time.time()
   restore = source = None
   if params_from:
     config, restore = load_run_params(params_from, params_step)
   os.makedirs(workdir, exist_ok=True)
-  train_split, _, info = train_lib.load_data(config)
+  train_split, _, info = build.load_data(config)
   if batch_size < 1 or batch_size > len(train_split):
     raise ValueError(f'batch_size must be in [1, {len(train_split)}], got {batch_size}')
   x = data.normalize(train_split.images[:batch_size], info)
   labels = np.asarray(train_split.labels[:batch_size])
-  config_spec = train_lib.build_spec(config, info)
+  config_spec = build.build_spec(config, info)
   spec = gdu.smooth_twin(config_spec) if network_mode == 'smooth' else config_spec
   root = jax.random.PRNGKey(config.seed)
   init_key, _, signal_key = jax.random.split(root, 3)
@@ -240,8 +240,8 @@ def run(config, workdir: str, *, betas, batch_size: int = 8,
   runs['no_signals']['description'] = 'Plain output cost ℓ (standard EP).'
   if with_signals:
     sig_config, desc = signals_config_for_gdu(config)
-    setup = signals.build_signals(sig_config, spec, num_epochs=int(config.train.epochs),
-                                  rng=signal_key)
+    setup = build.build_signals(sig_config, spec, num_epochs=int(config.train.epochs),
+                                rng=signal_key)
     heads = trained_heads if (trained_heads is not None and setup.trainable) else \
         setup.trainable
     p = dict(params, signals=heads) if heads else params
@@ -269,7 +269,7 @@ def load_run_params(run_dir: str, step=None, flag: str = '--params_from'):
   trained signal heads under `'signals'`. Errors name `flag`, the caller's option."""
   import ml_collections  # pylint: disable=g-import-not-at-top
 
-  from ep_jax.app import train as train_lib  # pylint: disable=g-import-not-at-top
+  from ep_jax.app import build, train as train_lib  # pylint: disable=g-import-not-at-top
   from ep_jax.app.checkpointing import Checkpointer  # pylint: disable=g-import-not-at-top
 
   path = os.path.join(run_dir, 'config.json')
@@ -284,7 +284,7 @@ def load_run_params(run_dir: str, step=None, flag: str = '--params_from'):
     config.signals.kd.teacher_workdir = os.path.join(run_dir, train_lib.TEACHER_DIR)
 
   def restore(spec):
-    num_train = (len(train_lib.load_data(config)[0]) if config.ep.get('warm_start', False)
+    num_train = (len(build.load_data(config)[0]) if config.ep.get('warm_start', False)
                  else None)
     target = train_lib.build_run(train_lib.template_config(config), spec, 1,
                                  num_train=num_train).state
@@ -315,16 +315,16 @@ def load_run_batch(run_dir: str, step=None, *, split: str, batch_size: int,
   """The run's parameters (checkpoint `step`, None: the latest) and the first `batch_size`
   examples of `split` ('train', or 'test': its evaluation split, the validation examples of a
   run with `data.validation`). Errors name `flag`, `--split` and `--batch_size`."""
-  from ep_jax.app import train as train_lib  # pylint: disable=g-import-not-at-top
+  from ep_jax.app import build  # pylint: disable=g-import-not-at-top
 
   if split not in ('train', 'test'):
     raise ValueError(f"--split must be 'train' or 'test', got {split!r}")
   config, restore = load_run_params(run_dir, step, flag=flag)
-  train_split, test_split, info = train_lib.load_data(config)
+  train_split, test_split, info = build.load_data(config)
   examples = train_split if split == 'train' else test_split
   if not 1 <= batch_size <= len(examples):
     raise ValueError(f'--batch_size must be in [1, {len(examples)}], got {batch_size}')
-  spec = train_lib.build_spec(config, info)
+  spec = build.build_spec(config, info)
   params, source = restore(spec)
   params.pop('signals', None)
   return RunBatch(config, spec, params, source, examples.images[:batch_size],
