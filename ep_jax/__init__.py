@@ -30,7 +30,8 @@ are checked against `spec.input_shape` at the entry points (a ValueError naming 
 
 These modules are the math: they need jax, optax, flax and numpy only. The training
 application lives in `ep_jax.app` (input pipeline, trainer, checkpoints, metrics, teacher
-training and I/O, sweeps, objects built from an `ml_collections` config); the experiment
+training and I/O, sweeps, and `ep_jax.app.build`: the objects an `ml_collections` config
+describes); the core takes arrays, specs and plain arguments only. The experiment
 configs and scripts are in the repository's `experiments/`.
 
 `import ep_jax` imports no submodule; each loads on first access (`ep_jax.estimators`) or with

@@ -23,7 +23,8 @@ errors at small β, which hide the bias orders). Holomorphic EP needs a holomorp
 (`smooth_sigmoid`) and average pooling: on other networks it is recorded as skipped with the
 reason; `smooth_twin(spec)` gives the same network with those two changes.
 
-All functions here are pure (no files); `experiments/gdu.py` is the command line.
+All functions here are pure (no files); `experiments/gdu.py` is the command line and renders
+the report (`markdown`, `plot`).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from ep_jax.relaxation import relax
 
 __all__ = [
     'ALL', 'DEFAULT_BETAS', 'DEFAULT_ESTIMATORS', 'alignment', 'cast_floats', 'compare',
-    'gdu_sweep', 'group_order', 'group_vectors', 'holomorphic_unsupported', 'markdown', 'plot',
+    'gdu_sweep', 'group_order', 'group_vectors', 'holomorphic_unsupported',
     'reference_gradients', 'smooth_twin',
 ]
 
@@ -257,101 +258,3 @@ def gdu_sweep(spec: NetworkSpec, params: dict, x: jax.Array, targets: Targets, *
 
 def _fmt(value, spec: str = '.2e') -> str:
   return 'n/a' if value is None else format(value, spec)
-
-
-# ------------------------------------------------------------------------------- reporting
-
-
-def markdown(report: dict) -> str:
-  """A markdown rendering of `{'meta': ..., 'runs': {run: gdu_sweep output}}`."""
-  lines = ['# Gradient alignment (GDU): EP estimates vs implicit and BPTT gradients', '']
-  meta = report.get('meta', {})
-  for key, value in meta.items():
-    lines.append(f'- **{key}**: {value}')
-  lines.append('')
-  lines.append('Cells: relative error ‖g_EP − g_ref‖/‖g_ref‖, with the cosine similarity in '
-               'parentheses; one row per parameter group (`all`: every parameter).')
-  lines.append('')
-  for run_name, run in report['runs'].items():
-    lines.append(f'## {run_name}')
-    lines.append('')
-    if run.get('description'):
-      lines.append(run['description'])
-      lines.append('')
-    ref = run['references']
-    lines.append(f"References: free phase {ref['free_steps']} steps, residual "
-                 f"{ref['free_residual']:.1e}; implicit adjoint {ref['implicit_steps']} steps, "
-                 f"residual {ref['implicit_residual']:.1e}; BPTT {ref['bptt_steps']} steps, "
-                 f"BPTT vs implicit: rel err {_fmt(ref['bptt_vs_implicit'][ALL]['rel_err'])}, "
-                 f"cos {_fmt(ref['bptt_vs_implicit'][ALL]['cos'], '.8f')}.")
-    if ref.get('implicit_norms'):
-      lines.append('Implicit gradient norm per group: ' + ', '.join(
-          f'{g} {_fmt(v)}' for g, v in ref['implicit_norms'].items()) + '.')
-    lines.append('')
-    groups = run['groups']
-    for name, entry in run['estimators'].items():
-      if entry['skipped']:
-        lines.append(f'### {name}: skipped')
-        lines.append('')
-        lines.append(entry['skipped'])
-        lines.append('')
-        continue
-      for ref_name in ('implicit', 'bptt'):
-        lines.append(f'### {name} vs {ref_name}')
-        lines.append('')
-        betas = [r['beta'] for r in entry['results']]
-        lines.append('| group | ' + ' | '.join(f'β={b:g}' for b in betas) + ' |')
-        lines.append('|---|' + '---|' * len(betas))
-        for g in groups:
-          cells = []
-          for r in entry['results']:
-            a = r[ref_name][g]
-            cells.append(f"{_fmt(a['rel_err'])} ({_fmt(a['cos'], '.5f')})")
-          lines.append(f'| {g} | ' + ' | '.join(cells) + ' |')
-        lines.append('')
-  return '\n'.join(lines) + '\n'
-
-
-def plot(report: dict, path: str, *, reference: str = 'implicit') -> None:
-  """Relative error vs β (log-log), one subplot per group; a line per estimator and run."""
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
-
-  runs = report['runs']
-  groups: list[str] = []
-  for run in runs.values():
-    groups += [g for g in run['groups'] if g not in groups]
-  cols = min(4, len(groups))
-  rows = -(-len(groups) // cols)
-  fig = Figure(figsize=(4 * cols, 3.2 * rows), dpi=100)
-  FigureCanvasAgg(fig)
-  styles = ['-', '--', ':', '-.']
-  colors = {'one_sided': 'tab:red', 'random_sign': 'tab:orange', 'symmetric': 'tab:blue',
-            'holomorphic': 'tab:green'}
-  for i, g in enumerate(groups):
-    ax = fig.add_subplot(rows, cols, i + 1)
-    drawn = False
-    for r, (run_name, run) in enumerate(runs.items()):
-      for name, entry in run['estimators'].items():
-        if entry['skipped']:
-          continue
-        pts = [(row['beta'], row[reference].get(g, {}).get('rel_err'))
-               for row in entry['results']]
-        pts = [(b, e) for b, e in pts if e is not None and e > 0]
-        if not pts:
-          continue
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], styles[r % len(styles)],
-                marker='o', markersize=3, color=colors.get(name), label=f'{name} ({run_name})')
-        drawn = True
-    if drawn:
-      ax.set_xscale('log')
-      ax.set_yscale('log')
-    ax.set_title(g)
-    ax.set_xlabel('β')
-    ax.set_ylabel(f'rel. error vs {reference}')
-    ax.grid(True, which='both', alpha=0.3)
-    if i == 0 and drawn:
-      ax.legend(fontsize=7)
-  fig.suptitle(f'EP gradient error vs β (reference: {reference})')
-  fig.tight_layout()
-  fig.savefig(path, format='png')

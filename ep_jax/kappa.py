@@ -17,7 +17,7 @@ optax's decay schedules do), so κ never turns negative.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -140,18 +140,16 @@ def layer_init(num_layers: int, layers: Sequence[int], kappa_init: float,
   return values
 
 
-def make_layer_schedule(kappa_config: Any, *, num_layers: int, layers: Sequence[int],
-                        total_epochs: int) -> Schedule:
-  """`epoch -> (N,)` κ per layer from a `signals.kappa` config, exactly 0 off `layers`.
-
-  `kappa_config` (a `signals.kappa` ConfigDict) has fields `schedule`, `init`, `min`, `gamma`,
-  `per_layer`.
-  """
-  init = layer_init(num_layers, layers, kappa_config.init, kappa_config.per_layer)
+def make_layer_schedule(name: str, kappa_init: float, *, num_layers: int,
+                        layers: Sequence[int], total_epochs: int, kappa_min: float = 0.0,
+                        gamma: float = 0.1, per_layer: Sequence[float] = ()) -> Schedule:
+  """`epoch -> (N,)` κ per layer, exactly 0 off `layers`: the schedule `name` from the
+  κ_init vector `layer_init(num_layers, layers, kappa_init, per_layer)`."""
+  init = layer_init(num_layers, layers, kappa_init, per_layer)
   mask = np.zeros((num_layers,), np.float64)
   mask[sorted(set(int(l) for l in layers))] = 1.0
-  base = make_schedule(kappa_config.schedule, init, total_epochs=total_epochs,
-                       kappa_min=float(kappa_config.min), gamma=float(kappa_config.gamma))
+  base = make_schedule(name, init, total_epochs=total_epochs, kappa_min=float(kappa_min),
+                       gamma=float(gamma))
 
   def schedule(epoch):
     return base(epoch) * _float(mask)

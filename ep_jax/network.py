@@ -37,13 +37,13 @@ from typing import Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from ep_jax.connections import Edge, check_kind, scale_params
+from ep_jax.connections import ConnectionKind, Edge, check_kind, scale_params
 
 __all__ = [
     'ConvLayer', 'EDGE_KEY', 'NetworkSpec', 'PADDINGS', 'POOLS', 'POOL_TIES', 'PRESET_LAYOUTS',
     'PRESET_PADDINGS', 'check_edges', 'check_input', 'check_skips', 'init_params', 'init_states',
-    'layer_colour_classes', 'layer_colouring', 'layer_names', 'make_spec', 'model_layer_names',
-    'parse_layout', 'synapse_names',
+    'layer_colour_classes', 'layer_colouring', 'layer_names', 'make_spec', 'parse_layout',
+    'synapse_names',
 ]
 
 POOLS = {'M': 'max', 'A': 'avg'}
@@ -167,6 +167,43 @@ class NetworkSpec:
     """The layers grouped by colour of `layer_colouring(self)`, colour 0 first."""
     return layer_colour_classes(self)
 
+  def to_dict(self) -> dict:
+    """The JSON-able fields `from_dict` rebuilds the spec from (an edge's kind by its name,
+    so `from_dict` needs the kind objects)."""
+    return {'layout': self.layout, 'input_shape': list(self.input_shape),
+            'dense': list(self.dense), 'num_classes': self.num_classes, 'readout': self.readout,
+            'activation': self.activation, 'kernel_size': self.kernel_size,
+            'padding': self.padding, 'pool_ties': self.pool_ties,
+            'kernel_sizes': list(self.kernel_sizes), 'paddings': list(self.paddings),
+            'skips': [list(pair) for pair in self.skips],
+            'edges': [[e.src, e.dst, e.kind.name] for e in self.edges]}
+
+  @classmethod
+  def from_dict(cls, fields: dict, kinds: Sequence[ConnectionKind] = ()) -> 'NetworkSpec':
+    """The spec of `to_dict`'s fields (lists or tuples; fields newer than a saved dict take
+    their defaults); `kinds`: the connection kinds of its edges, found by name.
+
+    Raises:
+      ValueError: an edge whose kind is not among `kinds`.
+    """
+    layout = fields['layout'] or ()  # a spec without conv layers has the empty layout
+    by_name = {kind.name: kind for kind in kinds}
+    edges = []
+    for src, dst, name in fields.get('edges', ()):
+      if name not in by_name:
+        raise ValueError(f'the spec has an edge ({src}, {dst}) of kind {name!r}: pass that '
+                         f'ConnectionKind in kinds (got {sorted(by_name)})')
+      edges.append((src, dst, by_name[name]))
+    return make_spec(layout, input_shape=fields['input_shape'],
+                     num_classes=fields['num_classes'], dense=tuple(fields['dense']),
+                     readout=fields['readout'], activation=fields['activation'],
+                     kernel_size=fields['kernel_size'], padding=fields['padding'],
+                     pool_ties=fields.get('pool_ties', 'first'),
+                     kernel_sizes=tuple(fields.get('kernel_sizes', ())),
+                     paddings=tuple(fields.get('paddings', ())),
+                     skips=tuple(tuple(pair) for pair in fields.get('skips', ())),
+                     edges=edges)
+
   @property
   def layout(self) -> str:
     """The layout string of the conv widths and pools (round-trips through `parse_layout`;
@@ -186,13 +223,6 @@ def layer_names(num_conv: int, num_dense: int, readout: str = 'softmax') -> tupl
   names = [f'conv{i + 1}' for i in range(num_conv)]
   names += [f'dense{i + 1}' for i in range(num_dense)]
   return tuple(names + (['output'] if readout == 'mse' else []))
-
-
-def model_layer_names(model: dict) -> tuple[str, ...]:
-  """`layer_names` of a config's `model` section (a dict or ConfigDict, e.g. a saved run's
-  `config.json`): its layout, dense widths and readout."""
-  conv = len(parse_layout(model['layout'])) if model.get('layout') else 0
-  return layer_names(conv, len(model.get('dense', ())), model.get('readout', 'softmax'))
 
 
 def layer_colouring(spec: NetworkSpec) -> tuple[int, ...]:

@@ -20,7 +20,7 @@ The nudging cost of the nudged phases becomes (METHOD.md §3), summed over the b
                depends on the other examples' s_l); it is still local in the layer. Summed over
                the batch it contributes `B · m ‖ΔS‖²_F / B²`, so that ℒ / B is the batch mean.
 * KD on layer l: `ℓ_l = ½ ‖s_l - t_l(x)‖² / n_l`, `t_l` the activation of the feed-forward
-  teacher (`ep_jax.app.teacher`) at layer l, `n_l` the units per example of layer l
+  teacher (`ep_jax.feedforward`) at layer l, `n_l` the units per example of layer l
   (`kd.normalize='layer'`), or `½ ‖s_l - t_l(x)‖²` (`'unit'`); `kd.layerwise=False` keeps
   output distillation only.
 
@@ -49,7 +49,7 @@ import dataclasses
 import functools
 import logging
 import math
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -62,9 +62,9 @@ from ep_jax.network import NetworkSpec
 
 __all__ = [
     'HEADS', 'KDConfig', 'KD_NORMALIZE', 'LESConfig', 'LES_LOSSES', 'LES_NORMALIZE', 'LayerSignals',
-    'POOLS', 'SIMILARITY_EPS', 'SignalSetup', 'build_signals', 'check_teacher', 'feature_dim',
-    'features', 'head_logits', 'init_head', 'init_heads', 'kd_curvature', 'kd_divergence',
-    'kd_layer_cost', 'les_cost', 'les_scale', 'num_hidden', 'resolve_layers', 'similarity_matrix',
+    'POOLS', 'SIMILARITY_EPS', 'SignalSetup', 'check_teacher', 'feature_dim', 'features',
+    'head_logits', 'init_head', 'init_heads', 'kd_curvature', 'kd_divergence', 'kd_layer_cost',
+    'les_cost', 'les_scale', 'make_signals', 'num_hidden', 'resolve_layers', 'similarity_matrix',
 ]
 
 HEADS = ('fixed', 'learned')
@@ -460,71 +460,73 @@ def check_teacher(teacher_spec: NetworkSpec, spec: NetworkSpec, *, output: bool)
                     teacher_spec.activation, spec.activation)
 
 
-def build_signals(signals_config: Any, spec: NetworkSpec, *, num_epochs: int,
-                  rng: jax.Array, teacher_params: Optional[PyTree] = None,
-                  teacher_spec: Optional[NetworkSpec] = None) -> SignalSetup:
-  """Builds the learning signals from a `config.signals` ConfigDict.
+def make_signals(spec: NetworkSpec, *, num_epochs: int, rng: jax.Array,
+                 les: Optional[LESConfig] = None, kd: Optional[KDConfig] = None,
+                 kd_layerwise: bool = True, alpha_schedule: str = 'constant',
+                 alpha_min: float = 0.0, alpha_gamma: float = 0.1,
+                 kappa_schedule: str = 'constant', kappa_init: float = 1.0,
+                 kappa_min: float = 0.0, kappa_gamma: float = 0.1,
+                 kappa_per_layer: Sequence[float] = (),
+                 teacher_params: Optional[PyTree] = None,
+                 teacher_spec: Optional[NetworkSpec] = None) -> SignalSetup:
+  """Checks the signal settings and builds the learning signals.
 
   Args:
-    signals_config: fields `les.*`, `kd.*`, `kappa.*` (see `ep_jax.app.config`).
-    spec: the CRNN. num_epochs: E_total of the κ schedule. rng: key for the LES heads.
-    teacher_params, teacher_spec: a teacher given directly (tests); otherwise KD loads it from
-      `signals_config.kd.teacher_workdir` with `ep_jax.app.teacher.load_teacher`.
+    spec: the CRNN. num_epochs: E_total of the κ and α schedules. rng: key for the LES heads.
+    les, kd: the settings of each signal (None: off), their `layers` as requested: hidden-layer
+      indices, negative from the last hidden one, () = every hidden layer; the result holds
+      them resolved (`resolve_layers`). kd_layerwise: False keeps output distillation only.
+    alpha_schedule, alpha_min, alpha_gamma: α(e) of output KD (`kappa.make_schedule` from
+      `kd.alpha`).
+    kappa_schedule, kappa_init, kappa_min, kappa_gamma, kappa_per_layer: κ(e) per layer
+      (`kappa.make_layer_schedule` on the signal layers).
+    teacher_params, teacher_spec: the feed-forward teacher, needed with `kd`.
   Returns:
-    a `SignalSetup`; `nudging` is None when neither LES nor KD is enabled.
+    a `SignalSetup`; `nudging` is None when neither signal is on.
   Raises:
-    ValueError: bad options, layer indices, or a teacher whose state shapes differ.
+    ValueError: bad options, layer indices, a missing teacher or one whose state shapes differ.
   """
-  les_cfg, kd_cfg = signals_config.les, signals_config.kd
-  if not les_cfg.enabled and not kd_cfg.enabled:
+  if les is None and kd is None:
     return SignalSetup(None, {}, {})
-  les = kd = alpha_fn = None
+  alpha_fn = None
   trainable, frozen = {}, {}
-  if les_cfg.enabled:
-    _check_choice(les_cfg.head, HEADS, 'signals.les.head')
-    _check_choice(les_cfg.pool, POOLS, 'signals.les.pool')
-    _check_choice(les_cfg.loss, LES_LOSSES, 'signals.les.loss')
-    if not 0.0 <= float(les_cfg.predsim_mix) <= 1.0:
-      raise ValueError(f'signals.les.predsim_mix must be in [0, 1], got {les_cfg.predsim_mix}')
-    normalize = les_cfg.get('normalize', 'mean')
-    _check_choice(normalize, LES_NORMALIZE, 'signals.les.normalize')
-    les = LESConfig(resolve_layers(les_cfg.layers, spec, 'signals.les'), les_cfg.head,
-                    les_cfg.pool, les_cfg.loss, float(les_cfg.predsim_mix), normalize)
+  if les is not None:
+    _check_choice(les.head, HEADS, 'les.head')
+    _check_choice(les.pool, POOLS, 'les.pool')
+    _check_choice(les.loss, LES_LOSSES, 'les.loss')
+    if not 0.0 <= float(les.predsim_mix) <= 1.0:
+      raise ValueError(f'les.predsim_mix must be in [0, 1], got {les.predsim_mix}')
+    _check_choice(les.normalize, LES_NORMALIZE, 'les.normalize')
+    les = dataclasses.replace(les, layers=resolve_layers(les.layers, spec, 'les'),
+                              predsim_mix=float(les.predsim_mix))
     learned = les.head == 'learned'
     heads = init_heads(rng, spec, les.layers, les.pool, learned)
     (trainable if learned else frozen)['les'] = heads
-  if kd_cfg.enabled:
-    alpha_min = float(kd_cfg.get('alpha_min', 0.0))
-    for field, value in (('alpha', float(kd_cfg.alpha)), ('alpha_min', alpha_min)):
+  if kd is not None:
+    for field, value in (('alpha', float(kd.alpha)), ('alpha_min', float(alpha_min))):
       if not 0.0 <= value <= 1.0:
-        raise ValueError(f'signals.kd.{field} must be in [0, 1], got {value}')
-    layerwise, output = bool(kd_cfg.get('layerwise', True)), bool(kd_cfg.output)
-    if not layerwise and not output:
-      raise ValueError('signals.kd.enabled with layerwise=False and output=False distils '
-                       'nothing: turn one of them on, or signals.kd.enabled off')
-    if not float(kd_cfg.temperature) > 0.0:
-      raise ValueError(f'signals.kd.temperature must be > 0, got {kd_cfg.temperature}')
-    normalize = kd_cfg.get('normalize', 'layer')
-    _check_choice(normalize, KD_NORMALIZE, 'signals.kd.normalize')
-    kd = KDConfig(resolve_layers(kd_cfg.layers, spec, 'signals.kd') if layerwise else (),
-                  output, float(kd_cfg.alpha), float(kd_cfg.temperature), normalize)
+        raise ValueError(f'kd.{field} must be in [0, 1], got {value}')
+    if not kd_layerwise and not kd.output:
+      raise ValueError('KD with layerwise=False and output=False distils nothing: turn one '
+                       'of them on, or KD off')
+    if not float(kd.temperature) > 0.0:
+      raise ValueError(f'kd.temperature must be > 0, got {kd.temperature}')
+    _check_choice(kd.normalize, KD_NORMALIZE, 'kd.normalize')
+    kd = dataclasses.replace(
+        kd, layers=resolve_layers(kd.layers, spec, 'kd') if kd_layerwise else (),
+        output=bool(kd.output), alpha=float(kd.alpha), temperature=float(kd.temperature))
     # α(e) on the κ schedules' machinery (ep_jax.kappa); the default, constant, is kd.alpha.
-    alpha_fn = kappa.make_schedule(kd_cfg.get('alpha_schedule', 'constant'), kd.alpha,
-                                   total_epochs=num_epochs, kappa_min=alpha_min,
-                                   gamma=float(kd_cfg.get('alpha_gamma', 0.1)))
-    if (teacher_params is None) != (teacher_spec is None):
-      raise ValueError('pass both teacher_params and teacher_spec, or neither')
-    if teacher_params is None:
-      if not kd_cfg.teacher_workdir:
-        raise ValueError('signals.kd.enabled needs signals.kd.teacher_workdir (a workdir of '
-                         '`python -m experiments.train_teacher`)')
-      from ep_jax.app import teacher  # pylint: disable=g-import-not-at-top  (disk I/O)
-      teacher_spec, teacher_params, _ = teacher.load_teacher(kd_cfg.teacher_workdir)
+    alpha_fn = kappa.make_schedule(alpha_schedule, kd.alpha, total_epochs=num_epochs,
+                                   kappa_min=float(alpha_min), gamma=float(alpha_gamma))
+    if teacher_params is None or teacher_spec is None:
+      raise ValueError('KD needs its teacher: pass teacher_params and teacher_spec')
     check_teacher(teacher_spec, spec, output=kd.output)
     frozen['teacher'] = teacher_params
   layers = tuple(sorted(set(les.layers if les else ()) | set(kd.layers if kd else ())))
-  kappa_fn = kappa.make_layer_schedule(signals_config.kappa, num_layers=spec.num_layers,
-                                       layers=layers, total_epochs=num_epochs)
+  kappa_fn = kappa.make_layer_schedule(kappa_schedule, kappa_init, num_layers=spec.num_layers,
+                                       layers=layers, total_epochs=num_epochs,
+                                       kappa_min=kappa_min, gamma=kappa_gamma,
+                                       per_layer=kappa_per_layer)
   nudging = LayerSignals(spec, kappa_fn, les=les, kd=kd,
                          teacher_spec=teacher_spec if kd is not None else None,
                          alpha_fn=alpha_fn)

@@ -240,7 +240,7 @@ def run_all(config, workdir: str, runs: Sequence[str] = RUNS,
 
 def _run_seed(config, workdir: str, runs: Sequence[str], parsed, print_fn) -> None:
   """The selected runs and extras of one seed (`config.seed`) into `workdir`."""
-  from ep_jax.app import teacher as teacher_lib  # pylint: disable=g-import-not-at-top
+  from ep_jax.app import build, teacher as teacher_lib  # pylint: disable=g-import-not-at-top
   from ep_jax.app import train as train_lib  # pylint: disable=g-import-not-at-top
   os.makedirs(workdir, exist_ok=True)
   teacher_dir = os.path.join(workdir, TEACHER)
@@ -255,7 +255,7 @@ def _run_seed(config, workdir: str, runs: Sequence[str], parsed, print_fn) -> No
   ep_config = config
   if todo and config.model.get('init', 'pytorch') == 'data':
     # One calibration for every run of the seed: they share the network, the data and the seed.
-    train_split, _, info = train_lib.load_data(config)
+    train_split, _, info = build.load_data(config)
     ep_config = train_lib.calibrated_config(config, train_split, info,
                                             print_fn=lambda line: print_fn('[init] ' + line))
   for name in VARIANTS:
@@ -357,7 +357,7 @@ def summarize_teacher(teacher_dir: str) -> Optional[dict]:
 
 
 def _layer_names(config, count: int) -> list[str]:
-  from ep_jax.network import model_layer_names  # pylint: disable=g-import-not-at-top
+  from ep_jax.app.build import model_layer_names  # pylint: disable=g-import-not-at-top
   names = list(model_layer_names(config.model))
   names += [f'layer{i + 1}' for i in range(len(names), count)]
   return names[:count] if count else names

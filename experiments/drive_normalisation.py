@@ -35,11 +35,11 @@ def normalise(config, *, target_std: float, centre: float, rounds: int, rate: fl
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from ep_jax import initialization, network, relaxation  # pylint: disable=g-import-not-at-top
-  from ep_jax.app import data, train  # pylint: disable=g-import-not-at-top
+  from ep_jax.app import build, data, train  # pylint: disable=g-import-not-at-top
   from ep_jax.train_step import input_share_of  # pylint: disable=g-import-not-at-top
 
-  train_split, _, info = train.load_data(config)
-  spec = train.build_spec(config, info)
+  train_split, _, info = build.load_data(config)
+  spec = build.build_spec(config, info)
   params = initialization.init_params(spec, train.init_key(config), mode='pytorch',
                                       readout_scale=0.0)
   order = data.epoch_permutation(len(train_split), config.seed, 0)[:batch_size]

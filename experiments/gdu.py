@@ -69,6 +69,107 @@ def signals_config_for_gdu(config) -> tuple[object, str]:
   return sig, desc
 
 
+def _fmt(value, spec: str = '.2e') -> str:
+  return 'n/a' if value is None else format(value, spec)
+
+
+def markdown(report: dict) -> str:
+  """A markdown rendering of `{'meta': ..., 'runs': {run: gdu.gdu_sweep output}}`."""
+  from ep_jax.gdu import ALL  # pylint: disable=g-import-not-at-top
+
+  lines = ['# Gradient alignment (GDU): EP estimates vs implicit and BPTT gradients', '']
+  meta = report.get('meta', {})
+  for key, value in meta.items():
+    lines.append(f'- **{key}**: {value}')
+  lines.append('')
+  lines.append('Cells: relative error ‖g_EP − g_ref‖/‖g_ref‖, with the cosine similarity in '
+               'parentheses; one row per parameter group (`all`: every parameter).')
+  lines.append('')
+  for run_name, run in report['runs'].items():
+    lines.append(f'## {run_name}')
+    lines.append('')
+    if run.get('description'):
+      lines.append(run['description'])
+      lines.append('')
+    ref = run['references']
+    lines.append(f"References: free phase {ref['free_steps']} steps, residual "
+                 f"{ref['free_residual']:.1e}; implicit adjoint {ref['implicit_steps']} steps, "
+                 f"residual {ref['implicit_residual']:.1e}; BPTT {ref['bptt_steps']} steps, "
+                 f"BPTT vs implicit: rel err {_fmt(ref['bptt_vs_implicit'][ALL]['rel_err'])}, "
+                 f"cos {_fmt(ref['bptt_vs_implicit'][ALL]['cos'], '.8f')}.")
+    if ref.get('implicit_norms'):
+      lines.append('Implicit gradient norm per group: ' + ', '.join(
+          f'{g} {_fmt(v)}' for g, v in ref['implicit_norms'].items()) + '.')
+    lines.append('')
+    groups = run['groups']
+    for name, entry in run['estimators'].items():
+      if entry['skipped']:
+        lines.append(f'### {name}: skipped')
+        lines.append('')
+        lines.append(entry['skipped'])
+        lines.append('')
+        continue
+      for ref_name in ('implicit', 'bptt'):
+        lines.append(f'### {name} vs {ref_name}')
+        lines.append('')
+        betas = [r['beta'] for r in entry['results']]
+        lines.append('| group | ' + ' | '.join(f'β={b:g}' for b in betas) + ' |')
+        lines.append('|---|' + '---|' * len(betas))
+        for g in groups:
+          cells = []
+          for r in entry['results']:
+            a = r[ref_name][g]
+            cells.append(f"{_fmt(a['rel_err'])} ({_fmt(a['cos'], '.5f')})")
+          lines.append(f'| {g} | ' + ' | '.join(cells) + ' |')
+        lines.append('')
+  return '\n'.join(lines) + '\n'
+
+
+def plot(report: dict, path: str, *, reference: str = 'implicit') -> None:
+  """Relative error vs β (log-log), one subplot per group; a line per estimator and run."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+
+  runs = report['runs']
+  groups: list[str] = []
+  for run in runs.values():
+    groups += [g for g in run['groups'] if g not in groups]
+  cols = min(4, len(groups))
+  rows = -(-len(groups) // cols)
+  fig = Figure(figsize=(4 * cols, 3.2 * rows), dpi=100)
+  FigureCanvasAgg(fig)
+  styles = ['-', '--', ':', '-.']
+  colors = {'one_sided': 'tab:red', 'random_sign': 'tab:orange', 'symmetric': 'tab:blue',
+            'holomorphic': 'tab:green'}
+  for i, g in enumerate(groups):
+    ax = fig.add_subplot(rows, cols, i + 1)
+    drawn = False
+    for r, (run_name, run) in enumerate(runs.items()):
+      for name, entry in run['estimators'].items():
+        if entry['skipped']:
+          continue
+        pts = [(row['beta'], row[reference].get(g, {}).get('rel_err'))
+               for row in entry['results']]
+        pts = [(b, e) for b, e in pts if e is not None and e > 0]
+        if not pts:
+          continue
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], styles[r % len(styles)],
+                marker='o', markersize=3, color=colors.get(name), label=f'{name} ({run_name})')
+        drawn = True
+    if drawn:
+      ax.set_xscale('log')
+      ax.set_yscale('log')
+    ax.set_title(g)
+    ax.set_xlabel('β')
+    ax.set_ylabel(f'rel. error vs {reference}')
+    ax.grid(True, which='both', alpha=0.3)
+    if i == 0 and drawn:
+      ax.legend(fontsize=7)
+  fig.suptitle(f'EP gradient error vs β (reference: {reference})')
+  fig.tight_layout()
+  fig.savefig(path, format='png')
+
+
 def run(config, workdir: str, *, betas, batch_size: int = 8,
         estimator_names=('one_sided', 'symmetric', 'holomorphic'), network_mode: str = 'config',
         with_signals: bool = True, tol: float = 1e-12, max_steps: int = 20000,
@@ -84,19 +185,19 @@ def run(config, workdir: str, *, betas, batch_size: int = 8,
 
   from ep_jax import gdu, network, signals  # pylint: disable=g-import-not-at-top
   from ep_jax.app import data  # pylint: disable=g-import-not-at-top
-  from ep_jax.app import train as train_lib  # pylint: disable=g-import-not-at-top
+  from ep_jax.app import build, train as train_lib  # pylint: disable=g-import-not-at-top
 
   start = time.time()
   restore = source = None
   if params_from:
     config, restore = load_run_params(params_from, params_step)
   os.makedirs(workdir, exist_ok=True)
-  train_split, _, info = train_lib.load_data(config)
+  train_split, _, info = build.load_data(config)
   if batch_size < 1 or batch_size > len(train_split):
     raise ValueError(f'batch_size must be in [1, {len(train_split)}], got {batch_size}')
   x = data.normalize(train_split.images[:batch_size], info)
   labels = np.asarray(train_split.labels[:batch_size])
-  config_spec = train_lib.build_spec(config, info)
+  config_spec = build.build_spec(config, info)
   spec = gdu.smooth_twin(config_spec) if network_mode == 'smooth' else config_spec
   root = jax.random.PRNGKey(config.seed)
   init_key, _, signal_key = jax.random.split(root, 3)
@@ -139,8 +240,8 @@ def run(config, workdir: str, *, betas, batch_size: int = 8,
   runs['no_signals']['description'] = 'Plain output cost ℓ (standard EP).'
   if with_signals:
     sig_config, desc = signals_config_for_gdu(config)
-    setup = signals.build_signals(sig_config, spec, num_epochs=int(config.train.epochs),
-                                  rng=signal_key)
+    setup = build.build_signals(sig_config, spec, num_epochs=int(config.train.epochs),
+                                rng=signal_key)
     heads = trained_heads if (trained_heads is not None and setup.trainable) else \
         setup.trainable
     p = dict(params, signals=heads) if heads else params
@@ -154,9 +255,9 @@ def run(config, workdir: str, *, betas, batch_size: int = 8,
   with open(os.path.join(workdir, 'gdu.json'), 'w', encoding='utf-8') as f:
     json.dump(report, f, indent=1)
   with open(os.path.join(workdir, 'gdu.md'), 'w', encoding='utf-8') as f:
-    f.write(gdu.markdown(report))
-  gdu.plot(report, os.path.join(workdir, 'gdu.png'), reference='implicit')
-  gdu.plot(report, os.path.join(workdir, 'gdu_bptt.png'), reference='bptt')
+    f.write(markdown(report))
+  plot(report, os.path.join(workdir, 'gdu.png'), reference='implicit')
+  plot(report, os.path.join(workdir, 'gdu_bptt.png'), reference='bptt')
   print_fn(f'wrote gdu.json, gdu.md, gdu.png, gdu_bptt.png to {workdir} '
            f'({time.time() - start:.1f}s)')
   return report
@@ -168,7 +269,7 @@ def load_run_params(run_dir: str, step=None, flag: str = '--params_from'):
   trained signal heads under `'signals'`. Errors name `flag`, the caller's option."""
   import ml_collections  # pylint: disable=g-import-not-at-top
 
-  from ep_jax.app import train as train_lib  # pylint: disable=g-import-not-at-top
+  from ep_jax.app import build, train as train_lib  # pylint: disable=g-import-not-at-top
   from ep_jax.app.checkpointing import Checkpointer  # pylint: disable=g-import-not-at-top
 
   path = os.path.join(run_dir, 'config.json')
@@ -183,7 +284,7 @@ def load_run_params(run_dir: str, step=None, flag: str = '--params_from'):
     config.signals.kd.teacher_workdir = os.path.join(run_dir, train_lib.TEACHER_DIR)
 
   def restore(spec):
-    num_train = (len(train_lib.load_data(config)[0]) if config.ep.get('warm_start', False)
+    num_train = (len(build.load_data(config)[0]) if config.ep.get('warm_start', False)
                  else None)
     target = train_lib.build_run(train_lib.template_config(config), spec, 1,
                                  num_train=num_train).state
@@ -214,16 +315,16 @@ def load_run_batch(run_dir: str, step=None, *, split: str, batch_size: int,
   """The run's parameters (checkpoint `step`, None: the latest) and the first `batch_size`
   examples of `split` ('train', or 'test': its evaluation split, the validation examples of a
   run with `data.validation`). Errors name `flag`, `--split` and `--batch_size`."""
-  from ep_jax.app import train as train_lib  # pylint: disable=g-import-not-at-top
+  from ep_jax.app import build  # pylint: disable=g-import-not-at-top
 
   if split not in ('train', 'test'):
     raise ValueError(f"--split must be 'train' or 'test', got {split!r}")
   config, restore = load_run_params(run_dir, step, flag=flag)
-  train_split, test_split, info = train_lib.load_data(config)
+  train_split, test_split, info = build.load_data(config)
   examples = train_split if split == 'train' else test_split
   if not 1 <= batch_size <= len(examples):
     raise ValueError(f'--batch_size must be in [1, {len(examples)}], got {batch_size}')
-  spec = train_lib.build_spec(config, info)
+  spec = build.build_spec(config, info)
   params, source = restore(spec)
   params.pop('signals', None)
   return RunBatch(config, spec, params, source, examples.images[:batch_size],

@@ -93,7 +93,7 @@ def _layer_names_from_config(workdir: str) -> tuple[str, ...]:
   try:
     with open(path, 'r', encoding='utf-8') as f:
       model = json.load(f)['model']
-    from ep_jax.network import model_layer_names  # pylint: disable=g-import-not-at-top
+    from ep_jax.app.build import model_layer_names  # pylint: disable=g-import-not-at-top
     return model_layer_names(model)
   except (OSError, ValueError, KeyError, TypeError):
     return ()

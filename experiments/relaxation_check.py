@@ -196,7 +196,7 @@ def run(run_dir: str, *, step: Optional[int] = None, batch_size: int = 128,
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
   from ep_jax import network, relaxation  # pylint: disable=g-import-not-at-top
-  from ep_jax.app import data  # pylint: disable=g-import-not-at-top
+  from ep_jax.app import build, data  # pylint: disable=g-import-not-at-top
   from ep_jax.app import train as train_lib  # pylint: disable=g-import-not-at-top
 
   for mode in modes:
@@ -213,7 +213,7 @@ def run(run_dir: str, *, step: Optional[int] = None, batch_size: int = 128,
   config, spec, params, source = (run_batch.config, run_batch.spec, run_batch.params,
                                   run_batch.source)
   dtype = train_lib.state_dtype(config)
-  compute_dtype = train_lib.build_ep_config(config).compute_dtype
+  compute_dtype = build.build_ep_config(config).compute_dtype
   x = jnp.asarray(data.normalize(run_batch.images, run_batch.info), dtype)
   labels = jnp.asarray(run_batch.labels)
   states = network.init_states(spec, batch_size, dtype)
@@ -228,7 +228,7 @@ def run(run_dir: str, *, step: Optional[int] = None, batch_size: int = 128,
         spec, params, x, labels, states, sorted({t for t in at if t <= max_steps} | {max_steps}),
         mode=mode, compute_dtype=compute_dtype)
   if solvers:
-    ep = train_lib.build_ep_config(config)
+    ep = build.build_ep_config(config)
     report['solvers'] = solver_comparison(
         spec, params, x, labels, modes=modes, solvers=solvers, tols=tols,
         max_steps=max_steps, beta=float(ep.beta), memory=memory, compute_dtype=compute_dtype,

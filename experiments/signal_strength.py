@@ -39,8 +39,7 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from ep_jax import energy, feedforward, kappa, network, optim, relaxation, signals, train_step
-from ep_jax.app import data
-from ep_jax.app import teacher as teacher_lib
+from ep_jax.app import build, data
 from ep_jax.app import train as train_lib
 from experiments import cli
 
@@ -65,7 +64,7 @@ def teacher_activity(teacher_workdir: str, images: jax.Array) -> dict:
   """The KD targets on `images` (normalised, `(B, H, W, C)`): per layer of the BP teacher,
   `mean_abs` (mean |a_l|), `input_share`, `zero_frac` and `one_frac` (units at 0, at 1), as
   the CRNN's `layer_*` metrics (`train_step.layer_activity`)."""
-  spec, params, _ = teacher_lib.load_teacher(teacher_workdir)
+  spec, params, _ = build.load_teacher(teacher_workdir)
   acts, _ = feedforward.forward(spec, params, images)
   activity = train_step.layer_activity(acts, spec.activation)
   return dict({k: [float(v) for v in a] for k, a in activity.items()},
@@ -84,7 +83,7 @@ def teacher_table(activity: dict) -> str:
 def measure(config, teacher_workdir: str, kappas, batch_size: int = 64,
             only_teacher: bool = False) -> dict:
   """`{'layers': names, 'rows': [{'setting', 'rms_nudge': [...]}], ...}` (see module doc)."""
-  train_split, _, info = train_lib.load_data(config)
+  train_split, _, info = build.load_data(config)
   x = jnp.asarray(data.normalize(train_split.images[:batch_size], info))
   teacher = teacher_activity(teacher_workdir, x) if teacher_workdir else None
   if only_teacher:
@@ -103,7 +102,7 @@ def measure(config, teacher_workdir: str, kappas, batch_size: int = 64,
       group, attr = field.split('.')
       c[group][attr] = value
     c.kd.teacher_workdir = teacher_workdir
-    setup = signals.build_signals(c, spec, num_epochs=1, rng=jax.random.PRNGKey(1))
+    setup = build.build_signals(c, spec, num_epochs=1, rng=jax.random.PRNGKey(1))
     p = dict(params, signals=setup.trainable) if setup.trainable else params
     if setup.nudging is None:
       targets, cost_fn = {'label': batch['label']}, energy.output_cost(spec)
@@ -123,7 +122,7 @@ def measure(config, teacher_workdir: str, kappas, batch_size: int = 64,
 def _initial_fixed_point(config, train_split, info, x):
   """The config's network at its initialisation and its free fixed point on `x` (residual
   1e-5, `ep.mode`): `(spec, params, free)`."""
-  spec = train_lib.build_spec(config, info)
+  spec = build.build_spec(config, info)
   params = train_lib.init_model_params(train_lib.calibrated_config(config, train_split, info),
                                        spec, train_lib.init_key(config))
   free = relaxation.relax(spec, params, x, network.init_states(spec, x.shape[0]),
@@ -139,7 +138,7 @@ def kd_stiffness(config, batch_size: int = 64, margin: float = 1.0) -> dict:
   2 (1 + μ) for SGD with momentum μ, None for Adam."""
   if margin <= 0:
     raise ValueError(f'margin must be positive, got {margin}')
-  train_split, _, info = train_lib.load_data(config)
+  train_split, _, info = build.load_data(config)
   x = jnp.asarray(data.normalize(train_split.images[:batch_size], info))
   spec, params, free = _initial_fixed_point(config, train_split, info, x)
   hidden = signals.num_hidden(spec)

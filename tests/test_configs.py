@@ -9,7 +9,7 @@ import ml_collections
 import pytest
 
 from ep_jax import network, optim
-from ep_jax.app import data, train
+from ep_jax.app import build, data, train
 from ep_jax.app.data import DatasetInfo
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'experiments', 'configs')
@@ -28,8 +28,8 @@ def test_config_builds_a_network(name):
   dataset = config.data.dataset
   shape, classes = SHAPES.get(dataset, ((32, 32, 3), 10))  # npz: the CIFAR-10 shards
   info = DatasetInfo(dataset, shape, classes, 1, 1, (0.0,) * shape[2], (1.0,) * shape[2])
-  spec = train.build_spec(config, info)
-  train.build_ep_config(config)
+  spec = build.build_spec(config, info)
+  build.build_ep_config(config)
   rates = config.optim.learning_rates
   assert len(rates) in (1, len(network.synapse_names(spec))), (name, len(rates))
 
@@ -62,7 +62,7 @@ def test_cifar10_vgg5_is_the_reference_recipe(name):
   over 100 of 120 epochs."""
   config = importlib.import_module(f'experiments.configs.{name}').get_config()
   info = data.DatasetInfo('cifar10', (32, 32, 3), 10, 50000, 10000, (0.5,) * 3, (0.25,) * 3)
-  spec = train.build_spec(config, info)
+  spec = build.build_spec(config, info)
   assert spec.paddings == ('SAME', 'SAME', 'SAME', 'VALID') and spec.kernel_sizes == (3,) * 4
   assert spec.state_shapes == ((16, 16, 128), (8, 8, 256), (4, 4, 512), (1, 1, 512))
   assert all(layer.pool == 'max' for layer in spec.conv) and spec.pool_ties == 'first'
@@ -73,12 +73,12 @@ def test_cifar10_vgg5_is_the_reference_recipe(name):
   assert normalised.std == pytest.approx((0.6069, 0.5982, 0.6030))
   d = config.data
   assert (d.augment, d.crop_padding, d.crop_mode, d.flip) == (True, 4, 'edge', True)
-  ep = train.build_ep_config(config)
+  ep = build.build_ep_config(config)
   assert (ep.estimator, ep.beta, ep.free_steps, ep.nudged_steps, ep.tol, ep.mode) == (
       'symmetric', 1.0, 250, 25, 0.0, 'sync')
   assert ep.nudged_phases == 'sequential'
   config.ep.nudged_phases = 'vmapped'
-  assert train.build_ep_config(config).nudged_phases == 'vmapped'
+  assert build.build_ep_config(config).nudged_phases == 'vmapped'
   o = config.optim
   assert tuple(o.learning_rates) == (0.25, 0.15, 0.1, 0.08, 0.05)
   assert (o.momentum, o.weight_decay, config.train.batch_size, config.train.epochs) == (
@@ -106,7 +106,7 @@ def test_vgg_configs_have_the_published_geometry_and_their_variants(name):
   built = {}
   for variant, (les, kd_layers, kd_output) in vgg_recipe.VARIANTS.items():
     config = module.get_config(variant)
-    spec = train.build_spec(config, info)
+    spec = build.build_spec(config, info)
     assert spec.num_conv == num_conv and spec.layout == network.PRESET_LAYOUTS[preset]
     assert [layer.pool for layer in spec.conv].count('max') == 5
     assert spec.state_shapes[-1][:2] == (1, 1) and spec.skips == ()
@@ -123,7 +123,7 @@ def test_vgg_configs_have_the_published_geometry_and_their_variants(name):
     assert (config.model.init, config.ep.mode, config.teacher.init_scale) == (
         'data', 'async', 4.9)
   assert all(b == built['ep'] for b in built.values())
-  narrow = train.build_spec(module.get_config('kd,width=8,links'), info)
+  narrow = build.build_spec(module.get_config('kd,width=8,links'), info)
   assert [c.channels for c in narrow.conv] == [
       int(t) // 8 for t in network.PRESET_LAYOUTS[preset].split(',') if t.isdigit()]
   assert len(narrow.skips) == 3  # the links are valid for the geometry
@@ -153,14 +153,14 @@ def _vgg_step_and_nudge_split(name, arg, tmp_path, overrides=()):
                      np.arange(4, dtype=np.int32) % classes)
   info = DatasetInfo('cifar', (32, 32, 3), classes, 4, 4, (0.5,) * 3, (0.25,) * 3)
   config = train.calibrated_config(config, split, info)
-  spec = train.build_spec(config, info)
+  spec = build.build_spec(config, info)
   if config.signals.kd.enabled:
-    tspec = train.build_spec(config, info, readout='softmax')
+    tspec = build.build_spec(config, info, readout='softmax')
     tparams = network.init_params(tspec, jax.random.PRNGKey(7), scale=4.9)
     teacher.save_teacher(str(tmp_path / 'teacher'), tspec, tparams, {'test_accuracy': 0.1})
     config.signals.kd.teacher_workdir = str(tmp_path / 'teacher')
   run = train.build_run(config, spec, steps_per_epoch=1)
-  ep = train.build_ep_config(config)
+  ep = build.build_ep_config(config)
   batch = {'image': jnp.asarray(data.normalize(split.images[:2], info)),
            'label': jnp.asarray(split.labels[:2])}
   nudge = jax.jit(train_step.make_nudge_split(spec, ep, run.nudging))(run.state, batch)

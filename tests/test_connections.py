@@ -20,7 +20,7 @@ from conftest import (assert_async_step_is_a_sweep, assert_sync_and_async_agree,
                       implicit_problem, max_diff, random_input, random_params, random_states)
 from ep_jax import (activations, connections, energy, estimators, feedforward, initialization,
                     network, optim, relaxation, train_step)
-from ep_jax.app import data, teacher, train
+from ep_jax.app import build, data, teacher, train
 from experiments.configs import quickstart
 from ep_jax.connections import ConnectionKind, Edge
 
@@ -205,14 +205,14 @@ def test_teacher_forward_uses_the_upward_edges(x64, tmp_path):
   np.testing.assert_allclose(acts[4], sigma(u + _dense_drive(params['edges'][1], acts[1])),
                              rtol=1e-12)
   # The spec round-trips through a teacher's JSON given its kinds.
-  fields = teacher.spec_to_dict(spec)
+  fields = spec.to_dict()
   assert fields['edges'] == [[2, 3, 'depthwise3x3'], [1, 4, 'dense'], [4, 4, 'dense']]
-  assert teacher.spec_from_dict(fields, kinds=(DEPTHWISE, DENSE)) == spec
+  assert network.NetworkSpec.from_dict(fields, kinds=(DEPTHWISE, DENSE)) == spec
   with pytest.raises(ValueError, match="kind 'depthwise3x3'.*kinds"):
-    teacher.spec_from_dict(fields, kinds=(DENSE,))
+    network.NetworkSpec.from_dict(fields, kinds=(DENSE,))
   # A saved teacher with edges loads back, its edges' parameters included.
   teacher.save_teacher(str(tmp_path), spec, params, {'test_accuracy': 0.5})
-  loaded_spec, loaded, _ = teacher.load_teacher(str(tmp_path), kinds=(DEPTHWISE, DENSE))
+  loaded_spec, loaded, _ = build.load_teacher(str(tmp_path), kinds=(DEPTHWISE, DENSE))
   assert loaded_spec == spec
   assert max_diff(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(params)) == 0.0
 
@@ -256,16 +256,16 @@ def test_training_on_digits_with_a_user_kind():
   config.ep.free_steps = 15
   config.ep.nudged_steps = 5
   config.train.batch_size = 64
-  train_split, test_split, info = train.load_data(config)
+  train_split, test_split, info = build.load_data(config)
   spec = network.make_spec(config.model.layout, input_shape=info.input_shape,
                            num_classes=info.num_classes, edges=(Edge(0, 1, DEPTHWISE),))
   epochs = 3
   steps = data.num_train_batches(train_split, config.train.batch_size)
   config.train.epochs = epochs
   run = train.build_run(config, spec, steps)
-  step = jax.jit(train_step.make_train_step(spec, train.build_ep_config(config), run.tx,
+  step = jax.jit(train_step.make_train_step(spec, build.build_ep_config(config), run.tx,
                                             steps_per_epoch=steps))
-  eval_step = jax.jit(train_step.make_eval_step(spec, train.build_ep_config(config)))
+  eval_step = jax.jit(train_step.make_eval_step(spec, build.build_ep_config(config)))
   state, before = run.state, run.state.params['edges'][0]['w']
   for epoch in range(epochs):
     for batch in data.train_batches(train_split, info, batch_size=config.train.batch_size,

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from ep_jax.app import train
+from ep_jax.app import build, train
 from test_train import tiny_config
 
 
@@ -84,12 +84,12 @@ def test_two_processes_on_localhost(tmp_path):
   from ep_jax.app.checkpointing import Checkpointer  # pylint: disable=g-import-not-at-top
   from ep_jax.train_step import make_eval_step  # pylint: disable=g-import-not-at-top
   config = tiny_config(train__epochs=2)
-  _, test_split, info = train.load_data(config)
-  spec = train.build_spec(config, info)
+  _, test_split, info = build.load_data(config)
+  spec = build.build_spec(config, info)
   setup = train.build_run(config, spec, 8)
   with Checkpointer(os.path.join(workdir, 'checkpoints')) as ckpt:
     state, _ = ckpt.restore(setup.state, step=2)  # after epoch 2, the last record
-  eval_step = jax.jit(make_eval_step(spec, train.build_ep_config(config)))
+  eval_step = jax.jit(make_eval_step(spec, build.build_ep_config(config)))
   correct = count = 0.0
   for batch in data.eval_batches(test_split, info, batch_size=64, prefetch=0):
     out = eval_step(state.params, batch)

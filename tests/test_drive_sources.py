@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ep_jax import energy, network, relaxation
-from ep_jax.app import data
+from ep_jax.app import build, data
 from ep_jax.app import train
 from experiments import drive_sources, gdu
 from test_train import tiny_config
@@ -67,8 +67,8 @@ def test_report_of_a_training_run(tmp_path):
   assert json.load(open(tmp_path / 'run' / 'drive_sources.json'))['layers'] == report['layers']
   assert len(lines) == 3 and lines[1].count('\n') == 3  # header, rule, two layers
   # The figures are the means of energy.drive_sources at the free fixed point.
-  train_split, _, info = train.load_data(config)
-  spec = train.build_spec(config, info)
+  train_split, _, info = build.load_data(config)
+  spec = build.build_spec(config, info)
   _, restore = gdu.load_run_params(run_dir)
   params, _ = restore(spec)
   params.pop('signals', None)

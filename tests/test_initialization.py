@@ -11,7 +11,7 @@ import pytest
 from ep_jax import initialization, network, relaxation
 
 
-from ep_jax.app import data
+from ep_jax.app import build, data
 
 
 def _spec(layout='8,8,M,16,16,M,16,16,M,16,16', activation='hard_sigmoid'):
@@ -111,11 +111,11 @@ def test_data_init_is_calibrated_once_and_not_again_on_resume(tmp_path):
   config.data.train_subset = 64
   config.data.test_subset = 32
   config.train.epochs = 1
-  train_split, _, info = train_lib.load_data(config)
+  train_split, _, info = build.load_data(config)
   resolved = train_lib.calibrated_config(config, train_split, info)
   assert resolved.model.init == 'gains' and len(resolved.model.init_gains) == 2
   assert config.model.init == 'data'  # the caller's config is left as it was
-  spec = train_lib.build_spec(config, info)
+  spec = build.build_spec(config, info)
   params = train_lib.init_model_params(resolved, spec, train_lib.init_key(config))
   with pytest.raises(ValueError, match='calibrated_config'):
     train_lib.init_model_params(config, spec, train_lib.init_key(config))

@@ -4,7 +4,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -59,30 +58,26 @@ def test_make_schedule_names_and_errors():
     kappa.linear(1.0, 0)
 
 
-def _cfg(**fields):
-  cfg = ml_collections.ConfigDict({'schedule': 'cos', 'init': 1.0, 'min': 0.1, 'gamma': 0.1,
-                                   'per_layer': ()})
-  cfg.update(fields)
-  return cfg
+def _layer_schedule(layers=(0, 2), num_layers=4, **fields):
+  kw = dict(name='cos', kappa_init=1.0, kappa_min=0.1, gamma=0.1, per_layer=())
+  kw.update(fields)
+  return kappa.make_layer_schedule(kw.pop('name'), kw.pop('kappa_init'), num_layers=num_layers,
+                                   layers=layers, total_epochs=10, **kw)
 
 
 def test_per_layer_vector_is_zero_off_the_signal_layers():
-  sched = kappa.make_layer_schedule(_cfg(), num_layers=4, layers=(0, 2), total_epochs=10)
+  sched = _layer_schedule()
   np.testing.assert_allclose(sched(0), [1.0, 0.0, 1.0, 0.0])
   np.testing.assert_allclose(sched(10), [0.1, 0.0, 0.1, 0.0], rtol=1e-6)
   # One κ_init per signal layer, or one per network layer.
-  per_signal = kappa.make_layer_schedule(_cfg(schedule='exp', per_layer=(0.5, 2.0)),
-                                         num_layers=4, layers=(0, 2), total_epochs=10)
-  per_net = kappa.make_layer_schedule(_cfg(schedule='exp', per_layer=(0.5, 9.0, 2.0, 9.0)),
-                                      num_layers=4, layers=(0, 2), total_epochs=10)
+  per_signal = _layer_schedule(name='exp', per_layer=(0.5, 2.0))
+  per_net = _layer_schedule(name='exp', per_layer=(0.5, 9.0, 2.0, 9.0))
   want = np.array([0.5, 0.0, 2.0, 0.0]) * math.exp(-0.1 * 3)
   np.testing.assert_allclose(per_signal(3), want, rtol=1e-6)
   np.testing.assert_allclose(per_net(3), want, rtol=1e-6)
   with pytest.raises(ValueError, match='per_layer has 3 values'):
-    kappa.make_layer_schedule(_cfg(per_layer=(1.0, 1.0, 1.0)), num_layers=4, layers=(0, 2),
-                              total_epochs=10)
-  zero = kappa.make_layer_schedule(_cfg(schedule='linear', init=0.0), num_layers=3,
-                                   layers=(0, 1, 2), total_epochs=5)
+    _layer_schedule(per_layer=(1.0, 1.0, 1.0))
+  zero = _layer_schedule(name='linear', kappa_init=0.0, num_layers=3, layers=(0, 1, 2))
   assert not np.any(np.asarray(zero(2)))
 
 

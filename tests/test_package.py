@@ -43,8 +43,6 @@ APP_DEPENDENCIES = {'absl-py': 'absl', 'ml-collections': 'ml_collections',
 # What the core must not import (absl-py is also a dependency of optax, which imports it).
 APPLICATION = tuple(m for m in APP_DEPENDENCIES.values() if m != 'absl') + (
     'tensorflow', 'tensorflow_datasets', 'mlxtend')
-# Imports inside a core function of an application module (loaded only when it is called).
-CORE_LAZY_IMPORTS = {('gdu', 'matplotlib'), ('signals', 'ep_jax.app')}
 
 
 def test_the_core_stands_alone():
@@ -93,9 +91,7 @@ def test_dependencies_cover_the_imports_and_the_core_needs_only_its_own():
   for module in ep_jax.__all__:
     if module == 'app':
       continue
-    names = _imports(os.path.join(REPO, 'ep_jax', f'{module}.py'))
-    names = {n for n in names if not any(m == module and (n + '.').startswith(lazy + '.')
-                                         for m, lazy in CORE_LAZY_IMPORTS)}
+    names = _imports(os.path.join(REPO, 'ep_jax', f'{module}.py'))  # function bodies too
     assert not {n for n in names if n.startswith('ep_jax.app')}, module
     assert _third_party(names) <= core, (module, _third_party(names) - core)
   for module in ep_jax.app.__all__:

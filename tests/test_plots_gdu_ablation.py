@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ep_jax import gdu, network
-from ep_jax.app import data, train
+from ep_jax.app import build, data, train
 from experiments.configs import ablation_deep, ablation_digits, quickstart
 from experiments import ablation, plots
 
@@ -162,7 +162,7 @@ def test_ablation_runs_differ_only_in_their_signals_and_build_deep_networks(mod)
   base = train._flatten(config.to_dict())
   for name, (les, kd_layers, kd_output, _) in ablation.VARIANTS.items():
     c = ablation.variant_config(config, name, '/w')
-    spec = train.build_spec(c, info)
+    spec = build.build_spec(c, info)
     assert spec.num_conv == 8 and len(spec.skips) == len(config.model.skips) == 3
     assert len(network.synapse_names(spec)) == len(c.optim.learning_rates)
     flat = train._flatten(c.to_dict())
@@ -241,7 +241,6 @@ def _tiny_teacher(spec):
 def test_ablation_runs_build_their_signal_settings():
   """Each run switches LES, layer-wise KD and output KD as its name says; the rest of the
   signals config (layers, κ, α) is shared."""
-  from ep_jax import signals
   config = ablation_digits.get_config()
   spec = network.make_spec('4,M,4,M', input_shape=(8, 8, 1), num_classes=10)
   teacher_kw = _tiny_teacher(spec)
@@ -254,8 +253,8 @@ def test_ablation_runs_build_their_signal_settings():
     kd = layers or output
     assert (c.signals.les.enabled, c.signals.kd.enabled) == (les, kd), name
     assert c.signals.kd.teacher_workdir == ('/w/teacher' if kd else ''), name
-    setup = signals.build_signals(c.signals, spec, num_epochs=3, rng=jax.random.PRNGKey(0),
-                                  **(teacher_kw if kd else {}))
+    setup = build.build_signals(c.signals, spec, num_epochs=3, rng=jax.random.PRNGKey(0),
+                                **(teacher_kw if kd else {}))
     nudging = setup.nudging
     if not (les or kd):
       assert nudging is None

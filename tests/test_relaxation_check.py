@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ep_jax import energy, network, relaxation
-from ep_jax.app import data
+from ep_jax.app import build, data
 from ep_jax.app import train
 from experiments import relaxation_check
 from test_relaxation import _net
@@ -55,8 +55,8 @@ def test_report_of_a_training_run_matches_relax(tmp_path):
   assert len(lines) == 3 and lines[-1].startswith('wrote ')
 
   config = tiny_config(model__layout='3,M,4,M')
-  train_split, _, info = train.load_data(config)
-  spec = train.build_spec(config, info)
+  train_split, _, info = build.load_data(config)
+  spec = build.build_spec(config, info)
   _, restore = relaxation_check.load_run_params(run_dir)
   params, _ = restore(spec)
   params.pop('signals', None)

@@ -30,12 +30,11 @@ def test_only_teacher_reports_the_teachers_activations_against_a_forward_pass(tm
   import jax.numpy as jnp
   import numpy as np
   from ep_jax import feedforward, network
-  from ep_jax.app import data, teacher
-  from ep_jax.app import train as train_lib
+  from ep_jax.app import build, data, teacher
   config = default.get_config()
   config.model.layout = '6,M,6'
-  train_split, _, info = train_lib.load_data(config)
-  spec = train_lib.build_spec(config, info)
+  train_split, _, info = build.load_data(config)
+  spec = build.build_spec(config, info)
   params = network.init_params(spec, jax.random.PRNGKey(3), scale=4.9)
   teacher.save_teacher(str(tmp_path), spec, params, {'test_accuracy': 0.5})
   result = signal_strength.measure(config, str(tmp_path), [1.0], batch_size=16, only_teacher=True)

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import cosines, relative_error
 from ep_jax import energy, estimators, kappa, network, optim, reference_grads, relaxation, signals, train_step
-from ep_jax.app import teacher
+from ep_jax.app import build, teacher
 from experiments.configs import default
 from ep_jax.estimators import EPConfig
 
@@ -63,9 +63,9 @@ def _setup(cfg, spec, dtype=jnp.float32, seed=0, scale=1.0):
   """Builds the signals with a random teacher; returns (nudging, params, frozen, batch)."""
   tspec = _twin(spec)
   tparams = _params(tspec, seed + 7, dtype=dtype) if cfg.kd.enabled else None
-  setup = signals.build_signals(cfg, spec, num_epochs=10, rng=jax.random.PRNGKey(3),
-                                teacher_params=tparams,
-                                teacher_spec=tspec if cfg.kd.enabled else None)
+  setup = build.build_signals(cfg, spec, num_epochs=10, rng=jax.random.PRNGKey(3),
+                              teacher_params=tparams,
+                              teacher_spec=tspec if cfg.kd.enabled else None)
   params = _params(spec, seed, dtype=dtype, scale=scale)
   if setup.trainable:
     params['signals'] = jax.tree_util.tree_map(lambda a: a.astype(dtype), setup.trainable)
@@ -198,8 +198,8 @@ def test_default_output_kd_is_the_fixed_mixture():
 
 
 def test_no_signal_enabled_is_plain_ep():
-  setup = signals.build_signals(default.get_config().signals, _spec(), num_epochs=5,
-                                rng=jax.random.PRNGKey(0))
+  setup = build.build_signals(default.get_config().signals, _spec(), num_epochs=5,
+                              rng=jax.random.PRNGKey(0))
   assert setup.nudging is None and setup.trainable == {} and setup.frozen == {}
 
 
@@ -392,41 +392,75 @@ def test_kd_terms_match_formulas():
 
 def test_builder_layers_heads_and_errors():
   spec = _spec(readout='mse')  # hidden: conv1, conv2, dense1; the output layer is not hidden
-  setup = signals.build_signals(_config(les={'head': 'learned', 'pool': 'gap'}), spec,
-                                num_epochs=4, rng=jax.random.PRNGKey(0))
+  setup = build.build_signals(_config(les={'head': 'learned', 'pool': 'gap'}), spec,
+                              num_epochs=4, rng=jax.random.PRNGKey(0))
   assert setup.nudging.layers == (0, 1, 2) and setup.frozen == {}
   heads = setup.trainable['les']
   assert {k: v['w'].shape for k, v in heads.items()} == {
       'conv1': (5, 4), 'conv2': (7, 4), 'dense1': (6, 4)}
-  setup = signals.build_signals(_config(les={'pool': 'flatten', 'layers': (-1, 0)}), spec,
-                                num_epochs=4, rng=jax.random.PRNGKey(0))
+  setup = build.build_signals(_config(les={'pool': 'flatten', 'layers': (-1, 0)}), spec,
+                              num_epochs=4, rng=jax.random.PRNGKey(0))
   assert setup.trainable == {} and set(setup.frozen['les']) == {'conv1', 'dense1'}
   assert setup.frozen['les']['conv1']['w'].shape == (4 * 4 * 5, 4)
   assert not np.any(np.asarray(setup.frozen['les']['conv1']['b']))
   np.testing.assert_allclose(setup.nudging.kappa_fn(0), [1.0, 0.0, 1.0, 0.0])
   with pytest.raises(ValueError, match='out of range'):
-    signals.build_signals(_config(les={'layers': (3,)}), spec, num_epochs=4,
-                          rng=jax.random.PRNGKey(0))
-  with pytest.raises(ValueError, match='signals.les.loss'):
-    signals.build_signals(_config(les={'loss': 'hinge'}), spec, num_epochs=4,
-                          rng=jax.random.PRNGKey(0))
+    build.build_signals(_config(les={'layers': (3,)}), spec, num_epochs=4,
+                        rng=jax.random.PRNGKey(0))
+  with pytest.raises(ValueError, match='les.loss must be one of'):
+    build.build_signals(_config(les={'loss': 'hinge'}), spec, num_epochs=4,
+                        rng=jax.random.PRNGKey(0))
   with pytest.raises(ValueError, match='teacher_workdir'):
-    signals.build_signals(_config(kd={}), spec, num_epochs=4, rng=jax.random.PRNGKey(0))
+    build.build_signals(_config(kd={}), spec, num_epochs=4, rng=jax.random.PRNGKey(0))
   tspec = _twin(spec)
   teacher_kw = dict(teacher_params=_params(tspec, 0), teacher_spec=tspec)
-  setup = signals.build_signals(_config(kd={'layerwise': False}), spec, num_epochs=4,
-                                rng=jax.random.PRNGKey(0), **teacher_kw)
+  setup = build.build_signals(_config(kd={'layerwise': False}), spec, num_epochs=4,
+                              rng=jax.random.PRNGKey(0), **teacher_kw)
   assert setup.nudging.kd.layers == () and setup.nudging.kd.output
   assert setup.nudging.layers == () and not np.any(np.asarray(setup.nudging.kappa_fn(0)))
   for kd, match in (({'layerwise': False, 'output': False}, 'distils nothing'),
                     ({'alpha_min': 1.5}, 'alpha_min must be in')):
     with pytest.raises(ValueError, match=match):
-      signals.build_signals(_config(kd=kd), spec, num_epochs=4, rng=jax.random.PRNGKey(0),
-                            **teacher_kw)
+      build.build_signals(_config(kd=kd), spec, num_epochs=4, rng=jax.random.PRNGKey(0),
+                          **teacher_kw)
   other = network.make_spec('5,M,8,M', input_shape=(8, 8, 2), num_classes=4, dense=(6,))
   with pytest.raises(ValueError, match='does not match the CRNN'):
-    signals.build_signals(_config(kd={}), spec, num_epochs=4, rng=jax.random.PRNGKey(0),
-                          teacher_params=_params(other, 0), teacher_spec=other)
+    build.build_signals(_config(kd={}), spec, num_epochs=4, rng=jax.random.PRNGKey(0),
+                        teacher_params=_params(other, 0), teacher_spec=other)
+
+
+def test_make_signals_takes_plain_settings_that_the_config_section_maps_onto():
+  """The core builder takes the settings as dataclasses and plain arguments; the app's
+  `build.build_signals` of a `signals` section gives the same signals, heads and schedules."""
+  spec = _spec()
+  tspec = _twin(spec)
+  teacher_kw = dict(teacher_params=_params(tspec, 0), teacher_spec=tspec)
+  cfg = _config(les={'head': 'learned', 'layers': (-1,), 'loss': 'predsim'},
+                kd={'layers': (0, 1), 'alpha': 0.7, 'alpha_schedule': 'linear',
+                    'alpha_min': 0.1, 'temperature': 2.0},
+                schedule='exp', init=0.4, gamma=0.3, per_layer=(0.5, 1.0, 2.0))
+  from_config = build.build_signals(cfg, spec, num_epochs=6, rng=jax.random.PRNGKey(5),
+                                    **teacher_kw)
+  plain = signals.make_signals(
+      spec, num_epochs=6, rng=jax.random.PRNGKey(5),
+      les=signals.LESConfig((-1,), head='learned', loss='predsim'),
+      kd=signals.KDConfig((0, 1), alpha=0.7, temperature=2.0), alpha_schedule='linear',
+      alpha_min=0.1, kappa_schedule='exp', kappa_init=0.4, kappa_gamma=0.3,
+      kappa_per_layer=(0.5, 1.0, 2.0), **teacher_kw)
+  for setup in (from_config, plain):
+    assert setup.nudging.les == signals.LESConfig((2,), head='learned', loss='predsim')
+    assert setup.nudging.kd == signals.KDConfig((0, 1), alpha=0.7, temperature=2.0)
+    assert setup.nudging.teacher_spec == tspec
+  chex.assert_trees_all_equal((from_config.trainable, from_config.frozen),
+                              (plain.trainable, plain.frozen))
+  a, b = from_config.nudging, plain.nudging
+  for epoch in range(7):
+    np.testing.assert_array_equal(a.kappa_fn(epoch), b.kappa_fn(epoch))
+    np.testing.assert_array_equal(a.alpha_fn(epoch), b.alpha_fn(epoch))
+  with pytest.raises(ValueError, match='KD needs its teacher'):
+    signals.make_signals(spec, num_epochs=6, rng=jax.random.PRNGKey(5),
+                         kd=signals.KDConfig(()))
+  assert signals.make_signals(spec, num_epochs=6, rng=jax.random.PRNGKey(5)).nudging is None
 
 
 def test_train_step_with_signals_from_a_saved_teacher(tmp_path):
@@ -437,7 +471,7 @@ def test_train_step_with_signals_from_a_saved_teacher(tmp_path):
   cfg = _config(les={'head': 'learned', 'loss': 'ce'},
                 kd={'teacher_workdir': workdir, 'alpha_schedule': 'cos', 'alpha': 0.8},
                 schedule='linear', init=0.6)
-  setup = signals.build_signals(cfg, spec, num_epochs=3, rng=jax.random.PRNGKey(1))
+  setup = build.build_signals(cfg, spec, num_epochs=3, rng=jax.random.PRNGKey(1))
   params = dict(_params(spec, 0), signals=setup.trainable)
   tx = optim.make_optimizer(spec, params, learning_rates=0.1, schedule='constant',
                             extra_learning_rates={'signals': 0.05})
@@ -491,13 +525,13 @@ def test_unit_normalisation_scales_each_signal_by_its_layer_size():
                     jax.grad(lambda st: nudging.kd_costs(params, st, targets)[1])(states)[1])
   np.testing.assert_allclose(forces['unit'][0], 16 * forces['mean'][0], rtol=1e-5)
   np.testing.assert_allclose(forces['unit'][1], 2 * 2 * 7 * forces['mean'][1], rtol=1e-5)
-  with pytest.raises(ValueError, match='signals.kd.normalize'):
-    signals.build_signals(_config(kd={'normalize': 'units'}), spec, num_epochs=1,
-                          rng=jax.random.PRNGKey(0), teacher_params=_params(_twin(spec), 0),
-                          teacher_spec=_twin(spec))
-  with pytest.raises(ValueError, match='signals.les.normalize'):
-    signals.build_signals(_config(les={'normalize': 'sum'}), spec, num_epochs=1,
-                          rng=jax.random.PRNGKey(0))
+  with pytest.raises(ValueError, match='kd.normalize must be one of'):
+    build.build_signals(_config(kd={'normalize': 'units'}), spec, num_epochs=1,
+                        rng=jax.random.PRNGKey(0), teacher_params=_params(_twin(spec), 0),
+                        teacher_spec=_twin(spec))
+  with pytest.raises(ValueError, match='les.normalize must be one of'):
+    build.build_signals(_config(les={'normalize': 'sum'}), spec, num_epochs=1,
+                        rng=jax.random.PRNGKey(0))
 
 
 @pytest.mark.parametrize('normalize', ['unit', 'layer'])

@@ -19,7 +19,7 @@ from conftest import (assert_async_step_is_a_sweep, assert_sync_and_async_agree,
                       relative_error)
 from ep_jax import (activations, energy, estimators, feedforward, gdu, network, optim,
                     reference_grads, relaxation)
-from ep_jax.app import teacher, train
+from ep_jax.app import build, train
 from experiments.configs import quickstart
 
 SKIPS = ((0, 2), (1, 3))  # conv1 (8x8) -> conv3 (4x4): k = 1; conv2 -> conv4 (4x4): k = 0
@@ -181,7 +181,7 @@ def test_teacher_forward_has_the_crnn_shapes_and_uses_the_skips(x64):
   u = u + energy.skip_drive(params['skips'][0]['w'], acts[0], 2)
   np.testing.assert_allclose(acts[2], sigma(u), rtol=1e-12)
   # The spec (with its skips) round-trips through a teacher's JSON.
-  assert teacher.spec_from_dict(teacher.spec_to_dict(spec)) == spec
+  assert network.NetworkSpec.from_dict(spec.to_dict()) == spec
 
 
 BAD = [
@@ -211,9 +211,9 @@ def test_make_spec_rejects_sizes_not_related_by_a_power_of_two():
 
 
 def test_config_skips_are_one_based():
-  assert train.skips_from_config(((1, 3), (3, 5))) == ((0, 2), (2, 4))
+  assert build.skips_from_config(((1, 3), (3, 5))) == ((0, 2), (2, 4))
   with pytest.raises(ValueError, match='1-based'):
-    train.skips_from_config(((0, 2),))
+    build.skips_from_config(((0, 2),))
 
 
 def _skip_config(epochs):

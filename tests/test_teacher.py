@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ep_jax import activations, energy, feedforward, network, signals
-from ep_jax.app import teacher
+from ep_jax.app import build, teacher
 from experiments.configs import default
 
 
@@ -58,7 +58,7 @@ def test_save_load_roundtrip_and_targets_shaped_like_crnn_states(tmp_path):
   assert teacher.save_teacher(workdir, tspec, params, {'test_accuracy': 0.25}) == 1
   newer = jax.tree_util.tree_map(lambda a: a + 1.0, params)
   assert teacher.save_teacher(workdir, tspec, newer, {'test_accuracy': 0.5}) == 2
-  spec, loaded, info = teacher.load_teacher(workdir)
+  spec, loaded, info = build.load_teacher(workdir)
   assert spec == tspec and info['test_accuracy'] == 0.5 and info['step'] == 2
   assert jax.tree_util.tree_structure(loaded) == jax.tree_util.tree_structure(params)
   for a, b in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(newer)):
@@ -69,7 +69,7 @@ def test_save_load_roundtrip_and_targets_shaped_like_crnn_states(tmp_path):
 
   cfg = default.get_config().signals
   cfg.kd.enabled, cfg.kd.teacher_workdir = True, workdir
-  setup = signals.build_signals(cfg, crnn, num_epochs=2, rng=jax.random.PRNGKey(0))
+  setup = build.build_signals(cfg, crnn, num_epochs=2, rng=jax.random.PRNGKey(0))
   batch = {'image': _x(), 'label': jnp.array([0, 1, 2, 0])}
   targets = jax.jit(setup.nudging.targets)(setup.frozen, {}, batch, jnp.asarray(0))
   hidden = crnn.state_shapes[:-1]
@@ -80,12 +80,12 @@ def test_save_load_roundtrip_and_targets_shaped_like_crnn_states(tmp_path):
 
   other = _spec(layout='4,M,7,A')
   with pytest.raises(ValueError, match='does not match the CRNN'):
-    signals.build_signals(cfg, other, num_epochs=2, rng=jax.random.PRNGKey(0))
+    build.build_signals(cfg, other, num_epochs=2, rng=jax.random.PRNGKey(0))
 
 
 def test_load_without_teacher_fails_clearly(tmp_path):
   with pytest.raises(FileNotFoundError, match='train_teacher'):
-    teacher.load_teacher(str(tmp_path / 'nothing'))
+    build.load_teacher(str(tmp_path / 'nothing'))
 
 
 @pytest.mark.slow
@@ -104,7 +104,7 @@ def test_train_teacher_script_on_digits(tmp_path):
   assert lines[-1] == f"final test_accuracy={meta['test_accuracy']:.4f}"
   assert sum(line.startswith('epoch ') for line in lines) == 3
   assert meta['test_accuracy'] > 0.5  # chance is 0.1
-  spec, params, info = teacher.load_teacher(workdir)
+  spec, params, info = build.load_teacher(workdir)
   assert spec.state_shapes == ((4, 4, 16),) and spec.readout == 'softmax'
   assert info['test_accuracy'] == meta['test_accuracy']
   assert info['init_scale'] == config.model.init_scale  # teacher.init_scale = 0: the CRNN's
@@ -146,9 +146,28 @@ def test_spec_dict_roundtrip_keeps_the_geometry():
   and paddings, tie rule), also for a preset with its own paddings."""
   spec = network.make_spec('4,M,6,A', input_shape=(9, 9, 2), num_classes=3, dense=(5,),
                            pool_ties='split', kernel_sizes=(5, 3), paddings=('VALID', 'SAME'))
-  assert teacher.spec_from_dict(json.loads(json.dumps(teacher.spec_to_dict(spec)))) == spec
+  assert network.NetworkSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
   spec = network.make_spec('vgg5', input_shape=(32, 32, 3), num_classes=10)
-  assert teacher.spec_from_dict(json.loads(json.dumps(teacher.spec_to_dict(spec)))) == spec
+  assert network.NetworkSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+
+
+def test_spec_dict_keeps_the_teacher_json_format_and_older_dicts_load():
+  """`NetworkSpec.to_dict` writes the fields `teacher.json` always held (lists, not tuples);
+  a dict saved before the per-layer geometry, tie rule, skips and edges existed loads with
+  their defaults, and skips saved as lists load."""
+  spec = network.make_spec('4,M,4,8', input_shape=(8, 8, 1), num_classes=3, dense=(5,),
+                           skips=((0, 2),))
+  assert spec.to_dict() == {
+      'layout': '4,M,4,8', 'input_shape': [8, 8, 1], 'dense': [5], 'num_classes': 3,
+      'readout': 'softmax', 'activation': 'hard_sigmoid', 'kernel_size': 3, 'padding': 'SAME',
+      'pool_ties': 'first', 'kernel_sizes': [3, 3, 3], 'paddings': ['SAME', 'SAME', 'SAME'],
+      'skips': [[0, 2]], 'edges': []}
+  assert network.NetworkSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+  old = {'layout': '4,M', 'input_shape': [8, 8, 1], 'dense': [], 'num_classes': 3,
+         'readout': 'softmax', 'activation': 'hard_sigmoid', 'kernel_size': 3,
+         'padding': 'SAME'}
+  assert network.NetworkSpec.from_dict(old) == network.make_spec(
+      '4,M', input_shape=(8, 8, 1), num_classes=3)
 
 
 def test_unbounded_names_exactly_the_activations_without_an_upper_bound():
@@ -172,7 +191,7 @@ def test_train_teacher_with_its_own_activation(tmp_path):
   config.teacher.activation = 'relu'
   workdir = str(tmp_path / 'relu')
   meta = teacher.train_from_config(config, workdir, print_fn=lambda _: None)
-  spec, params, _ = teacher.load_teacher(workdir)
+  spec, params, _ = build.load_teacher(workdir)
   assert spec.activation == 'relu' and meta['test_accuracy'] > 0.3  # chance is 0.1
   crnn = network.make_spec('16,M', input_shape=spec.input_shape, num_classes=spec.num_classes)
   assert crnn.activation == 'hard_sigmoid'

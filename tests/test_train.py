@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from ep_jax.app import train
+from ep_jax.app import build, train
 from ep_jax.app.checkpointing import CheckpointError
 from ep_jax.app.metrics_io import read_metrics
 from experiments import cli
@@ -338,14 +338,14 @@ def test_train_teacher_trains_the_twin_into_the_workdir_once(tmp_path):
 def test_data_statistics_and_crop_mode_come_from_the_config():
   """`data.mean` / `data.std` replace the dataset's statistics in what `load_data` returns (the
   EP, sweep and teacher paths all load through it); `data.crop_mode` reaches the batches."""
-  _, _, own = train.load_data(tiny_config())
-  _, _, unit = train.load_data(tiny_config(data__mean=(0.0,), data__std=(1.0,)))
+  _, _, own = build.load_data(tiny_config())
+  _, _, unit = build.load_data(tiny_config(data__mean=(0.0,), data__std=(1.0,)))
   assert own.mean != (0.0,) and (unit.mean, unit.std) == ((0.0,), (1.0,))
-  _, _, scaled = train.load_data(tiny_config(data__std=(0.9,)))
+  _, _, scaled = build.load_data(tiny_config(data__std=(0.9,)))
   assert scaled.mean == own.mean and scaled.std == (0.9,)
   with pytest.raises(ValueError, match=r"std has 3 values .* 1 channels"):
-    train.load_data(tiny_config(data__std=(0.3, 0.3, 0.3)))
-  assert train.augmentation(tiny_config(data__crop_mode='edge'))['crop_mode'] == 'edge'
+    build.load_data(tiny_config(data__std=(0.3, 0.3, 0.3)))
+  assert build.augmentation(tiny_config(data__crop_mode='edge'))['crop_mode'] == 'edge'
 
 
 class _StopAt:

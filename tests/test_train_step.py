@@ -324,11 +324,9 @@ def test_layer_nudge_is_a_derivative_and_cancels_the_free_phase_drift():
 
 def _les_nudging(spec, kappa_init):
   from ep_jax import signals
-  from experiments.configs import default
-  cfg = default.get_config().signals
-  cfg.les.enabled, cfg.les.layers, cfg.les.normalize = True, (1,), 'unit'
-  cfg.kappa.init = kappa_init
-  return signals.build_signals(cfg, spec, num_epochs=2, rng=jax.random.PRNGKey(3))
+  return signals.make_signals(spec, num_epochs=2, rng=jax.random.PRNGKey(3),
+                              les=signals.LESConfig((1,), normalize='unit'),
+                              kappa_init=kappa_init)
 
 
 def test_nudge_split_adds_up_and_is_zero_without_a_signal():

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ep_jax.app import train as train_lib
+from ep_jax.app import build
 from experiments.configs import default
 
 
@@ -15,9 +15,9 @@ def _config(validation, seed=0):
 
 
 def test_validation_is_carved_from_the_training_set_and_fixed_across_seeds():
-  train, _, _ = train_lib.load_data(_config(0))
-  fit, val, vinfo = train_lib.load_data(_config(300))
-  fit1, val1, _ = train_lib.load_data(_config(300, seed=1))
+  train, _, _ = build.load_data(_config(0))
+  fit, val, vinfo = build.load_data(_config(300))
+  fit1, val1, _ = build.load_data(_config(300, seed=1))
   assert len(fit) + len(val) == len(train) and len(val) == 300
   assert (vinfo.num_train, vinfo.num_test) == (len(train) - 300, 300)
   # The two parts partition the training images; the test split is not read.
@@ -34,4 +34,4 @@ def test_validation_is_carved_from_the_training_set_and_fixed_across_seeds():
 @pytest.mark.parametrize('bad', [-1, 100000])
 def test_bad_validation_size_is_named(bad):
   with pytest.raises(ValueError, match='data.validation'):
-    train_lib.load_data(_config(bad))
+    build.load_data(_config(bad))

@@ -51,6 +51,7 @@ import ml_collections
 import numpy as np
 
 from ep_jax import estimators, optim
+from ep_jax.app import build
 from ep_jax.app import data as data_lib
 from ep_jax.app import train as train_lib
 from ep_jax.app.checkpointing import Checkpointer
@@ -435,10 +436,10 @@ def train_vmapped_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
       raise PermissionError(f'workdir {d!r} is not writable: {e}') from e
   configs = [apply_overrides(config, (), seed=s) for s in seeds]
 
-  splits = [train_lib.load_data(c) for c in configs]
+  splits = [build.load_data(c) for c in configs]
   info = splits[0][2]
-  spec = train_lib.build_spec(config, info)
-  ep = train_lib.build_ep_config(config)
+  spec = build.build_spec(config, info)
+  ep = build.build_ep_config(config)
   dtype = train_lib.state_dtype(config)
   batch_size, eval_batch_size = int(config.train.batch_size), int(config.train.eval_batch_size)
   steps = {data_lib.num_train_batches(tr, batch_size) for tr, _, _ in splits}
@@ -495,7 +496,7 @@ def train_vmapped_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
   for epoch in range(start_epoch, num_epochs):
     epoch_start = time.time()
     iters = [data_lib.train_batches(tr, info, batch_size=batch_size, epoch=epoch, seed=s,
-                                    prefetch=d.prefetch, **train_lib.augmentation(config))
+                                    prefetch=d.prefetch, **build.augmentation(config))
              for (tr, _, _), s in zip(splits, seeds)]
     run = run_epoch(train_step, EpochRun(state), map(_stack_batches, zip(*iters)),
                     num_steps=steps_per_epoch, examples_per_step=batch_size * len(seeds),

@@ -1,9 +1,9 @@
 """Training the feed-forward twin (`ep_jax.feedforward`) as the backprop teacher, and its I/O.
 
 `train` fits the twin with optax (SGD momentum, cosine learning rate, cross-entropy);
-on disk (`save_teacher` / `load_teacher`), a teacher workdir holds
-`checkpoints/<step>/` (the parameters, through `ep_jax.app.checkpointing.Checkpointer`) and
-`teacher.json` (the spec's fields, the step to load, the test accuracy and other info).
+on disk (`save_teacher`; `ep_jax.app.build.load_teacher` reads it back), a teacher workdir
+holds `checkpoints/<step>/` (the parameters, through `ep_jax.app.checkpointing.Checkpointer`)
+and `teacher.json` (`NetworkSpec.to_dict`, the step to load, the test accuracy and other info).
 `train_from_config` trains and saves the twin of a run's config (`config.teacher`), as
 `python -m experiments.train_teacher` and the ablation do.
 """
@@ -16,10 +16,10 @@ import time
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 
-from ep_jax import connections, network, optim
-from ep_jax.app import data, loop
+from ep_jax import network, optim
+from ep_jax.app import build, data, loop
+from ep_jax.app.build import TEACHER_CHECKPOINTS, TEACHER_JSON
 from ep_jax.app.checkpointing import Checkpointer
 from ep_jax.app.metrics_io import percent
 from ep_jax.feedforward import make_eval_step, make_train_step
@@ -28,13 +28,7 @@ from ep_jax.network import NetworkSpec
 if TYPE_CHECKING:
   import ml_collections
 
-__all__ = [
-    'CHECKPOINT_DIR', 'TEACHER_JSON', 'evaluate', 'init_scale', 'is_trained', 'load_teacher',
-    'save_teacher', 'spec_from_dict', 'spec_to_dict', 'train', 'train_from_config',
-]
-
-TEACHER_JSON = 'teacher.json'
-CHECKPOINT_DIR = 'checkpoints'
+__all__ = ['evaluate', 'init_scale', 'is_trained', 'save_teacher', 'train', 'train_from_config']
 
 
 def evaluate(spec: NetworkSpec, params: dict, split: data.Split, info: data.DatasetInfo, *,
@@ -97,47 +91,6 @@ def train(spec: NetworkSpec, train_split: data.Split, test_split: data.Split,
   return params, history
 
 
-# --------------------------------------------------------------------------- save / load
-
-
-def spec_to_dict(spec: NetworkSpec) -> dict:
-  """The JSON-able fields that `spec_from_dict` rebuilds the spec from (an edge's kind by its
-  name: `spec_from_dict` needs the kind objects)."""
-  return {'layout': spec.layout, 'input_shape': list(spec.input_shape),
-          'dense': list(spec.dense), 'num_classes': spec.num_classes, 'readout': spec.readout,
-          'activation': spec.activation, 'kernel_size': spec.kernel_size,
-          'padding': spec.padding, 'pool_ties': spec.pool_ties,
-          'kernel_sizes': list(spec.kernel_sizes), 'paddings': list(spec.paddings),
-          'skips': [list(pair) for pair in spec.skips],
-          'edges': [[e.src, e.dst, e.kind.name] for e in spec.edges]}
-
-
-def spec_from_dict(fields: dict, kinds: Sequence[connections.ConnectionKind] = ()) -> NetworkSpec:
-  """The spec of `spec_to_dict`'s fields; `kinds`: the connection kinds of its edges, found by
-  name.
-
-  Raises:
-    ValueError: an edge whose kind is not among `kinds`.
-  """
-  layout = fields['layout'] or ()  # a spec without conv layers has the empty layout
-  by_name = {kind.name: kind for kind in kinds}
-  edges = []
-  for src, dst, name in fields.get('edges', ()):
-    if name not in by_name:
-      raise ValueError(f'the spec has an edge ({src}, {dst}) of kind {name!r}: pass that '
-                       f'ConnectionKind in kinds (got {sorted(by_name)})')
-    edges.append((src, dst, by_name[name]))
-  return network.make_spec(layout, input_shape=fields['input_shape'],
-                           num_classes=fields['num_classes'], dense=tuple(fields['dense']),
-                           readout=fields['readout'], activation=fields['activation'],
-                           kernel_size=fields['kernel_size'], padding=fields['padding'],
-                           pool_ties=fields.get('pool_ties', 'first'),
-                           kernel_sizes=tuple(fields.get('kernel_sizes', ())),
-                           paddings=tuple(fields.get('paddings', ())),
-                           skips=tuple(tuple(pair) for pair in fields.get('skips', ())),
-                           edges=edges)
-
-
 def init_scale(config: ml_collections.ConfigDict) -> float:
   """The teacher's weight init scale: `config.teacher.init_scale`, or the CRNN's when 0."""
   return float(config.teacher.get('init_scale', 0.0)) or float(config.model.init_scale)
@@ -163,18 +116,17 @@ def train_from_config(config: ml_collections.ConfigDict, workdir: str,
 
   `print_fn` receives every progress line.
   """
-  from ep_jax.app import train as train_lib  # pylint: disable=g-import-not-at-top
   start = time.time()
   t = config.teacher
   if int(t.epochs) < 1:
     raise ValueError(f'teacher.epochs must be >= 1, got {t.epochs}')
-  train_split, test_split, info = train_lib.load_data(config)
-  spec = train_lib.build_spec(config, info, readout='softmax',  # the CRNN's layers
-                              activation=t.get('activation', ''))
+  train_split, test_split, info = build.load_data(config)
+  spec = build.build_spec(config, info, readout='softmax',  # the CRNN's layers
+                          activation=t.get('activation', ''))
   print_fn(f'teacher: dataset={info.name} train={info.num_train} test={info.num_test} '
            f'layout={spec.layout!r} dense={spec.dense} activation={spec.activation} '
            f'init_scale={init_scale(config)} state_shapes={spec.state_shapes}')
-  augmentation = train_lib.augmentation(config)
+  augmentation = build.augmentation(config)
   params, history = train(
       spec, train_split, test_split, info, epochs=t.epochs, learning_rate=t.learning_rate,
       batch_size=t.batch_size, seed=config.seed, momentum=config.optim.momentum,
@@ -202,41 +154,16 @@ def save_teacher(workdir: str, spec: NetworkSpec, params: dict, info: dict) -> i
   """
   os.makedirs(workdir, exist_ok=True)
   leaves = jax.tree_util.tree_leaves(params)
-  with Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), max_to_keep=1,
+  with Checkpointer(os.path.join(workdir, TEACHER_CHECKPOINTS), max_to_keep=1,
                     best_metric='test_accuracy') as ckpt:
     step = (ckpt.latest_step() or 0) + 1
-    ckpt.save(step, params, extra={'spec': spec_to_dict(spec), 'info': dict(info)},
+    ckpt.save(step, params, extra={'spec': spec.to_dict(), 'info': dict(info)},
               metrics={'test_accuracy': info.get('test_accuracy', float('nan'))})
   meta = dict(info)
-  meta.update({'spec': spec_to_dict(spec), 'step': step, 'dtype': str(leaves[0].dtype)})
+  meta.update({'spec': spec.to_dict(), 'step': step, 'dtype': str(leaves[0].dtype)})
   path = os.path.join(workdir, TEACHER_JSON)
   tmp = path + '.tmp'
   with open(tmp, 'w', encoding='utf-8') as f:
     json.dump(meta, f, indent=2, sort_keys=True, default=float)
   os.replace(tmp, path)
   return step
-
-
-def load_teacher(workdir: str, kinds: Sequence[connections.ConnectionKind] = ()
-                 ) -> tuple[NetworkSpec, dict, dict]:
-  """Loads `(spec, params, info)` saved by `save_teacher` (info: the `teacher.json` dict);
-  `kinds`: the connection kinds of the spec's edges (see `spec_from_dict`).
-
-  Raises:
-    FileNotFoundError: no `teacher.json` in `workdir` (with how to make one).
-    ep_jax.app.checkpointing.CheckpointError: a missing, corrupt or mismatched checkpoint.
-  """
-  path = os.path.join(workdir, TEACHER_JSON)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(
-        f'no teacher in {workdir!r}: {TEACHER_JSON} not found; train one with '
-        f'`python -m experiments.train_teacher --config=... --workdir={workdir}`')
-  with open(path, 'r', encoding='utf-8') as f:
-    meta = json.load(f)
-  spec = spec_from_dict(meta['spec'], kinds)
-  dtype = jnp.dtype(meta.get('dtype', 'float32'))
-  target = jax.eval_shape(lambda: network.init_params(spec, jax.random.PRNGKey(0), dtype=dtype))
-  with Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), max_to_keep=1,
-                    best_metric='test_accuracy') as ckpt:
-    params, _ = ckpt.restore(target, step=int(meta['step']))
-  return spec, params, meta

@@ -18,7 +18,6 @@ kept as it was.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import math
 import os
@@ -27,7 +26,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -35,24 +34,23 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from ep_jax import estimators, initialization, network, optim
+from ep_jax.app import build, teacher
 from ep_jax.app import data as data_lib
-from ep_jax import estimators, initialization, network, optim, relaxation
 from ep_jax.app.checkpointing import Checkpointer
 from ep_jax.app.loop import EpochRun, evaluate, mean_over_steps, run_epoch
-from ep_jax.estimators import EPConfig
 from ep_jax.app.metrics_io import MetricsWriter, ProgressReporter, jsonable, percent
 from ep_jax.train_step import (TrainState, create_train_state, free_state_store, make_eval_step,
                                make_nudge_split, make_train_step)
 
 __all__ = [
     'CHECKPOINT_DIR', 'DTYPES', 'Interrupted', 'MID_EPOCH_DIR', 'NonConvergenceError',
-    'NonFiniteError', 'RESUME_FREE_FIELDS', 'RunSetup', 'TEACHER_DIR', 'VALIDATION_SEED',
-    'augmentation', 'build_ep_config', 'build_run', 'build_solver', 'build_spec',
+    'NonFiniteError', 'RESUME_FREE_FIELDS', 'RunSetup', 'TEACHER_DIR', 'build_run',
     'calibrated_config', 'check_config', 'check_convergence', 'check_resume',
     'config_differences', 'epoch_record',
     'epochs_checkpointed', 'epochs_done', 'has_checkpoints', 'init_key', 'init_model_params',
-    'initialize_distributed', 'is_unfinished_run', 'load_data', 'make_mesh', 'saved_config',
-    'signals_enabled', 'skips_from_config', 'state_dtype',
+    'initialize_distributed', 'is_unfinished_run', 'make_mesh', 'saved_config',
+    'signals_enabled', 'state_dtype',
     'template_config', 'to_global', 'train_and_evaluate', 'with_teacher',
 ]
 
@@ -146,7 +144,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   data_lib.check_dataset_name(config.data.dataset)
   shape = data_lib.known_input_shape(config.data.dataset)
   if shape is not None:  # the spec of an npz dataset needs its files
-    spec = build_spec(config, data_lib.DatasetInfo(
+    spec = build.build_spec(config, data_lib.DatasetInfo(
         name=config.data.dataset, input_shape=shape, num_classes=2, num_train=1, num_test=1,
         mean=(0.0,) * shape[-1], std=(1.0,) * shape[-1]))
     optim.per_group(o.learning_rates if isinstance(o.learning_rates, (int, float))
@@ -155,7 +153,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                     else tuple(o.weight_decay), spec, 'optim.weight_decay')
   else:
     network.parse_layout(config.model.layout)
-  build_ep_config(config)
+  build.build_ep_config(config)
   if o.get('optimizer', 'sgd') not in optim.OPTIMIZERS:
     raise ValueError(f'unknown optim.optimizer {o.optimizer!r}; known: {optim.OPTIMIZERS}')
   state_dtype(config)
@@ -163,7 +161,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     make_mesh(t.batch_size, t.eval_batch_size, t.num_devices)
   kd = config.signals.kd
   if kd.enabled:
-    from ep_jax.app import teacher  # pylint: disable=g-import-not-at-top
     if not kd.teacher_workdir:
       if not kd.get('train_teacher', False):
         raise ValueError('signals.kd.enabled needs signals.kd.teacher_workdir (a workdir of '
@@ -171,10 +168,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       if config.train.multihost:
         raise ValueError('signals.kd.train_teacher is single-process: train the teacher '
                          'first (experiments.train_teacher) and set signals.kd.teacher_workdir')
-    elif not os.path.isfile(os.path.join(kd.teacher_workdir, teacher.TEACHER_JSON)):
+    elif not os.path.isfile(os.path.join(kd.teacher_workdir, build.TEACHER_JSON)):
       raise FileNotFoundError(
           f'signals.kd.teacher_workdir: no teacher in {kd.teacher_workdir!r} '
-          f'({teacher.TEACHER_JSON} not found); train one with `python -m '
+          f'({build.TEACHER_JSON} not found); train one with `python -m '
           f'experiments.train_teacher --config=... --workdir={kd.teacher_workdir}`')
 
 
@@ -279,67 +276,6 @@ class Interrupted(KeyboardInterrupt):
   """Ctrl-C during training; the message says how to resume."""
 
 
-def build_spec(config: ml_collections.ConfigDict, info: data_lib.DatasetInfo,
-               readout: str = '', activation: str = '') -> network.NetworkSpec:
-  """The network of `config.model` for `info`'s data (`readout` and `activation`, when given,
-  override the model's).
-
-  Here and in `load_data` / `augmentation` / `build_run`, fields newer than some saved runs
-  are read with their defaults, so an older run's `config.json` still builds.
-  `model.skips` holds 1-based conv layer numbers (`(1, 3)` = conv1 -> conv3); the spec's are
-  0-based.
-  """
-  m = config.model
-  return network.make_spec(m.layout, input_shape=info.input_shape, num_classes=info.num_classes,
-                           dense=tuple(m.dense), readout=readout or m.readout,
-                           activation=activation or m.activation, kernel_size=m.kernel_size,
-                           padding=m.padding, pool_ties=m.get('pool_ties', 'first'),
-                           kernel_sizes=tuple(m.get('kernel_sizes', ())),
-                           paddings=tuple(m.get('paddings', ())),
-                           skips=skips_from_config(m.get('skips', ())))
-
-
-def skips_from_config(skips: Sequence[Sequence[int]]) -> tuple[tuple[int, int], ...]:
-  """`model.skips` (pairs of 1-based conv layer numbers) as 0-based layer index pairs.
-
-  Raises:
-    ValueError: an entry that is not a pair of integers >= 1.
-  """
-  out = []
-  for pair in tuple(skips):
-    try:
-      i, j = (int(v) for v in pair)
-      if len(tuple(pair)) != 2 or min(i, j) < 1:
-        raise ValueError
-    except (TypeError, ValueError):
-      raise ValueError(f'model.skips entry {pair!r} must be a pair of 1-based conv layer '
-                       'numbers, e.g. (1, 3) for conv1 -> conv3') from None
-    out.append((i - 1, j - 1))
-  return tuple(out)
-
-
-def build_ep_config(config: ml_collections.ConfigDict) -> EPConfig:
-  e = config.ep
-  return EPConfig(estimator=e.estimator, beta=float(e.beta), free_steps=int(e.free_steps),
-                  nudged_steps=int(e.nudged_steps), tol=float(e.tol), mode=e.mode,
-                  holo_points=int(e.holo_points),
-                  compute_dtype=e.get('compute_dtype', '') or None,
-                  damping=float(e.get('damping', 1.0)),
-                  nudged_phases=e.get('nudged_phases', 'sequential'),
-                  solver=build_solver(config))
-
-
-def build_solver(config: ml_collections.ConfigDict) -> Optional[relaxation.Solver]:
-  """`config.ep.solver` as a `relaxation.Solver`; None (plain iteration) for 'plain' or a
-  config.json written before the field existed."""
-  s = config.ep.get('solver')
-  if s is None or s.get('kind', 'plain') == 'plain':
-    return None
-  return relaxation.Solver(kind=s.kind, memory=int(s.memory),
-                           regularization=float(s.regularization), mixing=float(s.mixing),
-                           safeguard=bool(s.safeguard), start_residual=float(s.start_residual))
-
-
 def state_dtype(config: ml_collections.ConfigDict):
   """The states' dtype of `ep.dtype`.
 
@@ -355,42 +291,6 @@ def state_dtype(config: ml_collections.ConfigDict):
     raise ValueError("ep.dtype='float64' needs 64-bit JAX (JAX would compute in float32): "
                      'run with JAX_ENABLE_X64=1')
   return DTYPES[config.ep.dtype]
-
-
-# The seed of the validation split: fixed, so every run and seed holds out the same examples.
-VALIDATION_SEED = 12345
-
-
-def load_data(config: ml_collections.ConfigDict):
-  """`(train, evaluation, info)` per `config.data`.
-
-  `info` normalises with `data.mean` / `data.std` where they are set (else the dataset's own
-  statistics). With `data.validation = N > 0` N examples of a fixed near-stratified split of
-  the training set (`VALIDATION_SEED`) replace the test split for every evaluation, and
-  training uses the rest: hyperparameters are then chosen without reading the test split.
-  """
-  d = config.data
-  train, test, info = data_lib.load_dataset(
-      d.dataset, data_dir=d.data_dir or None, train_files=tuple(d.train_files),
-      test_files=tuple(d.test_files), train_subset=d.train_subset, test_subset=d.test_subset,
-      seed=config.seed)
-  info = data_lib.with_statistics(info, tuple(d.get('mean', ())), tuple(d.get('std', ())))
-  n = int(d.get('validation', 0))
-  if n == 0:
-    return train, test, info
-  if not 0 < n < len(train):
-    raise ValueError(f'data.validation must be 0 (off) or between 1 and the training set size '
-                     f'- 1 ({len(train) - 1}), got {n}')
-  keep, held = data_lib.stratified_split(train.labels, n, VALIDATION_SEED)
-  info = dataclasses.replace(info, num_train=len(keep), num_test=n)
-  return train.take(np.sort(keep)), train.take(np.sort(held)), info
-
-
-def augmentation(config: ml_collections.ConfigDict) -> dict:
-  """The augmentation keyword arguments of `data.train_batches` from `config.data`."""
-  d = config.data
-  return dict(augment=d.augment, crop_padding=d.crop_padding, flip=d.flip,
-              crop_mode=d.get('crop_mode', 'constant'))
 
 
 def signals_enabled(config: ml_collections.ConfigDict) -> bool:
@@ -465,7 +365,7 @@ def calibrated_config(config: ml_collections.ConfigDict, train_split: data_lib.S
   m = config.model
   if m.get('init', 'pytorch') != 'data':
     return config
-  spec = build_spec(config, info)
+  spec = build.build_spec(config, info)
   params = initialization.init_params(spec, init_key(config), mode='data', scale=m.init_scale,
                                       readout_scale=float(m.get('readout_init_scale', 1.0)),
                                       skip_scale=float(m.get('skip_init_scale', 1.0)),
@@ -476,7 +376,7 @@ def calibrated_config(config: ml_collections.ConfigDict, train_split: data_lib.S
   _, cal = initialization.calibrate_gains(
       spec, params, x, target=tuple(m.init_target), mode=config.ep.mode,
       max_steps=max(int(config.ep.free_steps), 400), damping=float(config.ep.get('damping', 1.0)),
-      solver=build_solver(config))
+      solver=build.build_solver(config))
   if print_fn is not None:
     print_fn('init=data: gains ' + ' '.join(f'{g:.3g}' for g in cal.gains) + ' | mean |s| '
              + ' '.join(f'{a:.3f}' for a in cal.activity) + f' | residual {cal.residual:.1e} '
@@ -495,7 +395,6 @@ def with_teacher(config: ml_collections.ConfigDict, workdir: str,
   kd = config.signals.kd
   if not kd.enabled or kd.teacher_workdir or not kd.get('train_teacher', False):
     return config
-  from ep_jax.app import teacher  # pylint: disable=g-import-not-at-top
   teacher_dir = os.path.join(workdir, TEACHER_DIR)
   if teacher.is_trained(teacher_dir, config):
     print_fn(f'[teacher] using the teacher in {teacher_dir}')
@@ -532,8 +431,7 @@ def build_run(config: ml_collections.ConfigDict, spec: network.NetworkSpec,
   params = init_model_params(config, spec, init_key)
   nudging, frozen = None, {}
   if signals_enabled(config):
-    from ep_jax import signals  # pylint: disable=g-import-not-at-top
-    setup = signals.build_signals(config.signals, spec, num_epochs=num_epochs, rng=signal_key)
+    setup = build.build_signals(config.signals, spec, num_epochs=num_epochs, rng=signal_key)
     nudging, frozen = setup.nudging, setup.frozen
     if setup.trainable:
       params = dict(params, signals=setup.trainable)
@@ -732,7 +630,7 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, print_fn, resum
   is_primary = jax.process_index() == 0
   checkpoint_dir = os.path.join(workdir, CHECKPOINT_DIR)
   num_epochs = int(config.train.epochs)
-  train_split, test_split, info = load_data(config)
+  train_split, test_split, info = build.load_data(config)
   checkpointer = (Checkpointer(checkpoint_dir, max_to_keep=config.train.checkpoints_to_keep)
                   if resuming and has_checkpoints(workdir, CHECKPOINT_DIR) else None)
   latest = checkpointer.latest_step() if checkpointer is not None else None
@@ -748,8 +646,8 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, print_fn, resum
     test_size = len(test_split)
     test_split = data_lib.split_for_process(test_split, jax.process_index(),
                                             jax.process_count(), drop_remainder=False)
-  spec = build_spec(config, info)
-  ep = build_ep_config(config)
+  spec = build.build_spec(config, info)
+  ep = build.build_ep_config(config)
   dtype = state_dtype(config)
   batch_size, eval_batch_size = config.train.batch_size, config.train.eval_batch_size
   mesh = make_mesh(batch_size, eval_batch_size, config.train.num_devices)
@@ -829,7 +727,7 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, print_fn, resum
   # One grain pipeline for the whole run; its iterator's position is checkpointed mid-epoch.
   batches = data_lib.train_iterator(
       data_lib.train_dataset(train_split, info, batch_size=local_batch, num_epochs=num_epochs,
-                             seed=config.seed, shard=shard, **augmentation(config)),
+                             seed=config.seed, shard=shard, **build.augmentation(config)),
       prefetch=config.data.prefetch, state=data_state, start=start_epoch * steps_per_epoch)
   if interrupt is not None:
     interrupt.install()  # from here on Ctrl-C stops between steps
