@@ -64,7 +64,8 @@ __all__ = [
     'HEADS', 'KDConfig', 'KD_NORMALIZE', 'LESConfig', 'LES_LOSSES', 'LES_NORMALIZE', 'LayerSignals',
     'POOLS', 'SIMILARITY_EPS', 'SignalSetup', 'check_teacher', 'feature_dim', 'features',
     'head_logits', 'init_head', 'init_heads', 'kd_curvature', 'kd_divergence', 'kd_layer_cost',
-    'les_cost', 'les_scale', 'make_signals', 'num_hidden', 'resolve_layers', 'similarity_matrix',
+    'les_cost', 'les_scale', 'make_signals', 'num_hidden', 'resolve_layers', 'signal_curvature',
+    'similarity_matrix',
 ]
 
 HEADS = ('fixed', 'learned')
@@ -164,49 +165,46 @@ def kd_layer_cost(s: jax.Array, t: jax.Array, normalize: str = 'layer') -> jax.A
   return total / s[0].size if normalize == 'layer' else total
 
 
-def kd_curvature(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple,
-                 kd_layers: Sequence[int] = (), weight_layers: Sequence[int] = (),
-                 normalize: str = 'unit', iters: int = 30,
-                 key: Optional[jax.Array] = None) -> list[float]:
-  """The stiffness of the layer-wise KD regression, per hidden layer's weights.
+def signal_curvature(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple,
+                     cost: Callable[[tuple], jax.Array], weight_layers: Sequence[int] = (),
+                     iters: int = 30, key: Optional[jax.Array] = None) -> list[float]:
+  """The stiffness of a layer-wise signal's cost, per hidden layer's weights.
 
-  For each hidden layer l of `weight_layers` (() = all), λ_l is the largest eigenvalue of the
-  Gauss-Newton matrix `(1/B) J_lᵀ J_l` of the KD cost `Σ_k ½ ‖s_k(θ) - t_k‖² (/ n_k)` summed
-  over the KD layers k (`kd_layers`, () = all hidden), with respect to layer l's weights
-  `w_l`, where `s_k(θ) = σ(∂Φ/∂s_k(x, s*; θ))` is one step of the dynamics from the fixed
-  point `states` `s*` (it does not depend on the targets t). w_l reaches the cost through
-  layer l's own drive and through its feedback into layer l-1 (and the links). Found by
-  `iters` power iterations (jvp, vjp).
+  `cost(s)` is the signal's cost summed over the batch, a function of the states `s` (e.g. the
+  KD regression `Σ_k ½ ‖s_k - t_k‖²`, or the LES losses of `LayerSignals.les_costs`). For each
+  hidden layer l of `weight_layers` (() = all), λ_l is the largest eigenvalue of the
+  generalised Gauss-Newton matrix `(1/B) J_lᵀ ∇²_s cost J_l` with respect to layer l's
+  weights `w_l`, where `J_l = ∂s(θ)/∂w_l` and `s(θ) = σ(∂Φ/∂s(x, s*; θ))` is one step of the
+  dynamics from the fixed point `states` `s*`. w_l reaches the cost through layer l's own
+  drive and through its feedback into layer l-1 (and the links). Found by `iters` power
+  iterations (jvp, then the cost's Hessian-vector product, then vjp).
 
   Heavy-ball SGD (rate η, momentum μ) on a quadratic of curvature κ λ is stable only while
   `η κ λ < 2 (1 + μ)`, so λ_l bounds the κ_l that rate η_l can follow: λ grows with a layer's
-  positions H·W, fan-in and input scale (the KD force is per unit, a conv weight's gradient
-  sums over positions). Returns `[λ_l]` (floats) for the sorted `weight_layers`.
+  positions H·W, fan-in and input scale (a per-unit force on a conv layer sums over its
+  positions in the weight gradient). Returns `[λ_l]` (floats) for the sorted `weight_layers`.
   """
   from ep_jax import activations  # local: avoids an import cycle at package import
-  _check_choice(normalize, KD_NORMALIZE, 'signals.kd.normalize')
-  layers = resolve_layers(kd_layers, spec, 'signals.kd')
   weight_layers = resolve_layers(weight_layers, spec, 'weight_layers')
   sigma = activations.get(spec.activation)
   states = tuple(states)
   batch = states[0].shape[0]
-  scales = [1.0 / math.sqrt(states[k][0].size) if normalize == 'layer' else 1.0
-            for k in layers]
 
   # One jitted product per layer l (static): params, x and the states are arguments, so XLA
   # does not fold them in as constants.
   @functools.partial(jax.jit, static_argnums=0)
   def gauss_newton(l, p, x, s_star, v):
-    def kd_states(w):
+    def one_step(w):
       layer_params = list(p['layers'])
       layer_params[l] = dict(layer_params[l], w=w)
       q = dict(p, layers=type(p['layers'])(layer_params))
       drives = jax.grad(lambda s: energy.primitive(spec, q, x, s))(s_star)
-      return [c * sigma(drives[k]) for c, k in zip(scales, layers)]
+      return tuple(sigma(d) for d in drives)
 
     w_l = p['layers'][l]['w']
-    _, jv = jax.jvp(kd_states, (w_l,), (v,))
-    return jax.vjp(kd_states, w_l)[1](jv)[0] / batch
+    s, ju = jax.jvp(one_step, (w_l,), (v,))
+    _, hju = jax.jvp(jax.grad(cost), (s,), (ju,))
+    return jax.vjp(one_step, w_l)[1](hju)[0] / batch
 
   key = jax.random.PRNGKey(0) if key is None else key
   out = []
@@ -224,6 +222,24 @@ def kd_curvature(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple,
       v = gv / norm
     out.append(lam)
   return out
+
+
+def kd_curvature(spec: NetworkSpec, params: dict, x: jax.Array, states: tuple,
+                 kd_layers: Sequence[int] = (), weight_layers: Sequence[int] = (),
+                 normalize: str = 'unit', iters: int = 30,
+                 key: Optional[jax.Array] = None) -> list[float]:
+  """`signal_curvature` of the layer-wise KD regression `Σ_k ½ ‖s_k - t_k‖² (/ n_k)` summed
+  over the KD layers k (`kd_layers`, () = all hidden; `normalize='layer'` divides by the
+  layer's size n_k): its Gauss-Newton matrix is `(1/B) J_lᵀ J_l` on those layers, whatever the
+  targets t."""
+  _check_choice(normalize, KD_NORMALIZE, 'signals.kd.normalize')
+  layers = resolve_layers(kd_layers, spec, 'signals.kd')
+  scales = {k: 1.0 / states[k][0].size if normalize == 'layer' else 1.0 for k in layers}
+
+  def cost(s):
+    return sum(0.5 * scales[k] * jnp.sum(s[k] * s[k]) for k in layers)
+
+  return signal_curvature(spec, params, x, states, cost, weight_layers, iters, key)
 
 
 def les_scale(shape: Sequence[int], pool: str, normalize: str) -> float:

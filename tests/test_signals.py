@@ -571,6 +571,56 @@ def test_kd_curvature_is_the_top_eigenvalue_of_the_gauss_newton_matrix(x64, norm
   assert 0 < last < got[-1] and first == 0.0
 
 
+@pytest.mark.parametrize('loss', ['ce', 'mse'])
+def test_les_curvature_is_the_top_eigenvalue_of_the_generalised_gauss_newton_matrix(x64, loss):
+  """`signal_curvature` of the LES losses (fixed heads, per-unit scale) against the exact
+  spectrum of (1/B) Jᵀ H J, J = ∂(one step from s*)/∂w_l, H the Hessian of the cost in s."""
+  spec = _spec()
+  params = _params(spec, 5, jnp.float64, scale=3.0)
+  x = jnp.asarray(np.random.default_rng(6).normal(size=(B, 8, 8, 2)))
+  labels = jnp.array([0, 1, 2, 3])
+  free = relaxation.relax(spec, params, x, network.init_states(spec, B, jnp.float64),
+                          max_steps=T, tol=TOL)
+  hidden = signals.num_hidden(spec)
+  les = signals.LESConfig(layers=tuple(range(hidden)), loss=loss, normalize='unit')
+  heads = signals.init_heads(jax.random.PRNGKey(3), spec, les.layers, les.pool, learned=False)
+  heads = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), heads)
+  nudging = signals.LayerSignals(spec=spec, kappa_fn=lambda e: jnp.zeros(hidden + 1), les=les)
+  targets = {'label': labels, 'les_heads': heads}
+
+  def cost(s):
+    return sum(nudging.les_costs(params, s, targets).values())
+
+  got = signals.signal_curvature(spec, params, x, free.states, cost, iters=300)
+  from ep_jax import activations
+  act = activations.get(spec.activation)
+  sizes = [s.size for s in free.states]
+
+  def unflat(flat):
+    out, i = [], 0
+    for st, n in zip(free.states, sizes):
+      out.append(flat[i:i + n].reshape(st.shape))
+      i += n
+    return tuple(out)
+
+  flat_star = jnp.concatenate([s.ravel() for s in free.states])
+  hess = jax.hessian(lambda f: cost(unflat(f)))(flat_star)
+  for l in range(hidden):
+    w0 = params['layers'][l]['w']
+
+    def step(w_flat, l=l, w0=w0):
+      layers = list(params['layers'])
+      layers[l] = dict(layers[l], w=w_flat.reshape(w0.shape))
+      drives = jax.grad(lambda s: energy.primitive(spec, dict(params, layers=tuple(layers)), x,
+                                                   s))(free.states)
+      return jnp.concatenate([act(d).ravel() for d in drives])
+
+    jac = jax.jacobian(step)(w0.ravel())
+    exact = float(jnp.linalg.eigvalsh(jac.T @ hess @ jac / B)[-1])
+    assert exact > 0
+    np.testing.assert_allclose(got[l], exact, rtol=1e-6)
+
+
 def test_recipe_ep_matches_gradient_of_augmented_loss(x64):
   """The deep-CRNN recipe's ingredients together: a long link inside Φ, asynchronous updates,
   per-unit layer-wise KD and output KD (hard sigmoid, max pools): symmetric EP at small β
