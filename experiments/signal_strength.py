@@ -2,7 +2,8 @@ r"""How far each learning signal moves each layer: the per-unit nudge of the nud
 
   python -m experiments.signal_strength --config=experiments/configs/ablation_digits.py \
       --teacher_workdir=DIR [--kappas=0.1,1] [--batch_size=64] [--out=FILE.json] [--only_teacher]
-  python -m experiments.signal_strength --config=... --curvature [--margin=1] [--out=FILE.json]
+  python -m experiments.signal_strength --config=... --curvature [--signal=kd|les] [--margin=1] \
+      [--out=FILE.json]
 
 Builds the config's network at its initialisation (`model.init`, seed `config.seed`), relaxes
 the free phase of `--batch_size` training examples to a residual of 1e-5 (`ep.mode`), then
@@ -25,7 +26,9 @@ epoch 0, 0 off the KD layers), the product η_l κ_l λ_l (SGD with heavy-ball m
 diverges on a quadratic where it exceeds 2 (1 + μ); Adam has no such bound) and the cap
 `κ_l ≤ --margin / (η_l λ_l)`; `--out` gets the figures, and the smaller of `kappa_cap` and κ
 passed as `--config.signals.kappa.per_layer` keeps every layer's product at most `--margin`.
-Needs no teacher (λ does not depend on the targets).
+Needs no teacher (λ does not depend on the targets). `--signal=les` measures the LES losses
+instead (the config's `signals.les` settings, heads drawn as training draws them, on
+`signals.les.layers`): the generalised Gauss-Newton matrix `J_lᵀ ∇²ℓ J_l` of the heads' loss.
 """
 
 from __future__ import annotations
@@ -130,28 +133,58 @@ def _initial_fixed_point(config, train_split, info, x):
   return spec, params, free
 
 
-def kd_stiffness(config, batch_size: int = 64, margin: float = 1.0) -> dict:
-  """Per hidden layer: `lambda` (λ_l, `signals.kd_curvature`, per-unit KD on the config's
-  `signals.kd.layers`), `rate` (η_l), `kappa` (κ_l at epoch 0, 0 off the KD layers),
-  `product` (η_l κ_l λ_l) and `kappa_cap` (`margin / (η_l λ_l)`), at the config's initial
-  network and free fixed point on `batch_size` training examples; `divergence_bound` is
-  2 (1 + μ) for SGD with momentum μ, None for Adam."""
+SIGNALS = ('kd', 'les')
+
+
+def _les_curvature(config, spec, params, x, labels, states) -> tuple[tuple[int, ...], list]:
+  """`(LES layers, [λ_l])`: `signals.signal_curvature` of the config's LES losses (its
+  `signals.les` settings and heads, drawn as training draws them), summed over its layers."""
+  les_config = copy.deepcopy(config.signals)
+  les_config.kd.enabled = False
+  les_config.les.enabled = True
+  signal_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)[2]
+  setup = build.build_signals(les_config, spec, num_epochs=int(config.train.epochs),
+                              rng=signal_key)
+  nudging = setup.nudging
+  p = dict(params, signals=setup.trainable) if setup.trainable else params
+  targets = nudging.targets(setup.frozen, p, {'image': x, 'label': labels}, 0)
+
+  def cost(s):
+    return sum(nudging.les_costs(p, s, targets).values())
+
+  return nudging.les.layers, signals.signal_curvature(spec, params, x, states, cost)
+
+
+def kd_stiffness(config, batch_size: int = 64, margin: float = 1.0, signal: str = 'kd') -> dict:
+  """Per hidden layer: `lambda` (λ_l, `signals.signal_curvature` of the signal's cost:
+  per-unit KD on the config's `signals.kd.layers` for `signal='kd'`, the config's LES losses
+  and heads on `signals.les.layers` for 'les'), `rate` (η_l), `kappa` (κ_l at epoch 0, 0 off
+  the signal's layers), `product` (η_l κ_l λ_l) and `kappa_cap` (`margin / (η_l λ_l)`), at the
+  config's initial network and free fixed point on `batch_size` training examples;
+  `divergence_bound` is 2 (1 + μ) for SGD with momentum μ, None for Adam."""
   if margin <= 0:
     raise ValueError(f'margin must be positive, got {margin}')
+  if signal not in SIGNALS:
+    raise ValueError(f'unknown signal {signal!r}; known: {SIGNALS}')
   train_split, _, info = build.load_data(config)
   x = jnp.asarray(data.normalize(train_split.images[:batch_size], info))
+  labels = jnp.asarray(train_split.labels[:batch_size])
   spec, params, free = _initial_fixed_point(config, train_split, info, x)
   hidden = signals.num_hidden(spec)
-  kd_layers = signals.resolve_layers(tuple(config.signals.kd.layers), spec, 'signals.kd')
-  lam = signals.kd_curvature(spec, params, x, free.states, kd_layers=kd_layers,
-                             normalize='unit')
+  if signal == 'kd':
+    layers = signals.resolve_layers(tuple(config.signals.kd.layers), spec, 'signals.kd')
+    lam = signals.kd_curvature(spec, params, x, free.states, kd_layers=layers,
+                               normalize='unit')
+  else:
+    layers, lam = _les_curvature(config, spec, params, x, labels, free.states)
+  kd_layers = layers
   o = config.optim
   rates = optim.per_group(o.learning_rates if isinstance(o.learning_rates, (int, float))
                           else tuple(o.learning_rates), spec, 'optim.learning_rates')
   eta = [rates[name] for name in spec.layer_names[:hidden]]
   k = config.signals.kappa
   kap = [float(v) for v in kappa.layer_init(hidden, kd_layers, k.init, k.per_layer)]
-  return {'layers': list(spec.layer_names[:hidden]), 'batch_size': batch_size,
+  return {'signal': signal, 'layers': list(spec.layer_names[:hidden]), 'batch_size': batch_size,
           'free_steps': int(free.steps), 'free_residual': float(free.residual),
           'lambda': lam, 'rate': eta, 'kappa': kap,
           'product': [r * q * v for r, q, v in zip(eta, kap, lam)],
@@ -164,7 +197,8 @@ def kd_stiffness(config, batch_size: int = 64, margin: float = 1.0) -> dict:
 
 def stiffness_table(result: dict) -> str:
   names = result['layers']
-  rows = [('λ_l (KD Gauss-Newton)', 'lambda', '{:.3g}'), ('η_l', 'rate', '{:g}'),
+  rows = [(f"λ_l ({result.get('signal', 'kd').upper()} Gauss-Newton)", 'lambda', '{:.3g}'),
+          ('η_l', 'rate', '{:g}'),
           ('κ_l', 'kappa', '{:g}'), ('η_l κ_l λ_l', 'product', '{:.3g}'),
           (f"κ cap ({result['margin']:g} / η_l λ_l)", 'kappa_cap', '{:.3g}')]
   lines = ['| | ' + ' | '.join(names) + ' |', '|---|' + '---|' * len(names)]
@@ -197,7 +231,8 @@ def main(argv):
   if _CURVATURE.value:
     if _MARGIN.value <= 0:
       raise app.UsageError(f'--margin must be positive, got {_MARGIN.value}')
-    result = kd_stiffness(cli.config_value(_CONFIG), _BATCH.value, _MARGIN.value)
+    result = kd_stiffness(cli.config_value(_CONFIG), _BATCH.value, _MARGIN.value,
+                          signal=_SIGNAL.value)
     bound = result['divergence_bound']
     print(f"free phase: {result['free_steps']} steps, residual {result['free_residual']:.1e}; "
           + (f"sgd diverges on a KD term where η κ λ > {bound:g}:" if bound is not None else
@@ -229,7 +264,7 @@ def _write(result: dict) -> None:
 
 def define_flags() -> None:
   """Defines this script's flags (only when run as a script)."""
-  global _CONFIG, _TEACHER, _KAPPAS, _BATCH, _OUT, _ONLY_TEACHER, _CURVATURE, _MARGIN
+  global _CONFIG, _TEACHER, _KAPPAS, _BATCH, _OUT, _ONLY_TEACHER, _CURVATURE, _MARGIN, _SIGNAL
   _CONFIG = cli.define_config_file(os.path.join(cli.CONFIG_DIR, 'ablation_digits.py'),
                                     'path to config file.', lock_config=False)
   _TEACHER = flags.DEFINE_string('teacher_workdir', '', 'A BP teacher (KD rows need one).')
@@ -241,6 +276,8 @@ def define_flags() -> None:
   _CURVATURE = flags.DEFINE_bool('curvature', False,
                                  "Each layer's KD stiffness λ_l, η_l κ_l λ_l and the κ cap.")
   _MARGIN = flags.DEFINE_float('margin', 1.0, 'The κ cap keeps η_l κ_l λ_l at most this.')
+  _SIGNAL = flags.DEFINE_enum('signal', 'kd', list(SIGNALS),
+                              "--curvature: the signal whose stiffness is measured (kd, les).")
 
 
 if __name__ == '__main__':

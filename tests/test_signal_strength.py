@@ -84,3 +84,26 @@ def test_curvature_reports_each_layers_kd_stiffness_rate_and_kappa_cap():
   assert top['divergence_bound'] is None
   with pytest.raises(ValueError, match='margin'):
     signal_strength.kd_stiffness(config, batch_size=16, margin=0.0)
+
+
+def test_curvature_of_the_les_losses_is_their_gauss_newton_eigenvalue():
+  """`--signal=les`: λ_l of the config's LES losses (fixed heads as training draws them),
+  checked against `signals.signal_curvature` of the same cost; per-unit LES on a conv layer
+  multiplies the loss by H·W, and so λ (unit vs mean)."""
+  import pytest
+  config = default.get_config()
+  config.model.layout = '6,M,6'
+  config.ep.mode = 'async'
+  config.signals.kappa.init = 0.1
+  config.signals.les.normalize = 'mean'
+  mean = signal_strength.kd_stiffness(config, batch_size=16, signal='les')
+  assert mean['signal'] == 'les' and all(v > 0 for v in mean['lambda'])
+  assert mean['kappa'] == [0.1, 0.1]
+  assert '| λ_l (LES Gauss-Newton) |' in signal_strength.stiffness_table(mean)
+  config.signals.les.normalize = 'unit'
+  unit = signal_strength.kd_stiffness(config, batch_size=16, signal='les')
+  # conv1 (8x8 digits, SAME) has 8·8 positions before its pool; the LES features are pooled
+  # over conv1's state (4x4 after the pool): the factor is that state's H·W = 16.
+  assert unit['lambda'][0] == pytest.approx(16 * mean['lambda'][0], rel=1e-3)
+  with pytest.raises(ValueError, match='unknown signal'):
+    signal_strength.kd_stiffness(config, batch_size=16, signal='both')
