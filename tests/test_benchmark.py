@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ep_jax import energy, network, relaxation
+from ep_jax import energy, flops, network, relaxation
 from experiments import benchmark
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,6 +32,41 @@ def test_ep_step_reports_contract_keys():
   json.dumps(out)  # serialisable
   vmapped = benchmark.run(TINY + ['--nudged_phases=vmapped'])
   assert vmapped['flags']['nudged_phases'] == 'vmapped' and vmapped['examples_per_s'] > 0
+
+
+def test_flops_and_utilisation_against_the_measured_peak():
+  out = benchmark.run(TINY + ['--peak_n=64', '--peak_reps=2'])
+  spec = network.make_spec('4,M,6,M', input_shape=(8, 8, 2), num_classes=3)
+  count = flops.train_step_flops(spec, 4, free_steps=3, nudged_steps=2)
+  assert out['flops'] == {k: round(v) for k, v in count._asdict().items()}
+  # step_s_median is rounded to 10 µs in the record
+  assert out['flops_per_s'] == pytest.approx(count.total / out['step_s_median'], rel=2e-2)
+  assert out['matmul_peak_flops_per_s'] > 0
+  assert out['utilisation'] == pytest.approx(
+      out['flops_per_s'] / out['matmul_peak_flops_per_s'], rel=1e-3)
+  # No datasheet figure off a GPU; none for BPTT, whose work is not counted.
+  assert out['datasheet_peak_flops_per_s'] is None and out['utilisation_datasheet'] is None
+  assert benchmark.datasheet_peak('NVIDIA H200', 'bfloat16') == 989e12
+  assert benchmark.datasheet_peak('cpu', 'float32') is None
+  bptt = benchmark.run(TINY + ['--mode=bptt', '--peak_n=0'])
+  assert bptt['flops'] is None and bptt['utilisation'] is None
+  assert benchmark.run(TINY + ['--peak_n=0'])['matmul_peak_flops_per_s'] is None
+
+
+def test_a_config_gives_the_network_and_the_ep_settings_flags_win():
+  args = benchmark.parse_args(['--config=experiments/configs/ablation_deep.py', '--t1=7'])
+  assert (args.t1, args.t2, args.beta, args.relax_mode, args.tol) == (7, 20, 0.5, 'async', 1e-5)
+  out = benchmark.run(['--config=experiments/configs/ablation_deep.py', '--width=16',
+                       '--batch_size=2', '--t1=3', '--t2=2', '--tol=0', '--steps=1',
+                       '--peak_n=0'])
+  assert out['network']['layout'] == '1,1,M,2,2,M,4,4,M,4,4,M'
+  assert tuple(map(tuple, out['network']['skips'])) == ((0, 4), (1, 6), (3, 7))  # long links
+  assert out['flags']['relax_mode'] == 'async' and out['free_steps'] == 3
+  assert 'experiment' not in out['flags']
+  # A narrowed preset keeps its paddings: vgg5's last convolution is VALID (2x2 -> 1x1).
+  vgg5 = benchmark.make_spec(benchmark.parse_args(['--layout=vgg5', '--width=32']))
+  assert vgg5.layout == '4,M,8,M,16,M,16,M' and vgg5.paddings[-1] == 'VALID'
+  assert vgg5.state_shapes[-1] == (1, 1, 16)
 
 
 def test_bptt_and_bfloat16_comparison():
