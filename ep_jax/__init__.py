@@ -22,6 +22,7 @@ fixed points nudged towards the target. The library:
                    schedules.
   feedforward      the feed-forward twin (the BP teacher and baseline).
   gdu              gradient-alignment diagnostics (EP estimates vs BPTT and implicit gradients).
+  flops            the FLOPs of a relaxation step and of a training step, from the spec.
   activations      the activation family σ of the dynamics.
 
 Each module lists its public names in `__all__`. Every function that takes targets accepts
@@ -43,7 +44,7 @@ import importlib as _importlib
 __version__ = '0.1.0'
 
 __all__ = [
-    'activations', 'app', 'connections', 'energy', 'estimators', 'feedforward', 'gdu',
+    'activations', 'app', 'connections', 'energy', 'estimators', 'feedforward', 'flops', 'gdu',
     'inference', 'initialization', 'kappa', 'network', 'optim', 'reference_grads', 'relaxation',
     'signals', 'train_step',
 ]

@@ -3,9 +3,15 @@ r"""Benchmark harness: compile and time full training steps on one batch, print 
   python -m experiments.benchmark --layout=32,M,64,M,128,M --input_shape=32,32,3 \
       --num_classes=10 --batch_size=64 --t1=30 --t2=10 --estimator=symmetric --tol=0 \
       --steps=5 [--dtype=float32|bfloat16] [--mode=ep|bptt] [--compare_fp32] \
-      [--state_dtype=float32|bfloat16] [--solver=plain|anderson] [--memory=5]
+      [--state_dtype=float32|bfloat16] [--config=experiments/configs/cifar10_vgg13.py] \
+      [--peak_n=N] [--trace_dir=DIR] [--solver=plain|anderson] [--memory=5]
 
-The defaults are the line above. One step is what training does: for `--mode=ep` the free
+The defaults are the line above. `--config=FILE[:ARG]` takes the network (`config.model`:
+layout, dense widths, readout, activation, kernel sizes, paddings, pool ties, skip links) and
+the EP settings (`config.ep`: estimator, β, T1, T2, tol, relaxation mode, nudged phases) of an
+experiment config, on `--input_shape` / `--num_classes`; flags given on the command line win.
+The parameters are PyTorch's default init either way (a config's data-dependent init is not
+run: it changes the values, not the work). One step is what training does: for `--mode=ep` the free
 phase, the estimator's nudged phases (two for `symmetric`), the EP contrast and the optax update
 (SGD, momentum 0.9, weight decay 3e-4, per-layer rates, cosine schedule: the reference recipe);
 for `--mode=bptt` backpropagation through `--t1` unrolled free steps and the same update.
@@ -19,8 +25,24 @@ The printed JSON line (the contract other tools parse) has at least:
   peak_memory_mb   the device's peak bytes in use where the backend reports it (GPU), else the
                    process's peak resident set size (ru_maxrss; includes the compiler's peak)
 
+and the work and speed of the step (EP only; null for BPTT):
+
+  flops            `ep_jax.flops.train_step_flops` of the network at the steps the last timed
+                   step took: {free, nudged, contrast, readout, total} (the convolutions and
+                   matmuls, 2 per multiply-add)
+  flops_per_s      flops.total / median step time
+  matmul_peak_flops_per_s  the best of `--peak_reps` `N x N x N` matrix products in the step's
+                   compute dtype (float32, or bfloat16 operands accumulated in float32), timed
+                   in the same process (`--peak_n`; 0 skips it)
+  utilisation      flops_per_s / matmul_peak_flops_per_s
+  datasheet_peak_flops_per_s, utilisation_datasheet   against the vendor's dense tensor-core
+                   figure for the device (`DATASHEET_PEAKS`; float32 runs at the TF32 rate,
+                   XLA's default for float32 convolutions and matmuls on these GPUs), null
+                   elsewhere
+
 plus `step_s` (every timed step), `step_s_median`, `nudged_steps`, the final residuals
-`free_residual` and `nudged_residual` (the largest over the nudged phases), `solver`, `peak_rss_mb`,
+`free_residual` and `nudged_residual` (the largest over the nudged phases), `solver`,
+`peak_rss_mb`,
 `device_peak_mb` (null on CPU), `compiled_temp_mb` and `compiled_memory` (XLA's
 `memory_analysis()` of the compiled step: temporaries, arguments, outputs, code; the most
 meaningful number for comparing EP with BPTT, since EP's relaxation is a while loop whose
@@ -32,6 +54,9 @@ and the gradient stay float32. `--state_dtype=bfloat16` instead keeps the states
 bfloat16 (everything in bfloat16 but the parameters). With `--compare_fp32`, also
 `grad_cosine_vs_fp32`: per-group cosines between the EP gradient of that precision and the
 all-float32 one on the same batch and parameters, and their minimum.
+
+With `--trace_dir=DIR` the timed steps run under `jax.profiler.trace(DIR)` (a TensorBoard /
+Perfetto trace of them).
 
 Environment: XLA_FLAGS and the number of host threads are recorded in the output; the harness
 does not change them.
@@ -51,13 +76,28 @@ import time
 from typing import Sequence
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+# Dense tensor-core FLOP/s of the vendor's datasheets, by a name in `device_kind` and the step's
+# compute dtype (float32: TF32, which XLA uses for float32 convolutions and matmuls by default).
+DATASHEET_PEAKS = {
+    'H200': {'bfloat16': 989e12, 'float32': 495e12},
+    'H100': {'bfloat16': 989e12, 'float32': 495e12},
+    'A100': {'bfloat16': 312e12, 'float32': 156e12},
+}
+# The matrix product of the peak measurement: N on an accelerator, on a CPU.
+PEAK_N = {'gpu': 8192, 'cpu': 1024}
+
+
+def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog='python -m experiments.benchmark',
                               description=__doc__.split('\n\n')[0])
+  p.add_argument('--config', default='',
+                 help='FILE[:ARG]: the network and EP settings of an experiment config')
   p.add_argument('--layout', default='32,M,64,M,128,M')
   p.add_argument('--input_shape', default='32,32,3', help='H,W,C')
   p.add_argument('--num_classes', type=int, default=10)
   p.add_argument('--dense', default='', help='hidden dense widths, comma separated')
+  p.add_argument('--width', type=int, default=1,
+                 help="every conv layer's channels divided by N (a preset keeps its paddings)")
   p.add_argument('--batch_size', type=int, default=64)
   p.add_argument('--t1', type=int, default=30, help='free-phase steps (limit when tol > 0)')
   p.add_argument('--t2', type=int, default=10, help='steps of each nudged phase')
@@ -86,7 +126,42 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                  help="random: uniform images, random labels; digits: the first --batch_size "
                       "images of the embedded 8x8 digits (needs --input_shape=8,8,1)")
   p.add_argument('--seed', type=int, default=0)
-  return p.parse_args(argv)
+  p.add_argument('--peak_n', type=int, default=-1,
+                 help='N of the N x N x N matmul peak (-1: %s by backend; 0: not measured)'
+                      % PEAK_N)
+  p.add_argument('--peak_reps', type=int, default=10, help='timed matmuls of the peak')
+  p.add_argument('--trace_dir', default='', help='a jax.profiler trace of the timed steps')
+  return p
+
+
+# Config fields read by `--config`: flag <- config.ep field.
+_EP_FIELDS = {'estimator': 'estimator', 'beta': 'beta', 't1': 'free_steps', 't2': 'nudged_steps',
+              'tol': 'tol', 'relax_mode': 'mode', 'nudged_phases': 'nudged_phases'}
+
+
+def config_defaults(path: str) -> dict:
+  """The flag defaults `--config=path` sets (the EP settings and the activation), and under
+  `experiment` the config itself (its model section builds the network)."""
+  from ep_jax.app import cli  # pylint: disable=g-import-not-at-top  (ml_collections)
+
+  config = cli.ConfigFileParser(name='config').parse(path)
+  out = {flag: config.ep.get(field) for flag, field in _EP_FIELDS.items()
+         if config.ep.get(field) is not None}
+  out['activation'] = config.model.activation
+  out['experiment'] = config
+  return out
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+  p = _parser()
+  args = p.parse_args(argv)
+  if args.config:
+    defaults = config_defaults(args.config)
+    experiment = defaults.pop('experiment')
+    p.set_defaults(**defaults)
+    args = p.parse_args(argv)
+    args.experiment = experiment
+  return args
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -131,6 +206,45 @@ def device_peak_mb(device) -> float | None:
   return _mb(stats['peak_bytes_in_use'])
 
 
+def make_spec(args: argparse.Namespace):
+  """The network of the flags, or of `--config`'s model section."""
+  from ep_jax import network
+
+  if getattr(args, 'experiment', None) is None:
+    return network.make_spec(narrowed(args.layout, args.width),
+                             input_shape=_ints(args.input_shape), num_classes=args.num_classes,
+                             dense=_ints(args.dense), activation=args.activation,
+                             paddings=_preset_paddings(args.layout, ()))
+  import types  # pylint: disable=g-import-not-at-top
+
+  from ep_jax.app import build  # pylint: disable=g-import-not-at-top
+
+  config = args.experiment
+  model = config.model
+  model.paddings = _preset_paddings(model.layout, tuple(model.get('paddings', ())))
+  model.layout = narrowed(model.layout, args.width)
+  info = types.SimpleNamespace(input_shape=_ints(args.input_shape),
+                               num_classes=args.num_classes)
+  return build.build_spec(config, info, activation=args.activation)
+
+
+def _preset_paddings(layout: str, paddings: tuple) -> tuple:
+  """`paddings`, else the preset's own (`network.PRESET_PADDINGS`), which a narrowed layout
+  string no longer names."""
+  from ep_jax import network
+
+  return tuple(paddings) or network.PRESET_PADDINGS.get(layout.strip().lower(), ())
+
+
+def narrowed(layout: str, width: int) -> str:
+  """`layout` (or a preset's) with every conv layer's channels divided by `width` (at least 1)."""
+  if width <= 1:
+    return layout
+  from experiments.configs import vgg_recipe  # pylint: disable=g-import-not-at-top
+
+  return vgg_recipe.narrowed(layout, width)
+
+
 def build(args):
   """Spec, parameters, optimiser, random batch and the (unjitted) step function."""
   import jax
@@ -140,9 +254,7 @@ def build(args):
   from ep_jax import network, optim, reference_grads, relaxation, train_step
   from ep_jax.estimators import EPConfig
 
-  spec = network.make_spec(args.layout, input_shape=_ints(args.input_shape),
-                           num_classes=args.num_classes, dense=_ints(args.dense),
-                           activation=args.activation)
+  spec = make_spec(args)
   key = jax.random.PRNGKey(args.seed)
   pkey, xkey, ykey, skey = jax.random.split(key, 4)
   params = network.init_params(spec, pkey)
@@ -216,6 +328,71 @@ def grad_cosines(args, spec, ep, params, batch) -> dict:
   return {'per_group': per_group, 'min': min(defined) if defined else None}
 
 
+def _trace(trace_dir: str):
+  import contextlib  # pylint: disable=g-import-not-at-top
+
+  import jax  # pylint: disable=g-import-not-at-top
+
+  return jax.profiler.trace(trace_dir) if trace_dir else contextlib.nullcontext()
+
+
+def matmul_peak(dtype: str = 'float32', n: int = 1024, reps: int = 10) -> float:
+  """FLOP/s of the fastest of `reps` `n x n x n` products (after two warm-ups) in `dtype`
+  (bfloat16: operands in bfloat16, accumulated in float32, as the mixed-precision step)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  ka, kb = jax.random.split(jax.random.PRNGKey(0))
+  a = jax.random.normal(ka, (n, n), jnp.float32).astype(dtype)
+  b = jax.random.normal(kb, (n, n), jnp.float32).astype(dtype)
+  product = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32))
+  for _ in range(2):
+    product(a, b).block_until_ready()
+  best = float('inf')
+  for _ in range(max(1, reps)):
+    t = time.perf_counter()
+    product(a, b).block_until_ready()
+    best = min(best, time.perf_counter() - t)
+  return 2.0 * n ** 3 / best
+
+
+def datasheet_peak(device_kind: str, dtype: str) -> float | None:
+  """The dense tensor-core FLOP/s of `DATASHEET_PEAKS` for a device, or None."""
+  for name, peaks in DATASHEET_PEAKS.items():
+    if name.lower() in device_kind.lower():
+      return peaks.get(dtype)
+  return None
+
+
+def speed(args: argparse.Namespace, spec, metrics, median: float | None,
+          device_kind: str) -> dict:
+  """The step's FLOPs, FLOP/s, the matmul peak and the utilisations (see the docstring)."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from ep_jax import flops  # pylint: disable=g-import-not-at-top
+
+  out = dict.fromkeys(('flops', 'flops_per_s', 'matmul_peak_flops_per_s', 'utilisation',
+                       'datasheet_peak_flops_per_s', 'utilisation_datasheet'))
+  if args.mode != 'ep' or metrics is None:
+    return out
+  count = flops.train_step_flops(spec, args.batch_size,
+                                 free_steps=float(metrics['free_steps']),
+                                 nudged_steps=float(metrics['nudged_steps']),
+                                 estimator=args.estimator, mode=args.relax_mode)
+  out['flops'] = {k: round(v) for k, v in count._asdict().items()}
+  out['flops_per_s'] = round(count.total / median, 1)
+  n = args.peak_n if args.peak_n >= 0 else PEAK_N.get(jax.default_backend(), PEAK_N['cpu'])
+  if n:
+    peak = matmul_peak(args.dtype, n, args.peak_reps)
+    out['matmul_peak_flops_per_s'] = round(peak, 1)
+    out['utilisation'] = round(out['flops_per_s'] / peak, 5)
+  sheet = datasheet_peak(device_kind, args.dtype) if jax.default_backend() == 'gpu' else None
+  if sheet:
+    out['datasheet_peak_flops_per_s'] = sheet
+    out['utilisation_datasheet'] = round(out['flops_per_s'] / sheet, 5)
+  return out
+
+
 def run(argv: Sequence[str] | None = None) -> dict:
   """Runs the benchmark and returns the result dict (also what `main` prints)."""
   args = parse_args(argv)
@@ -234,11 +411,12 @@ def run(argv: Sequence[str] | None = None) -> dict:
   compile_s = time.perf_counter() - t0
 
   times = []
-  for _ in range(0 if args.compile_only else args.steps):
-    t = time.perf_counter()
-    state, metrics = compiled(state, batch)
-    jax.block_until_ready((state, metrics))
-    times.append(time.perf_counter() - t)
+  with _trace(args.trace_dir):
+    for _ in range(0 if args.compile_only else args.steps):
+      t = time.perf_counter()
+      state, metrics = compiled(state, batch)
+      jax.block_until_ready((state, metrics))
+      times.append(time.perf_counter() - t)
   median = statistics.median(times) if times else None
 
   device = jax.devices()[0]
@@ -264,15 +442,18 @@ def run(argv: Sequence[str] | None = None) -> dict:
       'step_s': [round(t, 5) for t in times],
       'grad_norm': None if metrics is None else float(metrics['grad_norm']),
       'mode': args.mode,
+      'network': {'layout': spec.layout, 'dense': spec.dense, 'skips': spec.skips,
+                  'input_shape': spec.input_shape, 'num_classes': spec.num_classes},
       'dtype': args.dtype,
       'state_dtype': args.state_dtype,
-      'flags': vars(args),
+      'flags': {k: v for k, v in vars(args).items() if k != 'experiment'},
       'platform': {'backend': jax.default_backend(), 'device': str(device.device_kind),
                    'jax': jax.__version__, 'cpu_count': os.cpu_count(),
                    'machine': platform.machine(),
                    'xla_flags': os.environ.get('XLA_FLAGS', '')},
       'date': datetime.datetime.now().isoformat(timespec='seconds'),
   }
+  result.update(speed(args, spec, metrics, median, str(device.device_kind)))
   if args.compare_fp32 and not args.compile_only:
     result['grad_cosine_vs_fp32'] = grad_cosines(args, spec, ep, state.params, batch)
   return result

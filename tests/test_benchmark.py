@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ep_jax import energy, network, relaxation
+from ep_jax import energy, flops, network, relaxation
 from experiments import benchmark
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,6 +32,41 @@ def test_ep_step_reports_contract_keys():
   json.dumps(out)  # serialisable
   vmapped = benchmark.run(TINY + ['--nudged_phases=vmapped'])
   assert vmapped['flags']['nudged_phases'] == 'vmapped' and vmapped['examples_per_s'] > 0
+
+
+def test_flops_and_utilisation_against_the_measured_peak():
+  out = benchmark.run(TINY + ['--peak_n=64', '--peak_reps=2'])
+  spec = network.make_spec('4,M,6,M', input_shape=(8, 8, 2), num_classes=3)
+  count = flops.train_step_flops(spec, 4, free_steps=3, nudged_steps=2)
+  assert out['flops'] == {k: round(v) for k, v in count._asdict().items()}
+  # step_s_median is rounded to 10 µs in the record
+  assert out['flops_per_s'] == pytest.approx(count.total / out['step_s_median'], rel=2e-2)
+  assert out['matmul_peak_flops_per_s'] > 0
+  assert out['utilisation'] == pytest.approx(
+      out['flops_per_s'] / out['matmul_peak_flops_per_s'], rel=1e-3)
+  # No datasheet figure off a GPU; none for BPTT, whose work is not counted.
+  assert out['datasheet_peak_flops_per_s'] is None and out['utilisation_datasheet'] is None
+  assert benchmark.datasheet_peak('NVIDIA H200', 'bfloat16') == 989e12
+  assert benchmark.datasheet_peak('cpu', 'float32') is None
+  bptt = benchmark.run(TINY + ['--mode=bptt', '--peak_n=0'])
+  assert bptt['flops'] is None and bptt['utilisation'] is None
+  assert benchmark.run(TINY + ['--peak_n=0'])['matmul_peak_flops_per_s'] is None
+
+
+def test_a_config_gives_the_network_and_the_ep_settings_flags_win():
+  args = benchmark.parse_args(['--config=experiments/configs/ablation_deep.py', '--t1=7'])
+  assert (args.t1, args.t2, args.beta, args.relax_mode, args.tol) == (7, 20, 0.5, 'async', 1e-5)
+  out = benchmark.run(['--config=experiments/configs/ablation_deep.py', '--width=16',
+                       '--batch_size=2', '--t1=3', '--t2=2', '--tol=0', '--steps=1',
+                       '--peak_n=0'])
+  assert out['network']['layout'] == '1,1,M,2,2,M,4,4,M,4,4,M'
+  assert tuple(map(tuple, out['network']['skips'])) == ((0, 4), (1, 6), (3, 7))  # long links
+  assert out['flags']['relax_mode'] == 'async' and out['free_steps'] == 3
+  assert 'experiment' not in out['flags']
+  # A narrowed preset keeps its paddings: vgg5's last convolution is VALID (2x2 -> 1x1).
+  vgg5 = benchmark.make_spec(benchmark.parse_args(['--layout=vgg5', '--width=32']))
+  assert vgg5.layout == '4,M,8,M,16,M,16,M' and vgg5.paddings[-1] == 'VALID'
+  assert vgg5.state_shapes[-1] == (1, 1, 16)
 
 
 def test_bptt_and_bfloat16_comparison():
@@ -132,54 +167,3 @@ def test_digits_batch_and_mixed_precision_cosine():
   assert out['grad_cosine_vs_fp32']['min'] > 0.9
   with pytest.raises(ValueError, match='--data=digits needs'):
     benchmark.run(TINY + ['--data=digits'])
-
-
-@pytest.mark.slow
-def test_gpu_benchmark_script_runs_with_tiny_args(tmp_path):
-  """The GPU figures script runs end to end (here on the CPU, with tiny arguments)."""
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu',
-             GPU_BENCH_ARGS='--layout=4,M --input_shape=8,8,1 --batch_size=8 --t1=4 --t2=2 '
-                            '--steps=1')
-  # A relative output folder, from outside the repository: it is taken relative to the caller.
-  subprocess.run(['bash', os.path.join(ROOT, 'experiments', 'gpu_benchmark.sh'), 'out'],
-                 env=env, capture_output=True, text=True, timeout=600, check=True,
-                 cwd=tmp_path)
-  lines = [json.loads(l) for l in open(tmp_path / 'out' / 'gpu_benchmark.jsonl')]
-  assert [(l['dtype'], l['flags']['tol']) for l in lines] == [
-      ('float32', 0.0), ('float32', 1e-4), ('bfloat16', 0.0), ('bfloat16', 1e-4)]
-  for l in lines:
-    # rounded to 0.01 s in the record
-    assert l['s_per_cifar10_epoch'] == pytest.approx(50000 / l['examples_per_s'], rel=1e-3, abs=0.006)
-  assert 'grad_cosine_vs_fp32' in lines[2]
-
-
-@pytest.mark.slow
-def test_accelerator_figures_script_runs_with_tiny_args(tmp_path):
-  """The prepared accelerator run: speed part, training sized by it, summary."""
-  import numpy as np
-  data_dir = tmp_path / 'data'
-  data_dir.mkdir()
-  rng = np.random.default_rng(0)
-  for name, n in (('cifar10_train_0', 64), ('cifar10_train_1', 64),
-                  ('cifar10_heldout4_2000', 32)):
-    np.savez(data_dir / f'{name}.npz', image=rng.integers(0, 256, (n, 32, 32, 3), np.uint8),
-             label=np.arange(n) % 10)
-  out = tmp_path / 'out'
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu',
-             GPU_BENCH_ARGS='--layout=4,M --input_shape=32,32,3 --batch_size=8 --t1=3 --t2=2 '
-                            '--steps=1',
-             TRAIN_ARGS='--config.ep.free_steps=2 --config.ep.nudged_steps=2 '
-                        '--config.model.layout=4,M,4,M --config.train.batch_size=32 '
-                        '--config.train.eval_batch_size=32 --config.optim.learning_rates=0.1 '
-                        '--config.optim.weight_decay=3e-4')
-  subprocess.run(['bash', os.path.join(ROOT, 'experiments', 'accelerator_figures.sh'), str(out),
-                  str(data_dir), '70'], env=env, capture_output=True, text=True, timeout=600,
-                 check=True)
-  summary = json.load(open(out / 'summary.json'))
-  assert [(b['dtype'], b['tol']) for b in summary['bench']] == [
-      ('float32', 0.0), ('float32', 1e-4), ('bfloat16', 0.0), ('bfloat16', 1e-4)]
-  assert len(summary['train']) >= 1 and summary['train'][0]['epoch'] == 1
-  assert summary['train'][0]['examples_per_s'] > 0
-  # 128 training images in batches of 32, evaluated on the 32 held-out ones.
-  record = json.loads(open(out / 'train_metrics.jsonl').readline())
-  assert record['step'] == 4
