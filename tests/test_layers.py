@@ -22,8 +22,8 @@ import importlib, sys
 for name in {core!r}:
   importlib.import_module('ep_jax.' + name)
 import jax, jax.numpy as jnp, numpy as np
-from ep_jax import (estimators, feedforward, gdu, inference, initialization, kappa, network,
-                    optim, reference_grads, relaxation, signals, train_step)
+from ep_jax import (estimators, feedforward, flops, gdu, inference, initialization, kappa,
+                    network, optim, reference_grads, relaxation, signals, train_step)
 
 spec = network.make_spec('3,M', input_shape=(4, 4, 1), num_classes=3, dense=(4,),
                          skips=(), kernel_sizes=(3,))
@@ -33,6 +33,10 @@ params = initialization.init_params(spec, key, mode='pytorch')
 x = jax.random.uniform(key, (2, 4, 4, 1))
 y = jnp.array([0, 2], jnp.int32)
 relaxation.relax(spec, params, x, network.init_states(spec, 2), max_steps=3)
+relaxation.relax(spec, params, x, network.init_states(spec, 2), max_steps=3,
+                 solver=relaxation.Solver('anderson', memory=2))
+train_step.free_state_store(spec, 4)
+flops.train_step_flops(spec, 2, free_steps=3, nudged_steps=2)
 estimators.ep_gradient(spec, params, x, y, beta=0.5, free_steps=3, nudged_steps=2)
 reference_grads.bptt_gradient(spec, params, x, y, steps=3)
 inference.predict(spec, params, x, free_steps=3)
