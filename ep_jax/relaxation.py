@@ -70,8 +70,11 @@ class Solver:
 
   Attributes:
     kind: 'plain' (`s <- G(s)`) or 'anderson' (type-II Anderson acceleration, per example).
-    memory: m >= 1, the evaluations `(s_i, G(s_i))` Anderson keeps (state memory 2 m x the
-      states; m = 1 is the plain iteration).
+    memory: m >= 1, the evaluations `(G(s_i), G(s_i) - s_i)` Anderson keeps (a buffer of
+      2 m x the states; XLA's temporaries grow by about 5 x the states per slot, measured;
+      m = 1 is the plain iteration). 3: on a trained 8-conv digits network it took
+      the free phase to 1e-5 in 46 sweeps (plain: 90; m = 5: 72) and the nudged phases in
+      11-15 (plain: 40-66; docs/BENCHMARKS.md §2a).
     regularization: λ >= 0 of the least squares, relative to the largest `‖G(s_i) - s_i‖²`
       in memory (Tikhonov; keeps the m x m system well posed as the residuals vanish).
     mixing: β_mix in (0, 1]: the mixed point `Σ α_i (s_i + β_mix (G(s_i) - s_i))` (1: of the
@@ -84,7 +87,7 @@ class Solver:
       strongly coupled nets, near it (one piece) Anderson converges much faster.
   """
   kind: str = 'plain'
-  memory: int = 5
+  memory: int = 3
   regularization: float = 1e-8
   mixing: float = 1.0
   safeguard: bool = True

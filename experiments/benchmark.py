@@ -110,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
                  help="a stencil's nudged phases one after the other, or vmapped over β_k")
   p.add_argument('--solver', default='plain', choices=('plain', 'anderson'),
                  help='how every relaxation iterates its sweep (relaxation.Solver)')
-  p.add_argument('--memory', type=int, default=5, help="Anderson's memory m")
+  p.add_argument('--memory', type=int, default=3, help="Anderson's memory m")
   p.add_argument('--activation', default='hard_sigmoid')
   p.add_argument('--steps', type=int, default=5, help='timed training steps')
   p.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'),

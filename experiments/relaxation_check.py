@@ -89,7 +89,7 @@ def accuracy_at(spec, params, x, labels, states, steps: Sequence[int], *, mode: 
   return out
 
 
-def solver_of(name: str, memory: int = 5):
+def solver_of(name: str, memory: int = 3):
   """`'plain'` -> None (plain iteration), `'anderson'` -> `relaxation.Solver('anderson', m)`."""
   from ep_jax import relaxation  # pylint: disable=g-import-not-at-top
   if name == 'plain':
@@ -101,7 +101,7 @@ def solver_of(name: str, memory: int = 5):
 
 def solver_comparison(spec, params, x, labels, *, modes: Sequence[str],
                       solvers: Sequence[str], tols: Sequence[float], max_steps: int,
-                      beta: float, memory: int = 5, compute_dtype=None,
+                      beta: float, memory: int = 3, compute_dtype=None,
                       damping: float = 1.0, repeats: int = 3) -> dict:
   """`{mode: {solver: {phase: {tol: {steps, seconds, residual}}}}}`, phases 'free', 'nudged+'
   and 'nudged-' (see the module docstring). Seconds: the fastest of `repeats` calls after a
@@ -189,7 +189,7 @@ def markdown(report: dict) -> str:
 def run(run_dir: str, *, step: Optional[int] = None, batch_size: int = 128,
         split: str = 'train', modes: Sequence[str] = ('sync', 'async'),
         tols: Sequence[float] = (1e-3, 1e-4, 1e-5), max_steps: int = 1000,
-        at: Sequence[int] = (60, 250), solvers: Sequence[str] = (), memory: int = 5,
+        at: Sequence[int] = (60, 250), solvers: Sequence[str] = (), memory: int = 3,
         out: Optional[str] = None, print_fn=print) -> dict:
   """Computes, prints and writes the report (see the module docstring); returns it."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -276,7 +276,7 @@ def define_flags() -> None:
   _AT = flags.DEFINE_list('at', ['60', '250'], 'Report the residual after these step counts.')
   _SOLVERS = flags.DEFINE_list('solvers', [], 'Solvers to time to each tolerance '
                                '(plain, anderson); none: only the residual traces.')
-  _MEMORY = flags.DEFINE_integer('memory', 5, "Anderson's memory m.")
+  _MEMORY = flags.DEFINE_integer('memory', 3, "Anderson's memory m.")
   _OUT = flags.DEFINE_string('out', None,
                              'JSON output (default: <run_dir>/relaxation_check.json).')
 

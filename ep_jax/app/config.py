@@ -90,7 +90,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.ep.warm_start = False
   config.ep.solver = ml_collections.ConfigDict()
   config.ep.solver.kind = 'plain'
-  config.ep.solver.memory = 5
+  config.ep.solver.memory = 3
   config.ep.solver.regularization = 1e-8
   config.ep.solver.mixing = 1.0
   config.ep.solver.safeguard = True
