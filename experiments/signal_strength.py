@@ -235,7 +235,8 @@ def main(argv):
                           signal=_SIGNAL.value)
     bound = result['divergence_bound']
     print(f"free phase: {result['free_steps']} steps, residual {result['free_residual']:.1e}; "
-          + (f"sgd diverges on a KD term where η κ λ > {bound:g}:" if bound is not None else
+          + (f"sgd diverges on a {result['signal'].upper()} term where η κ λ > {bound:g}:"
+             if bound is not None else
              f"{result['optimizer']}: no η κ λ bound (it applies to SGD):"))
     print(stiffness_table(result))
     _write(result)
